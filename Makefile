@@ -1,0 +1,43 @@
+# The single entry point: `make generate sae evaluate` on a fresh machine, and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUN ?= runs/default
+# torch: the CPU build that lies on this machine's disk, installed only where the venv has
+# no torch yet, so a user's CUDA build is kept.
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install generate sae evaluate test bench clean help
+help:
+	@echo "make generate sae evaluate   run the pipeline into $(RUN) (set RUN=runs/NAME)"
+	@echo "make test                    the test suite"
+	@echo "make bench                   benchmarks/ (speed ratios against references)"
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+generate: $(STAMP)
+	$(PY) -m generate --run-dir $(RUN) $(GENERATE_ARGS)
+
+sae: $(STAMP)
+	@echo "make sae: stage 2 (dictionary learning) is not built yet; see issue 3." >&2; exit 2
+
+evaluate: $(STAMP)
+	@echo "make evaluate: stage 3 (scoring) is not built yet; see issue 4." >&2; exit 2
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_loader.py
+	$(PY) benchmarks/bench_generate.py
+
+clean:
+	rm -rf runs/default .pytest_cache

@@ -1,0 +1,165 @@
+"""The one place that knows the on-disk layout: file names, folder names and tensor keys.
+
+Every stage builds paths and reads tensors through these names, so that a reader of the
+artifacts (ours or anyone's) needs only this module and DESIGN.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+
+# ---- run layout ---------------------------------------------------------------------------
+CONFIG_FILE = "config.json"
+GENERATE_DIR = "generate"
+SAE_DIR = "sae"
+EVALUATE_DIR = "evaluate"
+INSTANCES_DIR = "instances"
+ACTIVATIONS_DIR = "activations"
+MODEL_FILE = "model.safetensors"
+GROUND_TRUTH_FILE = "ground_truth.safetensors"
+MANIFEST_FILE = "manifest.json"
+DICTIONARY_FILE = "dictionary.safetensors"
+TRAIN_LOG_FILE = "train_log.jsonl"
+SHARD_PATTERN = "shard-{index:05d}.safetensors"
+
+# ---- tensor keys: activation shards -------------------------------------------------------
+H = "h"                    # [rows, d] float32 hidden activations
+X_INDPTR = "x_indptr"      # [rows + 1] int64, CSR row pointers of the true feature values
+X_INDICES = "x_indices"    # [nnz] int64, feature index of each stored value
+X_VALUES = "x_values"      # [nnz] float32
+SHARD_KEYS = (H, X_INDPTR, X_INDICES, X_VALUES)
+
+# ---- tensor keys: ground truth ------------------------------------------------------------
+GT_DIRECTIONS = "directions"          # [n_gt, d] raw hidden response, not normalised
+GT_FEATURE_INDEX = "feature_index"    # [n_gt] int64, which input feature
+GT_SIGN = "sign"                      # [n_gt] int8, +1 for e_i, -1 for -e_i
+GT_REPRESENTED = "represented"        # [n_gt] bool, norm above the threshold
+GT_DIMENSIONALITY = "dimensionality"  # [n_gt] float32, D_i
+GT_NORMS = "norms"                    # [n_gt] float32, ||directions||
+GT_IMPORTANCE = "importance"          # [n_features] float32
+GT_PROBABILITY = "probability"        # [n_features] float32, firing probability 1 - S_i
+
+# ---- tensor keys: dictionaries ------------------------------------------------------------
+COMPONENTS = "components"             # [n_components, d] unit-norm rows
+
+
+# ---- paths ---------------------------------------------------------------------------------
+def generate_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / GENERATE_DIR
+
+
+def instances_dir(run_dir: str | os.PathLike) -> Path:
+    return generate_dir(run_dir) / INSTANCES_DIR
+
+
+def instance_dir(run_dir: str | os.PathLike, instance_id: str) -> Path:
+    return instances_dir(run_dir) / instance_id
+
+
+def activations_dir(instance_path: str | os.PathLike) -> Path:
+    return Path(instance_path) / ACTIVATIONS_DIR
+
+
+def shard_name(index: int) -> str:
+    return SHARD_PATTERN.format(index=index)
+
+
+def sae_dir(run_dir: str | os.PathLike, instance_id: str, method: str) -> Path:
+    return Path(run_dir) / SAE_DIR / instance_id / method
+
+
+def evaluate_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / EVALUATE_DIR
+
+
+def list_instances(run_dir: str | os.PathLike) -> list[str]:
+    """Instance ids of a generated run, sorted; raises FileNotFoundError naming the folder."""
+    root = instances_dir(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{root}: no generated instances here; run `generate --run-dir {run_dir}` first")
+    ids = sorted(p.name for p in root.iterdir() if (p / MANIFEST_FILE).is_file())
+    if not ids:
+        raise FileNotFoundError(f"{root}: holds no instance with a {MANIFEST_FILE}")
+    return ids
+
+
+# ---- atomic writes -------------------------------------------------------------------------
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+class StagingDir:
+    """Build a stage's output folder under a temporary name, then swap it into place.
+
+    Until `commit()` the final folder is untouched, so an interrupted or failed run leaves
+    the previous run's outputs as they were and no half-written files under the final name.
+
+        with StagingDir(run_dir / "generate") as tmp:
+            ... write everything under tmp ...
+        # on clean exit: tmp has replaced run_dir / "generate"
+    """
+
+    def __init__(self, final: str | os.PathLike):
+        self.final = Path(final)
+        self.path: Path | None = None
+
+    def __enter__(self) -> Path:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
+        return self.path
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.path is not None
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        old = None
+        if self.final.exists():
+            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.final, old)
+        os.replace(self.path, self.final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

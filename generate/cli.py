@@ -1,0 +1,110 @@
+"""`generate`: train toy models of superposition and write their activations + ground truth."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+
+import click
+
+from generate.config import ConfigError, GenerateConfig
+
+
+class FloatList(click.ParamType):
+    name = "FLOAT[,FLOAT...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (tuple, list)):
+            return tuple(float(v) for v in value)
+        try:
+            return tuple(float(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+
+
+@contextlib.contextmanager
+def click_progress(label: str, total: int):
+    info = {"text": ""}
+    with click.progressbar(length=max(total, 1), label=label, show_pos=True, show_eta=True,
+                           item_show_func=lambda _: info["text"]) as bar:
+        class Bar:
+            def update(self, n: int, text: str = "") -> None:
+                info["text"] = text
+                bar.update(n)
+        yield Bar()
+
+
+# every option defaults to None so that --config FILE values are only overridden on purpose
+_OPTIONS = [
+    ("--source", click.Choice(["toy", "synthetic"]), "toy: train toy models; synthetic: random dictionary, no model."),
+    ("--model-kind", click.Choice(["linear", "relu_output", "relu_hidden", "abs"]), "Toy model."),
+    ("--n-features", int, "Number of true features n."),
+    ("--d-hidden", int, "Hidden width d (activation dimension)."),
+    ("--feature-probability", FloatList(), "Comma-separated; one instance per value (1 - sparsity)."),
+    ("--mean-active", float, "Synthetic source: expected active features per row (sets one probability)."),
+    ("--importance-decay", float, "Importance I_i = decay**i."),
+    ("--value", click.Choice(["auto", "uniform", "signed_uniform"]), "Value of a firing feature."),
+    ("--n-correlated-sets", int, "Correlated feature sets."),
+    ("--n-anticorrelated-sets", int, "Anticorrelated feature sets."),
+    ("--set-size", int, "Features per set."),
+    ("--steps", int, "Training steps."),
+    ("--batch-size", int, "Training batch size."),
+    ("--lr", float, "Adam learning rate."),
+    ("--rows", int, "Activation rows written per instance."),
+    ("--rows-per-shard", int, "Rows per shard file."),
+    ("--represented-threshold", float, "Norm above which a true direction counts as represented."),
+    ("--noise-std", float, "Synthetic source: Gaussian noise on the activations."),
+    ("--seed", int, "Random seed."),
+    ("--device", str, "auto, cpu, cuda or cuda:N."),
+]
+
+
+def _with_options(func):
+    for flag, kind, help_text in reversed(_OPTIONS):
+        func = click.option(flag, type=kind, default=None, help=help_text)(func)
+    return func
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs/default"), help="Run folder; writes <run-dir>/generate/.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="JSON config (a saved config.json works); options override it.")
+@_with_options
+def main(run_dir: Path, config_file: Path | None, **options) -> None:
+    """Train toy models of superposition (or draw a synthetic dictionary) and write their
+    hidden activations, true feature values and ground-truth directions to RUN_DIR/generate."""
+    import torch  # heavy imports inside the command keep --help fast
+
+    from generate.pipeline import run_generate
+
+    values = {}
+    if config_file is not None:
+        if not config_file.is_file():
+            raise click.BadParameter(f"{config_file}: file not found", param_hint="--config")
+        try:
+            values = GenerateConfig.from_file(config_file).to_dict()
+        except (ConfigError, ValueError) as err:
+            raise click.BadParameter(str(err), param_hint="--config") from None
+    mean_active = options.pop("mean_active")
+    values.update({k: v for k, v in options.items() if v is not None})
+    if mean_active is not None:
+        n = values.get("n_features", GenerateConfig.n_features)
+        if not 0 < mean_active <= n:
+            raise click.BadParameter(f"must lie in (0, n_features={n}], got {mean_active}",
+                                     param_hint="--mean-active")
+        values["feature_probability"] = (mean_active / n,)
+    try:
+        config = GenerateConfig(**values)
+    except ConfigError as err:
+        raise click.BadParameter(err.message, param_hint=f"--{err.field.replace('_', '-')}") from None
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise click.BadParameter(f"{config.device!r}, but torch sees no CUDA device", param_hint="--device")
+
+    click.echo(f"generate: {len(config.instance_ids)} instance(s) -> {run_dir / 'generate'}")
+    out = run_generate(config, run_dir, progress=click_progress)
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

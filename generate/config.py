@@ -1,0 +1,147 @@
+"""The resolved configuration of stage 1; what `generate/config.json` records."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from data.distributions import VALUE_DISTRIBUTIONS
+from models.toy import MODEL_KINDS
+
+SOURCES = ("toy", "synthetic")
+
+
+class ConfigError(ValueError):
+    """A config field holds an invalid value; `field` names it so the CLI can name the option."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    source: str = "toy"
+    """'toy': train toy models; 'synthetic': a random ground-truth dictionary, no training."""
+    model_kind: str = "relu_output"
+    """Toy model: linear, relu_output, relu_hidden or abs."""
+    n_features: int = 40
+    """Number of true features n."""
+    d_hidden: int = 10
+    """Width d of the hidden layer, i.e. of the activations written to disk."""
+    feature_probability: tuple[float, ...] = (0.3, 0.1, 0.03, 0.01, 0.003)
+    """One instance per value: the probability 1 - S that each feature is nonzero."""
+    importance_decay: float = 1.0
+    """Feature importance I_i = decay ** i (toy models only)."""
+    value: str = "auto"
+    """Value distribution of a firing feature: uniform, signed_uniform, or auto (signed for abs)."""
+    n_correlated_sets: int = 0
+    """Correlated feature sets (all members fire together)."""
+    n_anticorrelated_sets: int = 0
+    """Anticorrelated feature sets (at most one member fires)."""
+    set_size: int = 2
+    """Features per correlated/anticorrelated set."""
+    steps: int = 5000
+    """Training steps of the toy models (all instances train together)."""
+    batch_size: int = 1024
+    """Training batch size."""
+    lr: float = 1e-3
+    """Adam learning rate (cosine decay to 5% over the run)."""
+    rows: int = 262144
+    """Activation rows written per instance."""
+    rows_per_shard: int = 65536
+    """Rows per safetensors shard."""
+    represented_threshold: float = 0.5
+    """A true direction counts as represented when its norm exceeds this."""
+    noise_std: float = 0.0
+    """Gaussian noise added to synthetic activations (synthetic source only)."""
+    seed: int = 0
+    """Seeds model init, training batches, the synthetic dictionary and the dumped rows."""
+    device: str = "auto"
+    """auto (cuda when available), cpu, cuda, cuda:N."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "feature_probability",
+                           tuple(float(p) for p in self.feature_probability))
+        checks = [
+            ("source", self.source in SOURCES, f"must be one of {', '.join(SOURCES)}, got {self.source!r}"),
+            ("model_kind", self.model_kind in MODEL_KINDS,
+             f"must be one of {', '.join(MODEL_KINDS)}, got {self.model_kind!r}"),
+            ("n_features", self.n_features >= 1, f"must be >= 1, got {self.n_features}"),
+            ("d_hidden", self.d_hidden >= 1, f"must be >= 1, got {self.d_hidden}"),
+            ("feature_probability", len(self.feature_probability) >= 1, "needs at least one value"),
+            ("feature_probability", all(0 < p <= 1 for p in self.feature_probability),
+             f"every value must lie in (0, 1], got {list(self.feature_probability)}"),
+            ("importance_decay", 0 < self.importance_decay <= 1,
+             f"must lie in (0, 1], got {self.importance_decay}"),
+            ("value", self.value in VALUE_DISTRIBUTIONS + ("auto",),
+             f"must be one of auto, {', '.join(VALUE_DISTRIBUTIONS)}, got {self.value!r}"),
+            ("steps", self.steps >= 0, f"must be >= 0, got {self.steps}"),
+            ("batch_size", self.batch_size >= 1, f"must be >= 1, got {self.batch_size}"),
+            ("lr", self.lr > 0, f"must be > 0, got {self.lr}"),
+            ("rows", self.rows >= 1, f"must be >= 1, got {self.rows}"),
+            ("rows_per_shard", self.rows_per_shard >= 1, f"must be >= 1, got {self.rows_per_shard}"),
+            ("represented_threshold", self.represented_threshold >= 0,
+             f"must be >= 0, got {self.represented_threshold}"),
+            ("noise_std", self.noise_std >= 0, f"must be >= 0, got {self.noise_std}"),
+        ]
+        for field, ok, message in checks:
+            if not ok:
+                raise ConfigError(field, message)
+        if self.source == "toy" and self.model_kind == "abs" and self.resolved_value != "signed_uniform":
+            raise ConfigError("value", "the abs model needs signed inputs (signed_uniform)")
+
+    @property
+    def resolved_value(self) -> str:
+        if self.value != "auto":
+            return self.value
+        return "signed_uniform" if self.source == "toy" and self.model_kind == "abs" else "uniform"
+
+    @property
+    def instance_ids(self) -> list[str]:
+        return [f"{j:02d}-p{p:g}" for j, p in enumerate(self.feature_probability)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "GenerateConfig":
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown key in {source} (valid: {', '.join(sorted(valid))})")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "GenerateConfig":
+        """Read a config file: either a bare field dict or a saved config.json."""
+        from data.files import read_json
+
+        values = read_json(path)
+        if isinstance(values, dict) and "config" in values and isinstance(values["config"], dict):
+            values = values["config"]
+        if not isinstance(values, dict):
+            raise ConfigError("config", f"{path}: expected a JSON object of config fields")
+        return cls.from_dict(values, source=str(path))
+
+
+def environment(device: str) -> dict:
+    """Package versions and the device, for config.json."""
+    import datasets
+    import numpy
+    import safetensors
+    import sklearn
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "datasets": datasets.__version__,
+            "safetensors": safetensors.__version__, "scikit-learn": sklearn.__version__,
+            "device": device,
+            "device_name": (torch.cuda.get_device_name(torch.device(device))
+                            if device.startswith("cuda") else platform.processor() or platform.machine())}
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=2)

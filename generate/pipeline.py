@@ -1,0 +1,176 @@
+"""Stage 1 end to end: train (or draw) the instances, dump activations, write ground truth.
+
+Everything is written into a staging folder and swapped into `<run>/generate` only when
+complete, so an interrupted run leaves the previous one as it was.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import save
+
+from data import files
+from data.distributions import FeatureDistribution
+from data.shards import ShardWriter
+from generate.config import GenerateConfig, environment
+from generate.train import train_toy_models
+from models.ground_truth import feature_dimensionality, hidden_responses
+from models.toy import ToyModel
+
+DUMP_BATCH = 65536
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+    return dev
+
+
+def distribution(config: GenerateConfig) -> FeatureDistribution:
+    return FeatureDistribution(
+        n_features=config.n_features, feature_probability=config.feature_probability,
+        importance_decay=config.importance_decay if config.source == "toy" else 1.0,
+        value=config.resolved_value, n_correlated_sets=config.n_correlated_sets,
+        n_anticorrelated_sets=config.n_anticorrelated_sets, set_size=config.set_size)
+
+
+class SyntheticGenerator:
+    """No trained model: h = x @ atoms (+ noise), atoms random unit vectors, one set per instance.
+
+    The setting of Sharkey, Braun and Millidge (2022). Exposes the same `hidden` and ground
+    truth as a toy model, so both sources are dumped by the same code.
+    """
+
+    def __init__(self, n_instances: int, n_features: int, d: int, noise_std: float,
+                 generator: torch.Generator, device):
+        atoms = torch.randn((n_instances, n_features, d), generator=generator, device=device)
+        self.atoms = atoms / atoms.norm(dim=-1, keepdim=True)  # [inst, n, d]
+        self.noise_std = noise_std
+
+    def hidden(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """x: [batch, inst, n] -> h: [batch, inst, d]."""
+        h = torch.einsum("bin,ind->bid", x, self.atoms)
+        if self.noise_std > 0:
+            h = h + self.noise_std * torch.randn(h.shape, generator=generator, device=h.device)
+        return h
+
+
+def ground_truth_tensors(directions: torch.Tensor, feature_index: torch.Tensor, sign: torch.Tensor,
+                         importance: torch.Tensor, probability: torch.Tensor,
+                         threshold: float) -> dict[str, torch.Tensor]:
+    """One instance's ground_truth.safetensors; directions: [n_gt, d]."""
+    norms = directions.norm(dim=-1)
+    return {
+        files.GT_DIRECTIONS: directions.float(),
+        files.GT_FEATURE_INDEX: feature_index.long(),
+        files.GT_SIGN: sign.to(torch.int8),
+        files.GT_REPRESENTED: norms > threshold,
+        files.GT_DIMENSIONALITY: feature_dimensionality(directions).float(),
+        files.GT_NORMS: norms.float(),
+        files.GT_IMPORTANCE: importance.float(),
+        files.GT_PROBABILITY: probability.float(),
+    }
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    files.atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def run_generate(config: GenerateConfig, run_dir: str | Path,
+                 progress: Callable | None = None) -> Path:
+    """Write `<run_dir>/generate/`; returns that folder.
+
+    progress(label, total) must return a context manager whose `.update(n, info)` advances
+    a bar (the CLI passes click's progress bar); None runs silently.
+    """
+    progress = progress or (lambda label, total: nullcontext(_Silent()))
+    device = resolve_device(config.device)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    dist = distribution(config)
+    ids = config.instance_ids
+    n_inst = len(ids)
+    started = time.time()
+    train_log: list[dict] = []
+
+    if config.source == "toy":
+        model = ToyModel(config.model_kind, n_inst, config.n_features, config.d_hidden,
+                         generator=gen, device=device)
+        with progress(f"training {n_inst} {config.model_kind} toy models", config.steps) as bar:
+            last = [0]
+
+            def on_step(step: int, loss: float) -> None:
+                bar.update(step + 1 - last[0], f"loss {loss:.3g}")
+                last[0] = step + 1
+
+            train_log = train_toy_models(model, dist, config.steps, config.batch_size, config.lr,
+                                         gen, on_step=on_step)
+        hidden = model.hidden
+        directions, feature_index, sign = hidden_responses(model, dist.signed)
+    else:
+        model = SyntheticGenerator(n_inst, config.n_features, config.d_hidden, config.noise_std,
+                                   gen, device)
+        hidden = lambda x: model.hidden(x, gen)  # noqa: E731
+        directions = model.atoms
+        feature_index = torch.arange(config.n_features)
+        sign = torch.ones(config.n_features, dtype=torch.int8)
+    train_seconds = time.time() - started
+
+    root = files.generate_dir(run_dir)
+    with files.StagingDir(root) as stage:
+        inst_root = stage / files.INSTANCES_DIR
+        writers = [ShardWriter(inst_root / i, config.d_hidden, config.n_features, config.rows_per_shard)
+                   for i in ids]
+        probability = dist.probability(device)  # [inst, n]
+        importance = dist.importance(device)
+        with torch.no_grad(), progress(f"dumping {config.rows} rows x {n_inst} instances",
+                                       config.rows) as bar:
+            done = 0
+            while done < config.rows:
+                rows = min(DUMP_BATCH, config.rows - done)
+                x = dist.sample(rows, gen, device)  # [rows, inst, n]
+                h = hidden(x)  # [rows, inst, d]
+                for j, writer in enumerate(writers):
+                    writer.add(h[:, j], x[:, j])
+                done += rows
+                bar.update(rows, "")
+        for j, (instance_id, writer) in enumerate(zip(ids, writers)):
+            meta = {"instance_id": instance_id, "source": config.source,
+                    "model_kind": config.model_kind if config.source == "toy" else "synthetic"}
+            writer.close(instance_id=instance_id, source=config.source,
+                         model_kind=meta["model_kind"],
+                         distribution={**dist.to_dict(),
+                                       "feature_probability": dist.feature_probability[j]},
+                         seed=config.seed)
+            gt = ground_truth_tensors(directions[j], feature_index, sign, importance,
+                                      probability[j], config.represented_threshold)
+            _save(inst_root / instance_id / files.GROUND_TRUTH_FILE, gt, meta)
+            weights = (model.instance_state(j) if config.source == "toy"
+                       else {"W": directions[j].T.contiguous()})  # h = W x, W: [d, n]
+            _save(inst_root / instance_id / files.MODEL_FILE, weights, meta)
+        files.atomic_write_json(stage / files.CONFIG_FILE, {
+            "stage": "generate",
+            "config": config.to_dict(),
+            "instances": ids,
+            "environment": environment(str(device)),
+            "train_seconds": round(train_seconds, 3),
+            "total_seconds": round(time.time() - started, 3),
+            "final_loss_per_instance": train_log[-1]["loss_per_instance"] if train_log else None,
+        })
+        if train_log:
+            (stage / "train_log.jsonl").write_text("".join(
+                json.dumps(r) + "\n" for r in train_log))
+    return root
+
+
+class _Silent:
+    def update(self, n, info=""):
+        pass

@@ -1,0 +1,69 @@
+"""Toy models of superposition (Elhage et al. 2022), batched over an instance axis.
+
+One forward pass trains many independent models at once: every parameter has a leading
+`n_instances` axis and instances never mix. Shapes use n = n_features, d = d_hidden.
+
+    linear       h = W x              x' = W^T h + b
+    relu_output  h = W x              x' = ReLU(W^T h + b)          (the paper's main model)
+    relu_hidden  h = ReLU(W x)        x' = ReLU(W^T h + b)
+    abs          h = ReLU(W_in x)     y' = ReLU(W_out h + b)        target |x|, x in [-1, 1]
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+MODEL_KINDS = ("linear", "relu_output", "relu_hidden", "abs")
+
+
+class ToyModel(nn.Module):
+    def __init__(self, kind: str, n_instances: int, n_features: int, d_hidden: int,
+                 generator: torch.Generator | None = None, device=None):
+        super().__init__()
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {kind!r}; valid: {', '.join(MODEL_KINDS)}")
+        self.kind, self.n_instances = kind, n_instances
+        self.n_features, self.d_hidden = n_features, d_hidden
+
+        def xavier(rows, cols):  # [n_instances, rows, cols], xavier-normal per instance
+            std = math.sqrt(2.0 / (rows + cols))
+            return torch.randn((n_instances, rows, cols), generator=generator, device=device) * std
+
+        self.W = nn.Parameter(xavier(d_hidden, n_features))  # [inst, d, n]
+        if kind == "abs":
+            self.W_out = nn.Parameter(xavier(n_features, d_hidden))  # [inst, n, d]
+        self.b_final = nn.Parameter(torch.zeros((n_instances, n_features), device=device))
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [batch, inst, n] -> h: [batch, inst, d]."""
+        h = torch.einsum("ijn,bin->bij", self.W, x)
+        return torch.relu(h) if self.kind in ("relu_hidden", "abs") else h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [batch, inst, n] -> reconstruction (or |x| for `abs`): [batch, inst, n]."""
+        h = self.hidden(x)
+        if self.kind == "abs":
+            out = torch.einsum("inj,bij->bin", self.W_out, h)
+        else:
+            out = torch.einsum("ijn,bij->bin", self.W, h)
+        out = out + self.b_final
+        return out if self.kind == "linear" else torch.relu(out)
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs() if self.kind == "abs" else x
+
+    def instance_state(self, instance: int) -> dict[str, torch.Tensor]:
+        """The weights of one instance, detached, for model.safetensors."""
+        return {name: p[instance].detach().cpu().contiguous() for name, p in self.named_parameters()}
+
+
+def importance_weighted_mse(out: torch.Tensor, target: torch.Tensor,
+                            importance: torch.Tensor) -> torch.Tensor:
+    """sum_i I_i (target_i - out_i)^2, averaged over batch and features, summed over instances.
+
+    out, target: [batch, inst, n]; importance: [n] or [inst, n]. Summing over instances keeps
+    each instance's gradient independent of how many instances train beside it.
+    """
+    return (importance * (target - out) ** 2).mean(dim=(0, 2)).sum()

@@ -1,0 +1,26 @@
+import pytest
+import torch
+
+from generate.config import GenerateConfig
+from generate.pipeline import run_generate
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the tests' problems are tiny; extra threads only add contention on a 2-core machine
+    torch.set_num_threads(1)
+
+
+def tiny_config(**overrides) -> GenerateConfig:
+    values = dict(n_features=12, d_hidden=4, feature_probability=(0.2, 0.05), steps=300,
+                  batch_size=256, lr=1e-2, rows=5000, rows_per_shard=2000, seed=0, device="cpu")
+    values.update(overrides)
+    return GenerateConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A small generated run shared (read-only) by the tests that only read it."""
+    run_dir = tmp_path_factory.mktemp("run")
+    run_generate(tiny_config(), run_dir)
+    return run_dir
