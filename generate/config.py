@@ -43,11 +43,11 @@ class GenerateConfig:
     """Anticorrelated feature sets (at most one member fires)."""
     set_size: int = 2
     """Features per correlated/anticorrelated set."""
-    steps: int = 5000
+    steps: int = 2000
     """Training steps of the toy models (all instances train together)."""
     batch_size: int = 1024
     """Training batch size."""
-    lr: float = 1e-3
+    lr: float = 3e-3
     """Adam learning rate (cosine decay to 5% over the run)."""
     rows: int = 262144
     """Activation rows written per instance."""
@@ -104,7 +104,8 @@ class GenerateConfig:
         return [f"{j:02d}-p{p:g}" for j, p in enumerate(self.feature_probability)]
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """JSON-ready: tuples become lists."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "GenerateConfig":

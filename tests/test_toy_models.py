@@ -77,3 +77,23 @@ def test_lr_schedule_decays_from_lr_to_five_percent():
     assert lr_at(0, 100, 1.0) == pytest.approx(1.0)
     assert lr_at(100, 100, 1.0) == pytest.approx(0.05)
     assert lr_at(50, 100, 1.0) == pytest.approx(0.525)
+
+
+@pytest.mark.slow
+def test_default_config_sparsest_instance_represents_over_1_5_d_hidden():
+    from generate.config import GenerateConfig
+    from generate.pipeline import distribution
+
+    cfg = GenerateConfig()
+    assert len(cfg.feature_probability) >= 5
+    dist = distribution(cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = ToyModel(cfg.model_kind, len(cfg.feature_probability), cfg.n_features, cfg.d_hidden, gen)
+    train_toy_models(model, dist, cfg.steps, cfg.batch_size, cfg.lr, gen)
+    directions, _, _ = hidden_responses(model, signed=False)
+    represented = (directions.norm(dim=-1) > cfg.represented_threshold).sum(dim=1)  # [inst]
+    sparsest = min(range(len(cfg.feature_probability)), key=lambda j: cfg.feature_probability[j])
+    assert represented[sparsest] > 1.5 * cfg.d_hidden
+    # ... and d / ||W||_F^2 sits near 1/2 where the model stores antipodal pairs (p = 0.3)
+    W = model.W.detach()
+    assert cfg.d_hidden / (W[0] ** 2).sum().item() == pytest.approx(0.5, abs=0.03)

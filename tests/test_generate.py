@@ -1,0 +1,127 @@
+"""Stage 1 end to end: what lands on disk, reproducibility, and the command's errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from data import files
+from data.shards import read_all
+from generate.cli import main
+from generate.pipeline import run_generate
+from tests.conftest import tiny_config
+
+
+@pytest.mark.parametrize("kind", ["linear", "relu_output"])
+def test_activations_on_disk_equal_W_x(tmp_path, kind):
+    run_generate(tiny_config(model_kind=kind, steps=50), tmp_path)
+    for instance_id in files.list_instances(tmp_path):
+        inst = files.instance_dir(tmp_path, instance_id)
+        W = load_file(str(inst / files.MODEL_FILE))["W"]  # [d, n]
+        h, x = read_all(inst, with_x=True)
+        assert np.allclose(h, x @ W.numpy().T, atol=1e-5)
+        gt = load_file(str(inst / files.GROUND_TRUTH_FILE))
+        assert torch.equal(gt[files.GT_DIRECTIONS], W.T)
+
+
+def test_ground_truth_file_holds_the_documented_tensors(tiny_run):
+    inst = files.instance_dir(tiny_run, "01-p0.05")
+    gt = load_file(str(inst / files.GROUND_TRUTH_FILE))
+    n = 12
+    assert gt[files.GT_DIRECTIONS].shape == (n, 4)
+    assert gt[files.GT_FEATURE_INDEX].dtype == torch.int64 and gt[files.GT_SIGN].dtype == torch.int8
+    assert torch.equal(gt[files.GT_REPRESENTED], gt[files.GT_DIRECTIONS].norm(dim=1) > 0.5)
+    assert torch.allclose(gt[files.GT_PROBABILITY], torch.full((n,), 0.05))
+    assert torch.allclose(gt[files.GT_IMPORTANCE], torch.ones(n))
+    assert gt[files.GT_DIMENSIONALITY].shape == (n,)
+    manifest = json.loads((inst / files.MANIFEST_FILE).read_text())
+    assert manifest["distribution"]["feature_probability"] == 0.05 and manifest["rows"] == 5000
+    x_rate = (read_all(inst, with_x=True)[1] != 0).mean()
+    assert x_rate == pytest.approx(0.05, abs=0.005)
+
+
+def test_config_json_records_the_resolved_config_and_versions(tiny_run):
+    saved = json.loads((files.generate_dir(tiny_run) / files.CONFIG_FILE).read_text())
+    assert saved["config"] == tiny_config().to_dict()
+    assert saved["environment"]["device"] == "cpu" and "torch" in saved["environment"]
+    assert saved["instances"] == ["00-p0.2", "01-p0.05"]
+
+
+def test_same_config_gives_identical_files(tmp_path, tiny_run):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text((files.generate_dir(tiny_run) / files.CONFIG_FILE).read_text())
+    result = CliRunner().invoke(main, ["--config", str(cfg), "--run-dir", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    for instance_id in ["00-p0.2", "01-p0.05"]:
+        a = files.instance_dir(tiny_run, instance_id)
+        b = files.instance_dir(tmp_path / "again", instance_id)
+        # the manifest holds each shard's sha256, so equal manifests mean equal shards
+        assert (a / files.MANIFEST_FILE).read_text() == (b / files.MANIFEST_FILE).read_text()
+        for name in (files.GROUND_TRUTH_FILE, files.MODEL_FILE):
+            ta, tb = load_file(str(a / name)), load_file(str(b / name))
+            assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_synthetic_source_writes_the_same_format(tmp_path):
+    result = CliRunner().invoke(main, ["--source", "synthetic", "--n-features", "16", "--d-hidden", "8",
+                                       "--mean-active", "2", "--rows", "3000", "--run-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (instance_id,) = files.list_instances(tmp_path)
+    inst = files.instance_dir(tmp_path, instance_id)
+    gt = load_file(str(inst / files.GROUND_TRUTH_FILE))
+    atoms = gt[files.GT_DIRECTIONS]
+    assert atoms.shape == (16, 8) and torch.allclose(atoms.norm(dim=1), torch.ones(16))
+    assert bool(gt[files.GT_REPRESENTED].all())
+    h, x = read_all(inst, with_x=True)
+    assert np.allclose(h, x @ atoms.numpy(), atol=1e-5)
+    assert (x != 0).sum(1).mean() == pytest.approx(2.0, abs=0.1)
+    assert (x >= 0).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--feature-probability", "0.5,1.5"], "--feature-probability.*every value must lie in (0, 1]"),
+    (["--feature-probability", "0"], "--feature-probability.*every value must lie in (0, 1]"),
+    (["--d-hidden", "0"], "--d-hidden.*must be >= 1, got 0"),
+    (["--feature-probability", "a,b"], "not a comma-separated list of numbers"),
+    (["--model-kind", "tanh"], "'tanh' is not one of"),
+    (["--model-kind", "abs", "--value", "uniform"], "--value.*the abs model needs signed inputs"),
+    (["--config", "missing.json"], "missing.json: file not found"),
+])
+def test_invalid_options_give_a_clear_error(tmp_path, args, message):
+    result = CliRunner().invoke(main, args + ["--run-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    import re
+    assert re.search(message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\["),
+                     result.output, re.S), result.output
+    assert not (tmp_path / "generate").exists()
+
+
+def test_config_file_with_unknown_key_is_refused(tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"n_features": 10, "sparsity": 0.9}))
+    result = CliRunner().invoke(main, ["--config", str(cfg), "--run-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "sparsity: unknown key in" in result.output
+
+
+def test_interrupted_generate_keeps_the_previous_run(tmp_path, monkeypatch):
+    run_generate(tiny_config(steps=20), tmp_path)
+    before = {p: p.read_bytes() for p in files.generate_dir(tmp_path).rglob("*") if p.is_file()}
+
+    import data.shards
+    calls = {"n": 0}
+    real_write = data.shards.write_shard
+
+    def dying_write(*args, **kwargs):  # die after a few shards, as a Ctrl-C would
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(data.shards, "write_shard", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        run_generate(tiny_config(steps=20, seed=1), tmp_path)
+    after = {p: p.read_bytes() for p in files.generate_dir(tmp_path).rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["generate"]  # no staging folder left
