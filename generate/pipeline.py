@@ -111,8 +111,9 @@ def run_generate(config: GenerateConfig, run_dir: str | Path,
                 bar.update(step + 1 - last[0], f"loss {loss:.3g}")
                 last[0] = step + 1
 
-            train_log = train_toy_models(model, dist, config.steps, config.batch_size, config.lr,
-                                         gen, on_step=on_step)
+            if config.steps:
+                train_log = train_toy_models(model, dist, config.steps, config.batch_size,
+                                             config.lr, gen, on_step=on_step)
         hidden = model.hidden
         directions, feature_index, sign = hidden_responses(model, dist.signed)
     else:

@@ -43,5 +43,7 @@ def train_toy_models(model: ToyModel, dist: FeatureDistribution, steps: int, bat
                         "loss_per_instance": values})
             if on_step is not None:
                 on_step(step, sum(values))
-    assert torch.isfinite(loss), "toy-model training diverged"
+    if log and not all(map(math.isfinite, log[-1]["loss_per_instance"])):
+        raise FloatingPointError(f"toy-model training diverged (losses {log[-1]['loss_per_instance']}); "
+                                 f"lower the learning rate (now {lr})")
     return log

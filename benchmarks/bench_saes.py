@@ -1,0 +1,161 @@
+"""SAE training speed (samples/s, matmul GFLOP/s against this machine's peak) and sample
+efficiency (samples until MMCS >= 0.99 on the planted problem of the tests).
+
+    python benchmarks/bench_saes.py [--d 256] [--n-components 1024] [--batch 4096] [--k 32]
+                                    [--steps 6] [--no-recovery]
+
+Speed is the whole training loop (batching, forward, losses, backward, clipping, Adam, decoder
+renormalisation, dead-latent bookkeeping) in steady state, timed between progress callbacks.
+FLOPs count the matmuls a step executes: a dense SAE runs five [B, d] x [d, n]-sized products
+(encoder forward and weight gradient, decoder forward, weight and input gradients; no input
+gradient for the data) = 10 B d n; TopK keeps the two encoder ones and decodes sparsely,
+2 B d n * 2 + 6 B k d. The peak is a large torch.mm timed in the same run, before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import best_of, matmul_peak_gflops  # noqa: E402
+from sae.sparse_autoencoder import BatchTopKSAE, L1SAE, TopKSAE  # noqa: E402
+
+METHODS = {"l1": L1SAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE}
+
+# The planted problem and recipes of tests/test_sparse_autoencoder.py::test_planted_recovery.
+RECOVERY = {
+    "l1": dict(l1_coefficient=0.4, lr=2e-2, batch_size=128, n_epochs=20),
+    "topk": dict(k=3, lr=1e-2, batch_size=128, n_epochs=10, dead_steps_threshold=10,
+                 aux_coefficient=1.0),
+}
+
+
+def planted(n_samples: int = 20_000, n_features: int = 64, d: int = 32, active: int = 3,
+            seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noiseless h = sum of `active` random unit atoms with magnitudes in U[0.5, 1.5].
+    Returns (H [n_samples, d], atoms [n_features, d])."""
+    gen = torch.Generator().manual_seed(seed)
+    atoms = torch.nn.functional.normalize(torch.randn(n_features, d, generator=gen), dim=1)
+    which = torch.rand(n_samples, n_features, generator=gen).argsort(dim=1)[:, :active]
+    x = torch.zeros(n_samples, n_features).scatter_(
+        1, which, 0.5 + torch.rand(n_samples, active, generator=gen))
+    return x @ atoms, atoms
+
+
+def mmcs(true_atoms: torch.Tensor, learned: torch.Tensor) -> float:
+    """Mean over true atoms of the max signed cosine with any learned atom."""
+    G = torch.nn.functional.normalize(true_atoms, dim=1)
+    A = torch.nn.functional.normalize(torch.as_tensor(learned), dim=1)
+    return (G @ A.T).max(dim=1).values.mean().item()
+
+
+def step_matmul_flops(method: str, batch: int, d: int, n: int, k: int) -> float:
+    if method == "topk":
+        return 4 * batch * d * n + 6 * batch * k * d
+    return 10 * batch * d * n
+
+
+def training_samples_per_s(method: str, d: int, n: int, batch: int, k: int, steps: int,
+                           warmup: int = 2) -> float:
+    """Steady-state samples/s of `fit` on Gaussian data (two batches, cycled)."""
+    H = torch.randn(2 * batch, d, generator=torch.Generator().manual_seed(0))
+    params = dict(n_components=n, batch_size=batch, n_steps=warmup + steps, random_state=0)
+    if method != "l1":
+        params["k"] = k
+    stamps: dict[int, float] = {}
+    METHODS[method](**params).fit(H, progress=lambda step, total: stamps.setdefault(
+        step, time.perf_counter()))
+    return steps * batch / (stamps[warmup + steps] - stamps[warmup])
+
+
+def matmul_only_seconds(method: str, d: int, n: int, batch: int) -> float:
+    """The step's dense matmuls alone, same shapes and layouts: what the loop could reach."""
+    x, W, P = torch.randn(batch, d), torch.randn(d, n), torch.randn(batch, n)
+    products = [lambda: x @ W,      # encoder forward             [B, d] @ [d, n]
+                lambda: x.T @ P]    # encoder weight gradient     [d, B] @ [B, n]
+    if method != "topk":
+        products += [lambda: P @ W.T,   # decoder forward         [B, n] @ [n, d]
+                     lambda: x.T @ P,   # decoder weight gradient [d, B] @ [B, n]
+                     lambda: x @ W]     # codes gradient          [B, d] @ [d, n]
+    return sum(best_of(fn) for fn in products)
+
+
+def samples_to_mmcs(method: str, target: float = 0.99, seed: int = 0,
+                    check_every: int = 10) -> dict:
+    """Train the test's recipe on the planted problem; samples seen when MMCS first >= target."""
+    H, atoms = planted()
+    est = METHODS[method](n_components=64, random_state=seed, **RECOVERY[method])
+    reached: list[int] = []
+
+    def check(step: int, total: int | None) -> None:
+        if not reached and step % check_every == 0 and \
+                mmcs(atoms, est.sae_.components()) >= target:
+            reached.append(step * est.batch_size)
+
+    t = time.perf_counter()
+    est.fit(H, progress=check)
+    return {"samples_to_target": reached[0] if reached else None,
+            "final_mmcs": mmcs(atoms, torch.from_numpy(est.components_)),
+            "samples_seen": est.n_samples_seen_, "fit_s": time.perf_counter() - t}
+
+
+def bench_saes(d: int = 256, n_components: int = 1024, batch: int = 4096, k: int = 32,
+               steps: int = 6, methods=("l1", "topk", "batchtopk"), recovery: bool = True,
+               seeds=(0, 1, 2, 3)) -> dict:
+    """Speed of every method at one size, then sample efficiency of l1 and topk per seed."""
+    peak = matmul_peak_gflops(4096, repeats=3)
+    speed = {}
+    for method in methods:
+        samples_per_s = training_samples_per_s(method, d, n_components, batch, k, steps)
+        step_s = batch / samples_per_s
+        flops = step_matmul_flops(method, batch, d, n_components, k)
+        speed[method] = {"samples_per_s": samples_per_s, "step_s": step_s,
+                         "gflops": flops / step_s / 1e9,
+                         "matmul_only_s": matmul_only_seconds(method, d, n_components, batch)}
+    peak = max(peak, matmul_peak_gflops(4096, repeats=3))
+    for row in speed.values():
+        row["fraction_of_peak"] = row["gflops"] / peak
+    result = {"shape": dict(d=d, n_components=n_components, batch=batch, k=k),
+              "threads": torch.get_num_threads(), "peak_gflops": peak, "speed": speed}
+    if recovery:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # [128, 32] x [32, 64] products: a second thread only waits
+        try:
+            result["recovery"] = {m: {s: samples_to_mmcs(m, seed=s) for s in seeds}
+                                  for m in RECOVERY}
+        finally:
+            torch.set_num_threads(threads)
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--d", type=int, default=256)
+    p.add_argument("--n-components", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--no-recovery", action="store_true")
+    args = p.parse_args()
+    r = bench_saes(args.d, args.n_components, args.batch, args.k, args.steps,
+                   recovery=not args.no_recovery)
+    print(f"d={args.d} n_components={args.n_components} batch={args.batch} k={args.k}, "
+          f"{r['threads']} threads; float32 matmul peak {r['peak_gflops']:.1f} GFLOP/s")
+    print(f"{'method':10s} {'samples/s':>10s} {'step ms':>8s} {'GFLOP/s':>8s} {'of peak':>8s} "
+          f"{'matmuls alone ms':>17s}")
+    for method, s in r["speed"].items():
+        print(f"{method:10s} {s['samples_per_s']:10.0f} {1e3 * s['step_s']:8.1f} "
+              f"{s['gflops']:8.1f} {s['fraction_of_peak']:8.1%} {1e3 * s['matmul_only_s']:17.1f}")
+    for method, per_seed in r.get("recovery", {}).items():
+        print(f"\n{method}: planted 64 atoms in 32 dims, 3 active, 20k samples; {RECOVERY[method]}")
+        for seed, s in per_seed.items():
+            print(f"  seed {seed}: MMCS >= 0.99 after {s['samples_to_target']} samples; "
+                  f"final {s['final_mmcs']:.4f} after {s['samples_seen']} ({s['fit_s']:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
