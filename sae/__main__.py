@@ -1,0 +1,3 @@
+from sae.cli import main
+
+main(prog_name="python -m sae")

@@ -1,0 +1,324 @@
+"""What k-SVD and MOD share: the config fields, the fit loop, coding and atom replacement.
+
+Both alternate two steps on H ~ C D (codes C [n_samples, n_components], atoms D as rows):
+sparse coding of every sample by batch OMP with the current atoms (`sae.omp`), then a
+dictionary update that is the only thing the two methods do differently (`_update`).
+After each update, atoms that no sample uses and near-copies of a more-used atom (the
+"dictionary clearing" of Rubinstein's K-SVD box), and at most `n_swaps` atoms whose removal
+would cost less than what a new direction would gain, are replaced by the directions that
+the dictionary explains worst: this is how the fit leaves the local minima where one atom
+mixes two features while two others split one. Every atom is then oriented so that its
+codes sum to >= 0.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+
+from sae.base import (ArrayLike, DictionaryEstimator, as_tensor_2d, resolve_device,
+                      torch_generator, unit_norm_rows)
+from sae.omp import omp_encode, sparse_reconstruct, sparse_to_dense
+
+INITS = ("data", "random")
+SWAP_GRACE_ITERATIONS = 3  # iterations a new atom has to gather samples before a swap
+
+
+@dataclass(frozen=True)
+class SparseCodingConfig:
+    """Fields common to every OMP-coded dictionary method (k-SVD, MOD)."""
+
+    n_components: int
+    """number of atoms (rows of components_)"""
+    k: int = 3
+    """most nonzero coefficients per sample, for OMP during fit and in transform"""
+    tol: float | None = None
+    """also stop coding a sample once its squared residual norm ||h - c D||^2 <= tol"""
+    n_iter: int = 30
+    """alternations of sparse coding and dictionary update"""
+    nonnegative: bool = False
+    """nonnegative codes (nonnegative OMP, sign-consistent updates); atoms stay signed"""
+    init: str = "data"
+    """initial atoms: 'data' = distinct random samples, normalised; 'random' = Gaussian"""
+    batch_size: int | None = None
+    """samples per OMP chunk (None: sized to a fixed workspace)"""
+    max_coherence: float = 0.99
+    """after each update, an atom whose cosine (|cos| for signed codes) with a more-used
+    atom exceeds this is replaced"""
+    n_swaps: int = 1
+    """per iteration, at most this many of the atoms whose removal would cost least are
+    swapped for a direction the dictionary misses, if that carries more (0: never)"""
+    random_state: int | None = 0
+    """seed of the one generator used by fit (init, atom order, replacements)"""
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."""
+
+    def __post_init__(self):
+        _check_int("n_components", self.n_components, 1)
+        _check_int("k", self.k, 1)
+        if self.k > self.n_components:
+            raise ValueError(f"k={self.k} nonzeros per sample exceeds "
+                             f"n_components={self.n_components}")
+        if self.tol is not None and (isinstance(self.tol, bool) or not self.tol >= 0):
+            raise ValueError(f"tol must be None or a number >= 0, got {self.tol!r}")
+        _check_int("n_iter", self.n_iter, 1)
+        if not isinstance(self.nonnegative, bool):
+            raise ValueError(f"nonnegative must be True or False, got {self.nonnegative!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if isinstance(self.max_coherence, bool) or not 0 < self.max_coherence <= 1:
+            raise ValueError(f"max_coherence must be in (0, 1] (1 keeps near-copies), "
+                             f"got {self.max_coherence!r}")
+        _check_int("n_swaps", self.n_swaps, 0)
+        if self.batch_size is not None:
+            _check_int("batch_size", self.batch_size, 1)
+        if self.random_state is not None:
+            _check_int("random_state", self.random_state, 0)
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                                 f"got {self.device!r}") from None
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+Progress = Callable[[dict], None]
+
+
+class SparseCodingDictionary(DictionaryEstimator):
+    """Base of KSVD and MOD. Subclasses set `method`, `config_class` and `_update`.
+
+    Fitted state: `components_` [n_components, d] float32 numpy, unit-norm rows; `log_`, one
+    dict per iteration: iteration, fvu (||H - C D||^2 / ||H - mean(H)||^2 with the codes and
+    atoms at the end of the iteration, before atoms are replaced), l0 (mean nonzeros per
+    sample), n_unused_atoms (atoms no sample used), n_duplicate_atoms (atoms with
+    cos > max_coherence to a more-used one), n_swapped_atoms (see `n_swaps`): the atoms
+    replaced after this iteration; seconds (wall time of the iteration).
+    """
+
+    method: ClassVar[str] = ""
+    config_class: ClassVar[type] = SparseCodingConfig
+
+    def fit(self, H: ArrayLike, y=None, progress: Progress | None = None):
+        """Fit the atoms to H [n_samples, d]; `progress(log_entry)` after each iteration."""
+        cfg = self.get_config()
+        device = resolve_device(cfg.device)
+        X = as_tensor_2d(H, "H", device=device)                    # [n_samples, d]
+        n_samples, d = X.shape
+        if cfg.k > d:
+            raise ValueError(f"k={cfg.k} nonzeros per sample exceeds d={d}: more than d atoms "
+                             f"are linearly dependent, so OMP cannot place them")
+        gen = torch_generator(cfg.random_state, device)
+        total = (X - X.mean(0)).pow(2).sum()
+        D = init_atoms(X, cfg.n_components, cfg.init, gen)          # [n_components, d]
+
+        age = torch.full((cfg.n_components,), SWAP_GRACE_ITERATIONS, device=device)
+        self.log_ = []
+        for iteration in range(1, cfg.n_iter + 1):
+            t0 = time.perf_counter()
+            idx, val = self._code(X, D)                            # [n_samples, k] each
+            D, val = self._update(X, D, idx, val, gen)
+            D, val = orient_atoms(D, idx, val)
+            R = X - sparse_reconstruct(idx, val, D)                # [n_samples, d]
+            usage = atom_usage(idx, val, cfg.n_components)         # [n_components]
+            unused = usage == 0
+            duplicate = duplicate_atoms(D, usage, cfg.max_coherence,
+                                        signed=not cfg.nonnegative) & ~unused
+            entry = {"iteration": iteration,
+                     "fvu": float(R.pow(2).sum() / total) if total > 0 else float("nan"),
+                     "l0": float((val != 0).sum(1).float().mean()),
+                     "n_unused_atoms": int(unused.sum()),
+                     "n_duplicate_atoms": int(duplicate.sum())}
+            # a new atom needs a few iterations to gather its samples before it is judged
+            cost = removal_cost(D, idx, val, signed=not cfg.nonnegative)
+            cost = cost.masked_fill(age < SWAP_GRACE_ITERATIONS, torch.inf)
+            forced = unused | duplicate
+            D, new = replace_atoms(D, forced, cost, R, gen, n_swaps=cfg.n_swaps,
+                                   nonnegative=cfg.nonnegative)
+            entry["n_swapped_atoms"] = int((new & ~forced).sum())
+            age = torch.where(new, 0, age + 1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            entry["seconds"] = time.perf_counter() - t0
+            self.log_.append(entry)
+            if progress is not None:
+                progress(entry)
+        self.components_ = D.to("cpu", torch.float32).numpy()
+        return self
+
+    def _update(self, X: torch.Tensor, D: torch.Tensor, idx: torch.Tensor, val: torch.Tensor,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """New unit-norm atoms [n_components, d] and codes `val` on the same support."""
+        raise NotImplementedError
+
+    def _code(self, X: torch.Tensor, D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return omp_encode(X, D, self.k, tol=self.tol, nonnegative=self.nonnegative,
+                          chunk_size=self.batch_size)
+
+    def transform(self, H: ArrayLike) -> ArrayLike:
+        """OMP codes [n_samples, n_components] of H on the fitted atoms (same kind as H)."""
+        self._check_fitted()
+        device = resolve_device(self.device)
+        D = torch.as_tensor(self.components_, device=device)
+        X = as_tensor_2d(H, "H", d=D.shape[1], device=device)
+        codes = sparse_to_dense(*self._code(X, D), D.shape[0])
+        return _like(codes, H)
+
+    def inverse_transform(self, codes: ArrayLike) -> ArrayLike:
+        """codes [n_samples, n_components] @ components_ -> [n_samples, d] (same kind)."""
+        self._check_fitted()
+        device = resolve_device(self.device)
+        D = torch.as_tensor(self.components_, device=device)
+        C = as_tensor_2d(codes, "codes", device=device)
+        if C.shape[1] != D.shape[0]:
+            raise ValueError(f"codes has {C.shape[1]} columns, but this dictionary has "
+                             f"n_components={D.shape[0]}")
+        return _like(C @ D, codes)
+
+
+def _like(result: torch.Tensor, reference: ArrayLike) -> ArrayLike:
+    if isinstance(reference, torch.Tensor):
+        return result.to(reference.device)
+    return result.cpu().numpy()
+
+
+# ---- pieces of the loop, pure functions of tensors ---------------------------------------
+def init_atoms(X: torch.Tensor, n_components: int, init: str,
+               gen: torch.Generator) -> torch.Tensor:
+    """Initial unit-norm atoms [n_components, d] from X [n_samples, d]."""
+    n_samples, d = X.shape
+    A = torch.randn(n_components, d, generator=gen, device=X.device, dtype=X.dtype)
+    if init == "data":
+        pick = torch.randperm(n_samples, generator=gen, device=X.device)[:n_components]
+        rows = X[pick]                                             # [min(n, n_components), d]
+        # zero samples carry no direction; those atoms stay Gaussian
+        ok = rows.norm(dim=1) > 0
+        A[:len(pick)] = torch.where(ok.unsqueeze(1), rows, A[:len(pick)])
+    elif init != "random":
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return unit_norm_rows(A)
+
+
+def atom_usage(idx: torch.Tensor, val: torch.Tensor, n_components: int) -> torch.Tensor:
+    """[n_components] int64: how many samples use each atom with a nonzero coefficient."""
+    return torch.bincount(idx[val != 0], minlength=n_components)
+
+
+def duplicate_atoms(D: torch.Tensor, usage: torch.Tensor, max_coherence: float,
+                    signed: bool) -> torch.Tensor:
+    """[n_components] bool: atoms with cos > max_coherence to a more-used atom.
+
+    Of a group of near-copies only the most-used atom (lowest index on ties) is kept.
+    signed: compare |cos|, since with signed codes d and -d are the same atom; with
+    nonnegative codes they are two (an antipodal pair), so only cos counts.
+    """
+    coh = D @ D.T                                                  # [M, M]
+    if signed:
+        coh = coh.abs()
+    coh.fill_diagonal_(0)
+    order = torch.arange(D.shape[0], device=D.device)
+    ranks_above = (usage.unsqueeze(0) > usage.unsqueeze(1)) | (
+        (usage.unsqueeze(0) == usage.unsqueeze(1)) & (order.unsqueeze(0) < order.unsqueeze(1)))
+    # [j, i]: atom i outranks atom j
+    return ((coh > max_coherence) & ranks_above).any(1)
+
+
+def orient_atoms(D: torch.Tensor, idx: torch.Tensor,
+                 val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip atoms (and their codes) whose codes sum to < 0; C D is unchanged.
+
+    (d, c) and (-d, -c) fit equally well; pointing each atom the way it is mostly used makes
+    atoms comparable with signed cosines (and is a no-op for nonnegative codes).
+    """
+    sums = D.new_zeros(D.shape[0]).index_add_(0, idx.clamp_min(0).flatten(), val.flatten())
+    sign = torch.where(sums < 0, -1.0, 1.0).to(D.dtype)            # [n_components]
+    return D * sign.unsqueeze(1), val * sign[idx.clamp_min(0)]
+
+
+def removal_cost(D: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, *,
+                 signed: bool) -> torch.Tensor:
+    """[n_components]: about how much ||H - C D||^2 grows if an atom is dropped.
+
+    Its samples would move its coefficients to the most similar other atom, so the loss is
+    the atom's energy sum_i c_ij^2 times 1 - cos^2 to that atom: an atom that matters alone
+    costs its energy, one of two near-copies costs almost nothing. signed: similarity is
+    |cos| (a coefficient can change sign); with nonnegative codes only cos > 0 helps.
+    """
+    energy = val.new_zeros(D.shape[0]).index_add_(0, idx.clamp_min(0).flatten(),
+                                                 val.pow(2).flatten())
+    cos = D @ D.T                                                  # [M, M]
+    cos.fill_diagonal_(0)
+    best = (cos.abs() if signed else cos.clamp_min(0)).amax(1)
+    return energy * (1 - best.pow(2))
+
+
+def replace_atoms(D: torch.Tensor, forced: torch.Tensor, cost: torch.Tensor, R: torch.Tensor,
+                  gen: torch.Generator, *, n_swaps: int = 0,
+                  nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """New directions for some atoms of D [n_components, d]; returns (D, which are new).
+
+    forced [n_components] bool: atoms replaced in any case (unused, near-copies).
+    cost [n_components]: what dropping each atom would lose (`removal_cost`; inf: keep it).
+    After the forced ones, up to n_swaps of the cheapest other atoms are swapped, each only
+    if its new direction would carry more than twice its cost: this frees atoms stuck in a
+    local minimum (half of a split feature, an atom on a few samples), while an atom that
+    matters is worth more than any leftover direction.
+
+    The new directions are the principal directions of the residuals R [n_samples, d] of
+    the worst-represented samples, strongest first: what the dictionary misses most, where
+    the residual of any single sample would mix a missing feature with that sample's
+    coding errors. A direction "carries" sum_i (r_i . a)^2 over those samples (only the
+    positive parts with nonnegative codes, for which the sign is chosen to maximise it).
+    """
+    forced_slots = forced.nonzero().squeeze(1).tolist()
+    cost = cost.masked_fill(forced, torch.inf)
+    cheapest = cost.argsort()[:n_swaps]
+    swap_slots = cheapest[torch.isfinite(cost[cheapest])].tolist()
+    new = torch.zeros_like(forced)
+    if not forced_slots and not swap_slots:
+        return D, new
+    D = D.clone()
+    norms2 = R.pow(2).sum(1)                                       # [n_samples]
+    n_pool = min(R.shape[0], max(8 * (len(forced_slots) + len(swap_slots)), 1024))
+    pool = R[norms2.topk(n_pool).indices]                          # [n_pool, d]
+    directions = torch.linalg.eigh(pool.T @ pool).eigenvectors.flip(1).T  # [d, d] strongest first
+    proj = pool @ directions.T                                     # [n_pool, d]
+    if nonnegative:
+        flip = proj.clamp_min(0).norm(dim=0) < (-proj).clamp_min(0).norm(dim=0)   # [d]
+        directions[flip], proj[:, flip] = -directions[flip], -proj[:, flip]
+        proj = proj.clamp_min(0)
+    gain = proj.pow(2).sum(0)                                      # [d]
+    floor = 1e-12 * float(norms2.max())
+    for n_done, slot in enumerate(forced_slots + swap_slots):
+        if n_done >= len(directions) or gain[n_done] <= floor:
+            # nothing left unexplained: fill the remaining forced slots at random
+            rest = forced_slots[n_done:]
+            D[rest] = unit_norm_rows(torch.randn(len(rest), D.shape[1], generator=gen,
+                                                 device=D.device, dtype=D.dtype))
+            new[rest] = True
+            break
+        if n_done >= len(forced_slots) and gain[n_done] <= 2 * cost[slot]:
+            break  # swap slots come cheapest first: no later one would pass either
+        D[slot] = directions[n_done]
+        new[slot] = True
+    return D, new
+
+
+def sparse_codes_as_matrix(idx: torch.Tensor, val: torch.Tensor,
+                           n_components: int) -> torch.Tensor:
+    """The codes as a sparse COO matrix [n_samples, n_components] (MOD's normal equations)."""
+    n_samples, k = idx.shape
+    keep = (val != 0).flatten()
+    rows = torch.arange(n_samples, device=idx.device).repeat_interleave(k)[keep]
+    # indices are built in range here, so skip torch's invariant checks (and their warning)
+    return torch.sparse_coo_tensor(torch.stack([rows, idx.flatten()[keep]]), val.flatten()[keep],
+                                   (n_samples, n_components), check_invariants=False).coalesce()
+

@@ -1,0 +1,111 @@
+"""`sae`: fit dictionaries (SAEs, k-SVD, MOD, scikit-learn) to a run's activations."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from generate.cli import click_progress
+from sae.config import DEFAULT_METHODS, ConfigError, SAEStageConfig
+
+# options that set one hyperparameter of every method that has it
+_SHARED_PARAMS = [
+    ("--l1-coefficient", float, "l1: weight of the decoder-norm-weighted L1 penalty."),
+    ("--lr", float, "SAEs: Adam learning rate."),
+    ("--n-epochs", int, "SAEs: passes over the rows."),
+    ("--batch-size", int, "SAEs and sklearn: rows per step."),
+    ("--n-iter", int, "k-SVD/MOD: coding + update iterations."),
+    ("--alpha", float, "sklearn: lasso weight while fitting."),
+]
+
+
+def _with_shared_params(func):
+    for flag, kind, help_text in reversed(_SHARED_PARAMS):
+        func = click.option(flag, type=kind, default=None, help=help_text)(func)
+    return func
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs/default"), help="Run folder written by `generate`.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="JSON stage config (a saved sae/config.json works).")
+@click.option("--methods", default=None,
+              help=f"Comma-separated, from: {', '.join(DEFAULT_METHODS)} [default: all].")
+@click.option("--instance", "instances", default=None,
+              help="Comma-separated instance ids [default: every instance].")
+@click.option("--dict-ratio", type=float, default=None, help="Atoms per true direction [1.0].")
+@click.option("--size-basis", type=click.Choice(["represented", "features"]), default=None,
+              help="What --dict-ratio multiplies [represented].")
+@click.option("--n-components", type=int, default=None, help="Absolute dictionary size.")
+@click.option("--k", type=int, default=None,
+              help="Active atoms per row [expected active features, rounded up].")
+@click.option("--max-rows", type=int, default=None, help="Fit on at most this many rows.")
+@click.option("--seed", type=int, default=None, help="random_state of every method [0].")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N [auto].")
+@click.option("--param", "raw_params", multiple=True, metavar="METHOD.KEY=VALUE",
+              help="Any method hyperparameter, e.g. topk.aux_coefficient=0.5 or *.lr=0.003.")
+@_with_shared_params
+def main(run_dir, config_file, methods, instances, raw_params, **options):
+    """Fit dictionaries to every instance's activations in RUN_DIR/generate and write them to
+    RUN_DIR/sae/<instance>/<method>/."""
+    import torch
+
+    from data.shards import ShardError
+    from sae.pipeline import StageInputError, run_sae
+
+    values = {}
+    if config_file is not None:
+        if not config_file.is_file():
+            raise click.BadParameter(f"{config_file}: file not found", param_hint="--config")
+        from data.files import read_json
+        saved = read_json(config_file)
+        values = saved.get("config", saved) if isinstance(saved, dict) else saved
+    shared = {flag[2:].replace("-", "_"): options.pop(flag[2:].replace("-", "_"))
+              for flag, _, _ in _SHARED_PARAMS}
+    for key in ("dict_ratio", "size_basis", "n_components", "k", "max_rows", "seed", "device"):
+        if options.get(key) is not None:
+            values[key] = options[key]
+    if methods is not None:
+        values["methods"] = _csv(methods)
+    if instances is not None:
+        values["instances"] = _csv(instances)
+    params = {m: dict(p) for m, p in values.get("params", {}).items()}
+    star = params.setdefault("*", {})
+    star.update({k: v for k, v in shared.items() if v is not None})
+    for raw in raw_params:
+        try:
+            target, value = raw.split("=", 1)
+            method, key = target.split(".", 1)
+        except ValueError:
+            raise click.BadParameter(f"{raw!r}: expected METHOD.KEY=VALUE", param_hint="--param") from None
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        params.setdefault(method, {})[key] = parsed
+    values["params"] = {m: p for m, p in params.items() if p}
+    try:
+        config = SAEStageConfig.from_dict(values)
+    except ConfigError as err:
+        hint = "--param" if err.field == "params" else f"--{err.field.replace('_', '-')}"
+        raise click.BadParameter(err.message, param_hint=hint) from None
+    device = config.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise click.BadParameter(f"{device!r}, but torch sees no CUDA device", param_hint="--device")
+    try:
+        out = run_sae(config, run_dir, progress=click_progress, echo=click.echo)
+    except (StageInputError, ShardError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    except ValueError as err:  # a method refused its hyperparameters or the data
+        raise click.ClickException(f"{err}") from None
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

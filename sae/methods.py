@@ -1,0 +1,37 @@
+"""The method registry: a name on the command line -> an estimator class and fixed settings."""
+from __future__ import annotations
+
+from sae.ksvd import KSVD
+from sae.mod import MOD
+from sae.sklearn_baseline import SklearnDictionary
+from sae.sparse_autoencoder import BatchTopKSAE, L1SAE, TopKSAE
+
+# name -> (estimator class, parameters that define the variant)
+METHODS = {
+    "l1": (L1SAE, {}),
+    "topk": (TopKSAE, {}),
+    "batchtopk": (BatchTopKSAE, {}),
+    "ksvd": (KSVD, {"nonnegative": False}),
+    "ksvd_nn": (KSVD, {"nonnegative": True}),
+    "mod": (MOD, {"nonnegative": False}),
+    "mod_nn": (MOD, {"nonnegative": True}),
+    "sklearn": (SklearnDictionary, {}),
+}
+SAE_METHODS = ("l1", "topk", "batchtopk")
+
+
+def param_names(method: str) -> set[str]:
+    import dataclasses
+
+    cls, _ = METHODS[method]
+    return {f.name for f in dataclasses.fields(cls.config_class)}
+
+
+def build(method: str, params: dict):
+    """An unfitted estimator of `method` with `params` (only the ones it accepts are used)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    cls, fixed = METHODS[method]
+    accepted = param_names(method)
+    kwargs = {k: v for k, v in params.items() if k in accepted}
+    return cls(**{**kwargs, **fixed})

@@ -1,0 +1,102 @@
+"""Method of optimal directions (Engan, Aase & Husoy 1999).
+
+Each iteration codes every sample by batch OMP, then refits all atoms at once by least
+squares given the codes: D = (C^T C + lambda I)^{-1} C^T H, rows renormalised to unit norm
+(and the codes rescaled by the same factors, so that C D is unchanged). lambda = ridge *
+mean(diag(C^T C)) only keeps the system solvable when atoms are rarely or never used; an
+unused atom solves to zero and is replaced like in k-SVD.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sae._sparse_coding_dictionary import (SparseCodingConfig, SparseCodingDictionary,
+                                           sparse_codes_as_matrix)
+
+
+@dataclass(frozen=True)
+class MODConfig(SparseCodingConfig):
+    """MOD: SparseCodingConfig plus the ridge of the normal equations."""
+
+    ridge: float = 1e-6
+    """lambda / mean(diag(C^T C)) in the least-squares atom update"""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.ridge, bool) or not self.ridge >= 0:
+            raise ValueError(f"ridge must be a number >= 0, got {self.ridge!r}")
+
+
+class MOD(SparseCodingDictionary):
+    """MOD dictionary learning with OMP coding; see MODConfig for the parameters."""
+
+    method = "mod"
+    config_class = MODConfig
+
+    def __init__(self, n_components: int, k: int = 3, tol: float | None = None,
+                 n_iter: int = 30, nonnegative: bool = False, init: str = "data",
+                 batch_size: int | None = None, max_coherence: float = 0.99,
+                 n_swaps: int = 1, random_state: int | None = 0, device: str = "auto",
+                 ridge: float = 1e-6):
+        self.n_components = n_components
+        self.k = k
+        self.tol = tol
+        self.n_iter = n_iter
+        self.nonnegative = nonnegative
+        self.init = init
+        self.batch_size = batch_size
+        self.max_coherence = max_coherence
+        self.n_swaps = n_swaps
+        self.random_state = random_state
+        self.device = device
+        self.ridge = ridge
+
+    def _update(self, X, D, idx, val, gen):
+        return mod_update(X, D, idx, val, ridge=self.ridge)
+
+
+def mod_update(X: torch.Tensor, D: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, *,
+               ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares atoms for fixed codes.
+
+    X: [n_samples, d]; D: [n_components, d] current atoms (kept where an atom is unused);
+    idx, val: [n_samples, k] sparse codes. Returns (D [n_components, d] unit-norm rows, val
+    rescaled so that the product C D equals the least-squares fit).
+    """
+    n_components = D.shape[0]
+    C = sparse_codes_as_matrix(idx, val, n_components)             # sparse [n_samples, M]
+    # the normal equations in float64: C^T C squares the codes' condition number
+    CtX = torch.sparse.mm(C.t(), X).double()                       # [M, d]
+    CtC = _gram_of_sparse_codes(idx, val, n_components)            # [M, M] float64
+    lam = ridge * float(CtC.diagonal().mean())
+    A = CtC + lam * torch.eye(n_components, dtype=CtC.dtype, device=CtC.device)
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) == 0:
+        D_ls = torch.cholesky_solve(CtX, L)
+    else:  # only when lam == 0 and some atom is unused
+        D_ls = torch.linalg.lstsq(A.cpu(), CtX.cpu()).solution.to(A.device)
+    norms = D_ls.norm(dim=1)                                       # [M]
+    used = norms > 0
+    D_new = torch.where(used.unsqueeze(1), D_ls / norms.clamp_min(1e-300).unsqueeze(1),
+                        D.double()).to(D.dtype)
+    scale = torch.where(used, norms, 1.0).to(val.dtype)
+    return D_new, val * scale[idx.clamp_min(0)]
+
+
+def _gram_of_sparse_codes(idx: torch.Tensor, val: torch.Tensor, n_components: int,
+                          chunk: int = 1 << 16) -> torch.Tensor:
+    """C^T C [n_components, n_components] float64 from sparse codes [n_samples, k].
+
+    Sums the k x k outer products of each sample's coefficients into their (i, j) cells,
+    so the cost is n_samples * k^2, never n_samples * n_components.
+    """
+    M = n_components
+    out = torch.zeros(M * M, dtype=torch.float64, device=val.device)
+    for start in range(0, idx.shape[0], chunk):
+        i = idx[start:start + chunk].clamp_min(0)                  # [c, k]
+        v = val[start:start + chunk].double()                      # [c, k]
+        cells = (i.unsqueeze(2) * M + i.unsqueeze(1)).flatten()   # [c * k * k]
+        out.index_add_(0, cells, (v.unsqueeze(2) * v.unsqueeze(1)).flatten())
+    return out.view(M, M)

@@ -1,0 +1,241 @@
+"""k-SVD and MOD: planted recovery, the atom updates against dense algebra, the estimator API."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from sae._sparse_coding_dictionary import duplicate_atoms, removal_cost
+from sae.base import DictionaryEstimator
+from sae.ksvd import KSVD, KSVDConfig, ksvd_sweep
+from sae.mod import MOD, MODConfig, mod_update
+from sae.omp import omp_encode, sparse_reconstruct
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # these fits are many small kernels: on 2 cores, thread handoff costs more than it
+    # saves, and under load from other processes it can cost 10x
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def planted(n_samples=20_000, n_features=64, d=32, active=3, seed=0):
+    """Noiseless H = C A: unit atoms A [n_features, d], `active` features per sample with
+    magnitudes uniform in [0.5, 1.5]. Returns (H [n_samples, d] float32 numpy, A)."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n_features, d, generator=g)
+    A /= A.norm(dim=1, keepdim=True)
+    support = torch.rand(n_samples, n_features, generator=g).argsort(1)[:, :active]
+    C = torch.zeros(n_samples, n_features).scatter_(
+        1, support, 0.5 + torch.rand(n_samples, active, generator=g))
+    return (C @ A).numpy(), A.numpy()
+
+
+def mmcs(true, learned):
+    """Mean over true atoms of the max signed cosine with any learned atom."""
+    t = true / np.linalg.norm(true, axis=1, keepdims=True)
+    a = learned / np.linalg.norm(learned, axis=1, keepdims=True)
+    return float((t @ a.T).max(1).mean())
+
+
+@pytest.fixture(scope="module")
+def planted_data():
+    return planted()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls, kwargs", [(KSVD, {}), (KSVD, {"nonnegative": True}),
+                                         (MOD, {}), (MOD, {"nonnegative": True})],
+                         ids=["ksvd", "ksvd-nonnegative", "mod", "mod-nonnegative"])
+def test_planted_recovery(planted_data, cls, kwargs):
+    H, A = planted_data
+    est = cls(n_components=64, k=3, n_iter=40, random_state=0, **kwargs).fit(H)
+    assert mmcs(A, est.components_) >= 0.99
+    assert est.log_[-1]["fvu"] < 0.02
+    np.testing.assert_allclose(np.linalg.norm(est.components_, axis=1), 1, atol=1e-5)
+    codes = est.transform(H[:500])
+    assert ((codes != 0).sum(1) <= 3).all()
+    if kwargs.get("nonnegative"):
+        assert (codes >= 0).all()
+
+
+def test_approximate_ksvd_learns(planted_data):
+    H, A = planted_data
+    est = KSVD(n_components=64, k=3, n_iter=8, approximate=True).fit(H[:5000])
+    fvu = [e["fvu"] for e in est.log_]
+    assert fvu[-1] < 0.5 * fvu[0]
+    assert mmcs(A, est.components_) > 0.8
+
+
+# ---- the atom updates against dense algebra ---------------------------------------------
+def test_ksvd_sweep_on_one_atom_is_the_top_singular_pair():
+    # with one atom every sample's residual-without-the-atom is the sample itself
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    D = torch.nn.functional.normalize(torch.randn(1, 6, generator=g, dtype=torch.float64))
+    idx = torch.tensor([[0]] * 30 + [[-1]] * 10)
+    val = torch.cat([torch.randn(30, 1, generator=g, dtype=torch.float64),
+                     torch.zeros(10, 1, dtype=torch.float64)])
+    new_D, new_val = ksvd_sweep(X, D, idx, val, torch.tensor([0]))
+    U, S, Vt = np.linalg.svd(X[:30].numpy())
+    sign = np.sign(new_D[0].numpy() @ Vt[0])
+    np.testing.assert_allclose(new_D[0].numpy(), sign * Vt[0], atol=1e-10)
+    np.testing.assert_allclose(new_val[:30, 0].numpy(), sign * S[0] * U[:, 0], atol=1e-10)
+    assert (new_val[30:] == 0).all()
+
+    approx_D, approx_val = ksvd_sweep(X, D, idx, val, torch.tensor([0]), approximate=True)
+    direction = X[:30].T @ val[:30, 0]
+    torch.testing.assert_close(approx_D[0], direction / direction.norm())
+    torch.testing.assert_close(approx_val[:30, 0], X[:30] @ approx_D[0])
+
+
+def test_ksvd_sweep_never_increases_the_error():
+    H, _ = planted(2000, 16, 12, seed=1)
+    X = torch.from_numpy(H).double()
+    g = torch.Generator().manual_seed(2)
+    D = torch.nn.functional.normalize(torch.randn(16, 12, generator=g, dtype=torch.float64))
+    for approximate in (False, True):
+        for nonnegative in (False, True):
+            idx, val = omp_encode(X, D, 3, nonnegative=nonnegative)
+            before = (X - sparse_reconstruct(idx, val, D)).pow(2).sum()
+            D2, val2 = ksvd_sweep(X, D, idx, val, torch.randperm(16, generator=g),
+                                  approximate=approximate, nonnegative=nonnegative)
+            after = (X - sparse_reconstruct(idx, val2, D2)).pow(2).sum()
+            assert after <= before * (1 + 1e-12)
+            torch.testing.assert_close(D2.norm(dim=1), torch.ones(16, dtype=torch.float64))
+            if nonnegative:
+                assert (val2 >= 0).all()
+
+
+def test_mod_update_is_least_squares():
+    g = torch.Generator().manual_seed(3)
+    n, M, d, k = 200, 10, 6, 3
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    idx = torch.rand(n, M, generator=g).argsort(1)[:, :k]
+    val = torch.randn(n, k, generator=g, dtype=torch.float64)
+    D = torch.nn.functional.normalize(torch.randn(M, d, generator=g, dtype=torch.float64))
+    C = torch.zeros(n, M, dtype=torch.float64).scatter_(1, idx, val)
+    D_ls = torch.linalg.lstsq(C, X).solution                       # [M, d]
+    new_D, new_val = mod_update(X, D, idx, val, ridge=0.0)
+    torch.testing.assert_close(new_D, D_ls / D_ls.norm(dim=1, keepdim=True))
+    new_C = torch.zeros(n, M, dtype=torch.float64).scatter_(1, idx, new_val)
+    torch.testing.assert_close(new_C @ new_D, C @ D_ls)
+
+
+def test_near_copies_and_their_cost():
+    D = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [1.0, 0.01, 0], [0, 1.0, 0],
+                                                    [0, -1.0, 0]]))
+    usage = torch.tensor([5, 9, 4, 4])
+    # atom 0 copies the more-used atom 1; atoms 2 and 3 are an antipodal pair, one atom only
+    # when codes may be negative
+    assert duplicate_atoms(D, usage, 0.99, signed=True).tolist() == [True, False, False, True]
+    assert duplicate_atoms(D, usage, 0.99, signed=False).tolist() == [True, False, False, False]
+    idx = torch.tensor([[0, 2], [1, 3]])
+    val = torch.tensor([[2.0, 1.0], [1.0, 3.0]])
+    cost = removal_cost(D, idx, val, signed=False)
+    cos01, cos12 = float(D[0] @ D[1]), float(D[1] @ D[2])
+    # energies 4, 1, 1, 9 times 1 - cos^2 to the closest other atom (cos < 0 does not count)
+    torch.testing.assert_close(cost, torch.tensor([4 * (1 - cos01 ** 2), 1 * (1 - cos01 ** 2),
+                                                   1 - cos12 ** 2, 9.0]))
+
+
+# ---- the estimator contract ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_data():
+    return planted(2000, 16, 8, seed=4)
+
+
+@pytest.mark.parametrize("cls", [KSVD, MOD])
+def test_save_load_round_trip(tmp_path, small_data, cls):
+    H, _ = small_data
+    est = cls(n_components=16, k=2, n_iter=3, nonnegative=True, tol=1e-3).fit(H)
+    est.save(tmp_path / cls.method)
+    loaded = cls.load(tmp_path / cls.method)
+    assert loaded.get_config() == est.get_config()
+    np.testing.assert_array_equal(loaded.components_, est.components_)
+    np.testing.assert_array_equal(loaded.transform(H), est.transform(H))
+
+
+@pytest.mark.parametrize("cls", [KSVD, MOD])
+def test_input_kinds_and_shapes(small_data, cls):
+    H, _ = small_data
+    est = cls(n_components=16, k=2, n_iter=2)
+    assert est.fit(torch.from_numpy(H)) is est
+    codes = est.transform(H)
+    assert isinstance(codes, np.ndarray) and codes.shape == (2000, 16)
+    codes_t = est.transform(torch.from_numpy(H))
+    assert isinstance(codes_t, torch.Tensor)
+    np.testing.assert_array_equal(codes_t.numpy(), codes)
+    recon = est.inverse_transform(codes)
+    assert isinstance(recon, np.ndarray) and recon.shape == H.shape
+    np.testing.assert_allclose(recon, codes @ est.components_, rtol=1e-5, atol=1e-6)
+    assert est.components_.dtype == np.float32 and est.components_.shape == (16, 8)
+
+
+def test_log_and_progress(small_data):
+    H, _ = small_data
+    seen = []
+    est = MOD(n_components=16, k=2, n_iter=4).fit(H, progress=seen.append)
+    assert seen == est.log_ and [e["iteration"] for e in seen] == [1, 2, 3, 4]
+    assert set(seen[0]) == {"iteration", "fvu", "l0", "n_unused_atoms", "n_duplicate_atoms",
+                            "n_swapped_atoms", "seconds"}
+    assert 0 < seen[-1]["fvu"] < seen[0]["fvu"] and seen[-1]["l0"] <= 2
+
+
+def test_same_seed_same_atoms(small_data):
+    H, _ = small_data
+    a = KSVD(n_components=16, k=2, n_iter=3, random_state=7).fit(H).components_
+    b = KSVD(n_components=16, k=2, n_iter=3, random_state=7).fit(H).components_
+    c = KSVD(n_components=16, k=2, n_iter=3, random_state=8).fit(H).components_
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("cls, config_class", [(KSVD, KSVDConfig), (MOD, MODConfig)])
+def test_init_defaults_are_the_config_defaults(cls, config_class):
+    assert issubclass(cls, DictionaryEstimator)
+    assert cls(n_components=5).get_config() == config_class(n_components=5)
+    assert {f.name for f in dataclasses.fields(config_class)} == set(cls(5).get_params())
+
+
+@pytest.mark.parametrize("cls", [KSVD, MOD])
+def test_bad_input_is_named(small_data, cls):
+    H, _ = small_data
+    bad = H.copy()
+    bad[[3, 7]] = np.nan
+    with pytest.raises(ValueError, match=r"2 rows with NaN or inf \(first: \[3, 7\]\)"):
+        cls(n_components=4).fit(bad)
+    with pytest.raises(ValueError, match="H is empty"):
+        cls(n_components=4).fit(np.empty((0, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="n_components must be an integer >= 1, got 0"):
+        cls(n_components=0).fit(H)
+    with pytest.raises(ValueError, match="k=9 nonzeros per sample exceeds d=8"):
+        cls(n_components=16, k=9).fit(H)
+    with pytest.raises(ValueError, match="k=5 nonzeros per sample exceeds n_components=4"):
+        cls(n_components=4, k=5).fit(H)
+    with pytest.raises(ValueError, match="init must be one of"):
+        cls(n_components=4, init="kmeans").fit(H)
+    est = cls(n_components=4, k=1, n_iter=1).fit(H)
+    with pytest.raises(ValueError, match="H has d=5 columns, but this dictionary has d=8"):
+        est.transform(H[:, :5])
+    with pytest.raises(ValueError, match="codes has 3 columns, but this dictionary has "
+                                         "n_components=4"):
+        est.inverse_transform(np.zeros((2, 3)))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        cls(n_components=4).transform(H)
+
+
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="tol must be None or a number >= 0"):
+        KSVDConfig(n_components=4, tol=-1.0)
+    with pytest.raises(ValueError, match="approximate must be True or False"):
+        KSVDConfig(n_components=4, approximate="yes")
+    with pytest.raises(ValueError, match="ridge must be a number >= 0"):
+        MODConfig(n_components=4, ridge=-1e-3)
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu'"):
+        MODConfig(n_components=4, device="tpu")
+    with pytest.raises(ValueError, match=r"max_coherence must be in \(0, 1\]"):
+        MODConfig(n_components=4, max_coherence=1.5)

@@ -1,0 +1,98 @@
+"""Stage 2 through its command: what lands on disk, and the errors a user can trigger."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors import safe_open
+
+from data import files
+from data.shards import read_all
+from sae.cli import main
+from sae.methods import METHODS
+from sae.sklearn_baseline import SklearnDictionary
+
+FAST = ["--n-epochs", "2", "--n-iter", "3", "--param", "sklearn.max_iter=1",
+        "--param", "*.batch_size=256"]
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tiny_run, tmp_path_factory):
+    """The shared tiny run, copied, with every method fitted to its sparser instance."""
+    import shutil
+    run = tmp_path_factory.mktemp("sae-run") / "run"
+    shutil.copytree(tiny_run, run)
+    result = CliRunner().invoke(main, ["--run-dir", str(run), "--instance", "01-p0.05",
+                                       "--device", "cpu"] + FAST)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_writes_a_dictionary_config_and_log(fitted_run, method):
+    out = files.sae_dir(fitted_run, "01-p0.05", method)
+    with safe_open(str(out / files.DICTIONARY_FILE), "np") as f:
+        atoms = f.get_tensor(files.COMPONENTS)
+        meta = f.metadata()
+    config = json.loads((out / files.CONFIG_FILE).read_text())
+    n_represented = config["instance_facts"]["n_represented"]
+    assert atoms.shape == (n_represented, 4)  # dict_ratio 1 of the represented set, d = 4
+    assert np.allclose(np.linalg.norm(atoms, axis=1), 1.0, atol=1e-5)
+    assert meta["instance_id"] == "01-p0.05" and meta["method_name"] == method
+    assert config["method_name"] == method and config["fit_seconds"] > 0
+    log = [json.loads(line) for line in (out / files.TRAIN_LOG_FILE).read_text().splitlines()]
+    assert log and "fvu" in log[-1] and 0 <= log[-1]["fvu"] < 1.5
+
+
+def test_saved_dictionaries_load_and_reconstruct_the_activations(fitted_run):
+    inst = files.instance_dir(fitted_run, "01-p0.05")
+    H, _ = read_all(inst)
+    for method, (cls, _) in METHODS.items():
+        est = cls.load(files.sae_dir(fitted_run, "01-p0.05", method))
+        codes = est.transform(H[:500])
+        fvu = ((est.inverse_transform(codes) - H[:500]) ** 2).sum() / ((H[:500] - H[:500].mean(0)) ** 2).sum()
+        assert fvu < 1.0, method
+
+
+def test_sklearn_baseline_save_load_gives_the_same_transform(tmp_path):
+    rng = np.random.default_rng(0)
+    H = rng.normal(size=(400, 6)).astype(np.float32)
+    est = SklearnDictionary(n_components=8, k=2, max_iter=1, random_state=0).fit(H)
+    est.save(tmp_path)
+    again = SklearnDictionary.load(tmp_path)
+    assert np.array_equal(est.transform(H), again.transform(H))
+    assert (np.count_nonzero(est.transform(H), axis=1) <= 2).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "pca"], "unknown method 'pca'; valid: l1, topk"),
+    (["--dict-ratio", "0"], "--dict-ratio.*must be > 0"),
+    (["--k", "0"], "--k.*must be >= 1"),
+    (["--param", "topk.beta=1"], "topk has no parameter 'beta'"),
+    (["--param", "topk"], "expected METHOD.KEY=VALUE"),
+])
+def test_invalid_options_give_a_clear_error(tiny_run, args, message):
+    import re
+    result = CliRunner().invoke(main, ["--run-dir", str(tiny_run)] + args)
+    assert result.exit_code == 2 and re.search(message, result.output, re.S), result.output
+
+
+def test_run_without_stage_1_is_refused(tmp_path):
+    result = CliRunner().invoke(main, ["--run-dir", str(tmp_path / "empty")])
+    assert result.exit_code == 1
+    assert "generate/config.json: not found; run `generate" in result.output
+
+
+def test_unknown_instance_lists_the_valid_ones(tiny_run):
+    result = CliRunner().invoke(main, ["--run-dir", str(tiny_run), "--instance", "07-p1"])
+    assert result.exit_code == 1 and "no instance '07-p1'; valid: 00-p0.2, 01-p0.05" in result.output
+
+
+def test_k_larger_than_d_is_refused_naming_both(tiny_run, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result = CliRunner().invoke(main, ["--run-dir", str(run), "--methods", "ksvd", "--k", "9",
+                                       "--n-components", "12", "--instance", "00-p0.2"])
+    assert result.exit_code == 1 and "k=9" in result.output and "d=4" in result.output
+    assert not (run / "sae" / "00-p0.2" / "ksvd").exists()
