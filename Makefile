@@ -27,7 +27,7 @@ generate: $(STAMP)
 	$(PY) -m generate --run-dir $(RUN) $(GENERATE_ARGS)
 
 sae: $(STAMP)
-	@echo "make sae: stage 2 (dictionary learning) is not built yet; see issue 3." >&2; exit 2
+	$(PY) -m sae --run-dir $(RUN) $(SAE_ARGS)
 
 evaluate: $(STAMP)
 	@echo "make evaluate: stage 3 (scoring) is not built yet; see issue 4." >&2; exit 2
@@ -38,6 +38,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_loader.py
 	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_omp.py
+	$(PY) benchmarks/bench_saes.py
+	$(PY) benchmarks/bench_dictionaries.py
 
 clean:
 	rm -rf runs/default .pytest_cache

@@ -1,37 +1,12 @@
 """`generate`: train toy models of superposition and write their activations + ground truth."""
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 from pathlib import Path
 
 import click
 
+from data.cli import FloatList, click_progress, set_cpu_threads
 from generate.config import ConfigError, GenerateConfig
-
-
-class FloatList(click.ParamType):
-    name = "FLOAT[,FLOAT...]"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, (tuple, list)):
-            return tuple(float(v) for v in value)
-        try:
-            return tuple(float(v) for v in str(value).split(",") if v.strip())
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
-
-
-@contextlib.contextmanager
-def click_progress(label: str, total: int):
-    info = {"text": ""}
-    with click.progressbar(length=max(total, 1), label=label, show_pos=True, show_eta=True,
-                           item_show_func=lambda _: info["text"]) as bar:
-        class Bar:
-            def update(self, n: int, text: str = "") -> None:
-                info["text"] = text
-                bar.update(n)
-        yield Bar()
 
 
 # every option defaults to None so that --config FILE values are only overridden on purpose
@@ -70,13 +45,16 @@ def _with_options(func):
               default=Path("runs/default"), help="Run folder; writes <run-dir>/generate/.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="JSON config (a saved config.json works); options override it.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [torch's default].")
 @_with_options
-def main(run_dir: Path, config_file: Path | None, **options) -> None:
+def main(run_dir: Path, config_file: Path | None, threads: int | None, **options) -> None:
     """Train toy models of superposition (or draw a synthetic dictionary) and write their
     hidden activations, true feature values and ground-truth directions to RUN_DIR/generate."""
     import torch  # heavy imports inside the command keep --help fast
 
     from generate.pipeline import run_generate
+
+    set_cpu_threads(threads)
 
     values = {}
     if config_file is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from generate.cli import click_progress
+from data.cli import click_progress, set_cpu_threads
 from sae.config import DEFAULT_METHODS, ConfigError, SAEStageConfig
 
 # options that set one hyperparameter of every method that has it
@@ -45,19 +45,24 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
 @click.option("--n-components", type=int, default=None, help="Absolute dictionary size.")
 @click.option("--k", type=int, default=None,
               help="Active atoms per row [expected active features, rounded up].")
-@click.option("--max-rows", type=int, default=None, help="Fit on at most this many rows.")
+@click.option("--max-rows", type=int, default=None, help="Fit on at most this many rows [32768].")
+@click.option("--drop-zero-rows/--keep-zero-rows", default=None,
+              help="Leave out rows where no feature fired [drop].")
 @click.option("--seed", type=int, default=None, help="random_state of every method [0].")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N [auto].")
 @click.option("--param", "raw_params", multiple=True, metavar="METHOD.KEY=VALUE",
               help="Any method hyperparameter, e.g. topk.aux_coefficient=0.5 or *.lr=0.003.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [torch's default].")
 @_with_shared_params
-def main(run_dir, config_file, methods, instances, raw_params, **options):
+def main(run_dir, config_file, methods, instances, raw_params, threads, **options):
     """Fit dictionaries to every instance's activations in RUN_DIR/generate and write them to
     RUN_DIR/sae/<instance>/<method>/."""
     import torch
 
     from data.shards import ShardError
     from sae.pipeline import StageInputError, run_sae
+
+    set_cpu_threads(threads)
 
     values = {}
     if config_file is not None:
@@ -68,7 +73,8 @@ def main(run_dir, config_file, methods, instances, raw_params, **options):
         values = saved.get("config", saved) if isinstance(saved, dict) else saved
     shared = {flag[2:].replace("-", "_"): options.pop(flag[2:].replace("-", "_"))
               for flag, _, _ in _SHARED_PARAMS}
-    for key in ("dict_ratio", "size_basis", "n_components", "k", "max_rows", "seed", "device"):
+    for key in ("dict_ratio", "size_basis", "n_components", "k", "max_rows", "drop_zero_rows",
+                "seed", "device"):
         if options.get(key) is not None:
             values[key] = options[key]
     if methods is not None:

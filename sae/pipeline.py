@@ -87,6 +87,10 @@ def run_sae(config: SAEStageConfig, run_dir: str | Path,
         facts = instance_facts(inst)
         n_components, k = resolve_sizes(config, facts)
         H, _ = read_all(inst)  # verifies every shard against the manifest
+        if config.drop_zero_rows:
+            H = H[np.abs(H).max(axis=1) > 0]
+        if len(H) == 0:
+            raise StageInputError(f"{inst}: no nonzero activation row to fit")
         if config.max_rows is not None:
             H = H[: config.max_rows]
         H = torch.from_numpy(np.ascontiguousarray(H)).to(device)  # [rows, d]

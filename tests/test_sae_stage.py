@@ -12,7 +12,7 @@ from sae.cli import main
 from sae.methods import METHODS
 from sae.sklearn_baseline import SklearnDictionary
 
-FAST = ["--n-epochs", "2", "--n-iter", "3", "--param", "sklearn.max_iter=1",
+FAST = ["--n-epochs", "20", "--n-iter", "3", "--param", "sklearn.max_iter=1",
         "--param", "*.batch_size=256"]
 
 
@@ -47,11 +47,12 @@ def test_every_method_writes_a_dictionary_config_and_log(fitted_run, method):
 def test_saved_dictionaries_load_and_reconstruct_the_activations(fitted_run):
     inst = files.instance_dir(fitted_run, "01-p0.05")
     H, _ = read_all(inst)
+    H = H[np.abs(H).max(1) > 0]  # the stage fits on the rows where some feature fired
     for method, (cls, _) in METHODS.items():
         est = cls.load(files.sae_dir(fitted_run, "01-p0.05", method))
         codes = est.transform(H[:500])
         fvu = ((est.inverse_transform(codes) - H[:500]) ** 2).sum() / ((H[:500] - H[:500].mean(0)) ** 2).sum()
-        assert fvu < 1.0, method
+        assert fvu < 0.5, method
 
 
 def test_sklearn_baseline_save_load_gives_the_same_transform(tmp_path):
