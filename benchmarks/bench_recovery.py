@@ -56,17 +56,30 @@ def load_instance(instance_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return H.astype(np.float32), gt["directions"][rep].numpy(), prob.numpy()
 
 
+def tail_probabilities(n_features: int, mean_active: float = 5.0,
+                       p_min: float = 2e-4) -> torch.Tensor:
+    """[n_features] p_i log-uniform from p_max down to p_min (geometric decay over i), p_max
+    found by bisection so that sum_i p_i = mean_active."""
+    lo, hi = p_min, 1.0
+    for _ in range(60):
+        p_max = (lo + hi) / 2
+        total = torch.logspace(math.log10(p_max), math.log10(p_min), n_features).sum()
+        lo, hi = (p_max, hi) if total < mean_active else (lo, p_max)
+    return torch.logspace(math.log10(p_max), math.log10(p_min), n_features)
+
+
 def tail_problem(n_features: int = 512, d: int = 256, n_samples: int = 200_000,
-                 p_max: float = 0.05, p_min: float = 2e-4, seed: int = 0
+                 mean_active: float = 5.0, p_min: float = 2e-4, seed: int = 0
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(H [n_samples, d], unit atoms [n_features, d], probabilities [n_features]).
 
-    p_i log-uniform on [p_min, p_max] (geometric decay over i): with the defaults the mean
-    number active is ~4.6 and 29% of features have p < 1e-3. Magnitudes U[0.5, 1.5]; noiseless.
+    p_i log-uniform on [p_min, p_max], sum p_i = mean_active (`tail_probabilities`): at 512
+    features p_max ~ 0.055 and ~29% of features have p < 1e-3, at 256 p_max ~ 0.13 and ~26%.
+    Magnitudes U[0.5, 1.5]; noiseless.
     """
     g = torch.Generator().manual_seed(seed)
     atoms = torch.nn.functional.normalize(torch.randn(n_features, d, generator=g), dim=1)
-    p = torch.logspace(math.log10(p_max), math.log10(p_min), n_features)
+    p = tail_probabilities(n_features, mean_active, p_min)
     H = torch.empty(n_samples, d)
     for start in range(0, n_samples, 20_000):  # bounded [chunk, n_features] memory
         m = min(20_000, n_samples - start)

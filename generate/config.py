@@ -1,28 +1,20 @@
 """The resolved configuration of stage 1; what `generate/config.json` records."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.configs import ConfigError, JSONConfig  # noqa: F401 (re-exported)
 from data.distributions import VALUE_DISTRIBUTIONS
 from models.toy import MODEL_KINDS
 
 SOURCES = ("toy", "synthetic")
 
 
-class ConfigError(ValueError):
-    """A config field holds an invalid value; `field` names it so the CLI can name the option."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
-
-
 @dataclass(frozen=True)
-class GenerateConfig:
+class GenerateConfig(JSONConfig):
     source: str = "toy"
     """'toy': train toy models; 'synthetic': a random ground-truth dictionary, no training."""
     model_kind: str = "relu_output"
@@ -103,18 +95,6 @@ class GenerateConfig:
     def instance_ids(self) -> list[str]:
         return [f"{j:02d}-p{p:g}" for j, p in enumerate(self.feature_probability)]
 
-    def to_dict(self) -> dict:
-        """JSON-ready: tuples become lists."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> "GenerateConfig":
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown key in {source} (valid: {', '.join(sorted(valid))})")
-        return cls(**values)
-
     @classmethod
     def from_file(cls, path: str | Path) -> "GenerateConfig":
         """Read a config file: either a bare field dict or a saved config.json."""
@@ -142,7 +122,3 @@ def environment(device: str) -> dict:
             "device": device,
             "device_name": (torch.cuda.get_device_name(torch.device(device))
                             if device.startswith("cuda") else platform.processor() or platform.machine())}
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, indent=2)

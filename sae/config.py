@@ -1,8 +1,9 @@
 """The resolved configuration of stage 2; what `sae/config.json` records."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
+
+from data.configs import ConfigError, JSONConfig  # noqa: F401 (re-exported)
 
 SIZE_BASES = ("represented", "features")
 DEFAULT_METHODS = ("l1", "topk", "batchtopk", "ksvd", "ksvd_nn", "mod", "mod_nn", "sklearn")
@@ -15,14 +16,8 @@ STAGE_METHOD_DEFAULTS = {"l1": {"l1_coefficient": 0.03},
                          "sklearn": {"max_iter": 3}}
 
 
-class ConfigError(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
-
-
 @dataclass(frozen=True)
-class SAEStageConfig:
+class SAEStageConfig(JSONConfig):
     methods: tuple[str, ...] = DEFAULT_METHODS
     """Dictionary methods to fit, in this order."""
     instances: tuple[str, ...] = ()
@@ -82,13 +77,3 @@ class SAEStageConfig:
         return {**STAGE_METHOD_DEFAULTS.get(method, {}), **self.params.get("*", {}),
                 **self.params.get(method, {})}
 
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> "SAEStageConfig":
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown key in {source} (valid: {', '.join(sorted(valid))})")
-        return cls(**values)
