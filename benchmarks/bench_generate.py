@@ -73,7 +73,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rows", type=int, default=262144)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (0: torch's default); on a shared 2-core machine "
+                             "two threads wait on each other at every small op")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     peak = matmul_peak_gflops(device=str(device))
     print(f"device {device}, torch threads {torch.get_num_threads()}, "
