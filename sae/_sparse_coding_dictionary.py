@@ -24,6 +24,7 @@ from sae.base import (ArrayLike, DictionaryEstimator, as_tensor_2d, resolve_devi
 from sae.omp import omp_encode, sparse_reconstruct, sparse_to_dense
 
 INITS = ("data", "random")
+RESEEDS = ("pca", "cluster")
 SWAP_GRACE_ITERATIONS = 3  # iterations a new atom has to gather samples before a swap
 
 
@@ -51,6 +52,13 @@ class SparseCodingConfig:
     n_swaps: int = 1
     """per iteration, at most this many of the atoms whose removal would cost least are
     swapped for a direction the dictionary misses, if that carries more (0: never)"""
+    swap_gain_factor: float = 2.0
+    """a swap happens only if the new direction carries more than this times the atom's
+    removal cost (0: the n_swaps cheapest atoms are swapped every iteration)"""
+    reseed: str = "pca"
+    """new directions for replaced atoms: 'pca' = principal directions of the worst residuals;
+    'cluster' = one per group of worst residuals that point the same way (|cos| > 0.5),
+    strongest sample first, so each seed follows one missing feature rather than a mix"""
     random_state: int | None = 0
     """seed of the one generator used by fit (init, atom order, replacements)"""
     device: str = "auto"
@@ -73,6 +81,11 @@ class SparseCodingConfig:
             raise ValueError(f"max_coherence must be in (0, 1] (1 keeps near-copies), "
                              f"got {self.max_coherence!r}")
         _check_int("n_swaps", self.n_swaps, 0)
+        if isinstance(self.swap_gain_factor, bool) or not self.swap_gain_factor >= 0:
+            raise ValueError(f"swap_gain_factor must be a number >= 0, "
+                             f"got {self.swap_gain_factor!r}")
+        if self.reseed not in RESEEDS:
+            raise ValueError(f"reseed must be one of {RESEEDS}, got {self.reseed!r}")
         if self.batch_size is not None:
             _check_int("batch_size", self.batch_size, 1)
         if self.random_state is not None:
@@ -142,7 +155,8 @@ class SparseCodingDictionary(DictionaryEstimator):
             cost = cost.masked_fill(age < SWAP_GRACE_ITERATIONS, torch.inf)
             forced = unused | duplicate
             D, new = replace_atoms(D, forced, cost, R, gen, n_swaps=cfg.n_swaps,
-                                   nonnegative=cfg.nonnegative)
+                                   nonnegative=cfg.nonnegative,
+                                   gain_factor=cfg.swap_gain_factor, reseed=cfg.reseed)
             entry["n_swapped_atoms"] = int((new & ~forced).sum())
             age = torch.where(new, 0, age + 1)
             if device.type == "cuda":
@@ -262,13 +276,14 @@ def removal_cost(D: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, *,
 
 def replace_atoms(D: torch.Tensor, forced: torch.Tensor, cost: torch.Tensor, R: torch.Tensor,
                   gen: torch.Generator, *, n_swaps: int = 0,
-                  nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  nonnegative: bool = False, gain_factor: float = 2.0,
+                  reseed: str = "pca") -> tuple[torch.Tensor, torch.Tensor]:
     """New directions for some atoms of D [n_components, d]; returns (D, which are new).
 
     forced [n_components] bool: atoms replaced in any case (unused, near-copies).
     cost [n_components]: what dropping each atom would lose (`removal_cost`; inf: keep it).
     After the forced ones, up to n_swaps of the cheapest other atoms are swapped, each only
-    if its new direction would carry more than twice its cost: this frees atoms stuck in a
+    if its new direction would carry more than gain_factor times its cost: this frees atoms stuck in a
     local minimum (half of a split feature, an atom on a few samples), while an atom that
     matters is worth more than any leftover direction.
 
@@ -277,6 +292,8 @@ def replace_atoms(D: torch.Tensor, forced: torch.Tensor, cost: torch.Tensor, R: 
     the residual of any single sample would mix a missing feature with that sample's
     coding errors. A direction "carries" sum_i (r_i . a)^2 over those samples (only the
     positive parts with nonnegative codes, for which the sign is chosen to maximise it).
+    reseed='cluster' (`cluster_directions`) takes one direction per group of those residuals
+    instead: with many missing features (a rare tail) a principal direction mixes them.
     """
     forced_slots = forced.nonzero().squeeze(1).tolist()
     cost = cost.masked_fill(forced, torch.inf)
@@ -287,15 +304,19 @@ def replace_atoms(D: torch.Tensor, forced: torch.Tensor, cost: torch.Tensor, R: 
         return D, new
     D = D.clone()
     norms2 = R.pow(2).sum(1)                                       # [n_samples]
-    n_pool = min(R.shape[0], max(8 * (len(forced_slots) + len(swap_slots)), 1024))
-    pool = R[norms2.topk(n_pool).indices]                          # [n_pool, d]
-    directions = torch.linalg.eigh(pool.T @ pool).eigenvectors.flip(1).T  # [d, d] strongest first
-    proj = pool @ directions.T                                     # [n_pool, d]
-    if nonnegative:
-        flip = proj.clamp_min(0).norm(dim=0) < (-proj).clamp_min(0).norm(dim=0)   # [d]
-        directions[flip], proj[:, flip] = -directions[flip], -proj[:, flip]
-        proj = proj.clamp_min(0)
-    gain = proj.pow(2).sum(0)                                      # [d]
+    n_new = len(forced_slots) + len(swap_slots)
+    if reseed == "cluster":
+        directions, gain = cluster_directions(R, n_new, nonnegative=nonnegative)
+    else:
+        n_pool = min(R.shape[0], max(8 * n_new, 1024))
+        pool = R[norms2.topk(n_pool).indices]                      # [n_pool, d]
+        directions = torch.linalg.eigh(pool.T @ pool).eigenvectors.flip(1).T  # [d, d] strongest first
+        proj = pool @ directions.T                                 # [n_pool, d]
+        if nonnegative:
+            flip = proj.clamp_min(0).norm(dim=0) < (-proj).clamp_min(0).norm(dim=0)   # [d]
+            directions[flip], proj[:, flip] = -directions[flip], -proj[:, flip]
+            proj = proj.clamp_min(0)
+        gain = proj.pow(2).sum(0)                                  # [d]
     floor = 1e-12 * float(norms2.max())
     for n_done, slot in enumerate(forced_slots + swap_slots):
         if n_done >= len(directions) or gain[n_done] <= floor:
@@ -305,11 +326,46 @@ def replace_atoms(D: torch.Tensor, forced: torch.Tensor, cost: torch.Tensor, R: 
                                                  device=D.device, dtype=D.dtype))
             new[rest] = True
             break
-        if n_done >= len(forced_slots) and gain[n_done] <= 2 * cost[slot]:
+        if n_done >= len(forced_slots) and gain[n_done] <= gain_factor * cost[slot]:
             break  # swap slots come cheapest first: no later one would pass either
         D[slot] = directions[n_done]
         new[slot] = True
     return D, new
+
+
+def cluster_directions(R: torch.Tensor, n_directions: int, *, nonnegative: bool = False,
+                       min_cos: float = 0.5, n_pool: int = 4096
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to n_directions unit directions [n, d] and their gains [n] from residuals R.
+
+    Among the n_pool largest residuals, repeatedly take the largest one left, group it with
+    every residual within min_cos of it (cos, or |cos| for signed codes), and return the
+    group's top principal direction (pointing the seed's way); the gain is sum (r . a)^2 over
+    the group (positive parts only with nonnegative codes). The group then leaves the pool,
+    so the next direction follows another missing feature.
+    """
+    norms2 = R.pow(2).sum(1)                                       # [n_samples]
+    top = norms2.topk(min(R.shape[0], max(n_pool, 8 * n_directions)))
+    pool = R[top.indices]                                          # [n_pool, d]
+    unit = pool / pool.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    alive = top.values > 1e-12 * float(norms2.max())               # [n_pool]
+    directions, gains = [], []
+    for _ in range(n_directions):
+        if not alive.any():
+            break
+        seed = int(torch.where(alive, top.values, -1.0).argmax())
+        cos = unit @ unit[seed]                                    # [n_pool]
+        member = alive & ((cos > min_cos) if nonnegative else (cos.abs() > min_cos))
+        E = pool[member]                                           # [m, d]
+        a = torch.linalg.eigh(E.T @ E).eigenvectors[:, -1]
+        a = -a if a @ pool[seed] < 0 else a
+        proj = E @ a
+        gains.append((proj.clamp_min(0) if nonnegative else proj).pow(2).sum())
+        directions.append(a)
+        alive &= ~member
+    if not directions:
+        return R.new_zeros(0, R.shape[1]), R.new_zeros(0)
+    return torch.stack(directions), torch.stack(gains)
 
 
 def sparse_codes_as_matrix(idx: torch.Tensor, val: torch.Tensor,

@@ -51,7 +51,8 @@ class KSVD(SparseCodingDictionary):
     def __init__(self, n_components: int, k: int = 3, tol: float | None = None,
                  n_iter: int = 30, nonnegative: bool = False, init: str = "data",
                  batch_size: int | None = None, max_coherence: float = 0.99,
-                 n_swaps: int = 1, random_state: int | None = 0, device: str = "auto",
+                 n_swaps: int = 1, swap_gain_factor: float = 2.0, reseed: str = "pca",
+                 random_state: int | None = 0, device: str = "auto",
                  approximate: bool = False):
         self.n_components = n_components
         self.k = k
@@ -62,6 +63,8 @@ class KSVD(SparseCodingDictionary):
         self.batch_size = batch_size
         self.max_coherence = max_coherence
         self.n_swaps = n_swaps
+        self.swap_gain_factor = swap_gain_factor
+        self.reseed = reseed
         self.random_state = random_state
         self.device = device
         self.approximate = approximate

@@ -38,7 +38,8 @@ class MOD(SparseCodingDictionary):
     def __init__(self, n_components: int, k: int = 3, tol: float | None = None,
                  n_iter: int = 30, nonnegative: bool = False, init: str = "data",
                  batch_size: int | None = None, max_coherence: float = 0.99,
-                 n_swaps: int = 1, random_state: int | None = 0, device: str = "auto",
+                 n_swaps: int = 1, swap_gain_factor: float = 2.0, reseed: str = "pca",
+                 random_state: int | None = 0, device: str = "auto",
                  ridge: float = 1e-6):
         self.n_components = n_components
         self.k = k
@@ -49,6 +50,8 @@ class MOD(SparseCodingDictionary):
         self.batch_size = batch_size
         self.max_coherence = max_coherence
         self.n_swaps = n_swaps
+        self.swap_gain_factor = swap_gain_factor
+        self.reseed = reseed
         self.random_state = random_state
         self.device = device
         self.ridge = ridge

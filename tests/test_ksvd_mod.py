@@ -239,3 +239,19 @@ def test_config_validation_messages():
         MODConfig(n_components=4, device="tpu")
     with pytest.raises(ValueError, match=r"max_coherence must be in \(0, 1\]"):
         MODConfig(n_components=4, max_coherence=1.5)
+
+
+def test_cluster_reseeding_finds_each_missing_direction_separately():
+    from sae._sparse_coding_dictionary import cluster_directions
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.eye(8)[0], torch.eye(8)[1]
+    # residuals of two missing features, with a little noise; the pooled PCA would mix
+    # nothing here either, but the cluster seeds must come back one per feature
+    R = torch.cat([torch.rand(50, 1, generator=g) * a + 0.01 * torch.randn(50, 8, generator=g),
+                   torch.rand(30, 1, generator=g) * b + 0.01 * torch.randn(30, 8, generator=g)])
+    directions, gains = cluster_directions(R, 2, nonnegative=True)
+    assert directions.shape == (2, 8)
+    found = directions @ torch.stack([a, b]).T  # [2, 2] cosines
+    assert found.max(1).values.min() > 0.99 and found.argmax(1).unique().numel() == 2
+    assert bool((gains > 0).all())
