@@ -49,6 +49,10 @@ GT_PROBABILITY = "probability"        # [n_features] float32, firing probability
 # ---- tensor keys: dictionaries ------------------------------------------------------------
 COMPONENTS = "components"             # [n_components, d] unit-norm rows
 
+# ---- SAELens's export format (`SAE.load_from_disk`) ----------------------------------------
+SAELENS_CFG_FILE = "cfg.json"
+SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"   # W_enc [d, n], b_enc [n], W_dec [n, d], b_dec [d]
+
 
 # ---- paths ---------------------------------------------------------------------------------
 def generate_dir(run_dir: str | os.PathLike) -> Path:

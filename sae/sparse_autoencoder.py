@@ -32,8 +32,8 @@ B_DEC_INITS = ("mean", "median", "zeros")
 
 # Tensor keys of our dictionary.safetensors (components_ carries W_dec) and SAELens's files.
 W_ENC, B_ENC, B_DEC, THRESHOLD = "W_enc", "b_enc", "b_dec", "threshold"
-SAELENS_CFG_FILE = "cfg.json"
-SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
+SAELENS_CFG_FILE = files.SAELENS_CFG_FILE  # re-exported; data/files.py owns file names
+SAELENS_WEIGHTS_FILE = files.SAELENS_WEIGHTS_FILE
 # SAELens reads a cfg without this as pre-6.0 and rewrites its keys; ours is the 6.x schema.
 SAELENS_SCHEMA_VERSION = "6.0.0"
 
