@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluate.metrics import mmcs, per_feature_max_cosine  # noqa: E402
+from data import planted  # noqa: E402
 from sae.ksvd import KSVD  # noqa: E402
 from sae.methods import build  # noqa: E402
 from sae.mod import MOD  # noqa: E402
@@ -35,14 +36,9 @@ from sae.sklearn_baseline import SklearnDictionary  # noqa: E402
 
 def planted_problem(n_samples: int = 20_000, n_features: int = 512, d: int = 256,
                     active: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Noiseless H = C A [n_samples, d] float32 from unit atoms A [n_features, d]: `active`
-    distinct features per sample with magnitudes uniform in [0.5, 1.5]."""
-    g = torch.Generator().manual_seed(seed)
-    A = torch.nn.functional.normalize(torch.randn(n_features, d, generator=g), dim=1)
-    support = torch.rand(n_samples, n_features, generator=g).argsort(1)[:, :active]
-    C = torch.zeros(n_samples, n_features).scatter_(
-        1, support, 0.5 + torch.rand(n_samples, active, generator=g))
-    return (C @ A).numpy(), A.numpy()
+    """`data.planted.planted_problem` at this benchmark's size, as numpy (H, A)."""
+    H, A = planted.planted_problem(n_samples, n_features, d, active, seed)
+    return H.numpy(), A.numpy()
 
 
 def fvu(H: np.ndarray, reconstruction: np.ndarray) -> float:

@@ -23,6 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import best_of, matmul_peak_gflops  # noqa: E402
+from data.planted import planted_problem  # noqa: E402
+from evaluate.metrics import mmcs  # noqa: E402
 from sae.sparse_autoencoder import (SPARSE_DECODE_RATIO, BatchTopKSAE, L1SAE,  # noqa: E402
                                     TopKSAE)
 
@@ -34,25 +36,6 @@ RECOVERY = {
     "topk": dict(k=3, lr=1e-2, batch_size=128, n_epochs=10, dead_steps_threshold=10,
                  aux_coefficient=1.0),
 }
-
-
-def planted(n_samples: int = 20_000, n_features: int = 64, d: int = 32, active: int = 3,
-            seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noiseless h = sum of `active` random unit atoms with magnitudes in U[0.5, 1.5].
-    Returns (H [n_samples, d], atoms [n_features, d])."""
-    gen = torch.Generator().manual_seed(seed)
-    atoms = torch.nn.functional.normalize(torch.randn(n_features, d, generator=gen), dim=1)
-    which = torch.rand(n_samples, n_features, generator=gen).argsort(dim=1)[:, :active]
-    x = torch.zeros(n_samples, n_features).scatter_(
-        1, which, 0.5 + torch.rand(n_samples, active, generator=gen))
-    return x @ atoms, atoms
-
-
-def mmcs(true_atoms: torch.Tensor, learned: torch.Tensor) -> float:
-    """Mean over true atoms of the max signed cosine with any learned atom."""
-    G = torch.nn.functional.normalize(true_atoms, dim=1)
-    A = torch.nn.functional.normalize(torch.as_tensor(learned), dim=1)
-    return (G @ A.T).max(dim=1).values.mean().item()
 
 
 def sparse_decode(method: str, n: int, k: int) -> bool:
@@ -94,7 +77,7 @@ def matmul_only_seconds(method: str, d: int, n: int, batch: int, k: int) -> floa
 def samples_to_mmcs(method: str, target: float = 0.99, seed: int = 0,
                     check_every: int = 10) -> dict:
     """Train the test's recipe on the planted problem; samples seen when MMCS first >= target."""
-    H, atoms = planted()
+    H, atoms = planted_problem()
     est = METHODS[method](n_components=64, random_state=seed, **RECOVERY[method])
     reached: list[int] = []
 
@@ -106,7 +89,7 @@ def samples_to_mmcs(method: str, target: float = 0.99, seed: int = 0,
     t = time.perf_counter()
     est.fit(H, progress=check)
     return {"samples_to_target": reached[0] if reached else None,
-            "final_mmcs": mmcs(atoms, torch.from_numpy(est.components_)),
+            "final_mmcs": mmcs(atoms, est.components_),
             "samples_seen": est.n_samples_seen_, "fit_s": time.perf_counter() - t}
 
 

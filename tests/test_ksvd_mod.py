@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from data.planted import planted_problem
+from evaluate.metrics import mmcs
 from sae._sparse_coding_dictionary import duplicate_atoms, removal_cost
 from sae.base import DictionaryEstimator
 from sae.ksvd import KSVD, KSVDConfig, ksvd_sweep
@@ -12,33 +14,10 @@ from sae.mod import MOD, MODConfig, mod_update
 from sae.omp import omp_encode, sparse_reconstruct
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # these fits are many small kernels: on 2 cores, thread handoff costs more than it
-    # saves, and under load from other processes it can cost 10x
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def planted(n_samples=20_000, n_features=64, d=32, active=3, seed=0):
-    """Noiseless H = C A: unit atoms A [n_features, d], `active` features per sample with
-    magnitudes uniform in [0.5, 1.5]. Returns (H [n_samples, d] float32 numpy, A)."""
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(n_features, d, generator=g)
-    A /= A.norm(dim=1, keepdim=True)
-    support = torch.rand(n_samples, n_features, generator=g).argsort(1)[:, :active]
-    C = torch.zeros(n_samples, n_features).scatter_(
-        1, support, 0.5 + torch.rand(n_samples, active, generator=g))
-    return (C @ A).numpy(), A.numpy()
-
-
-def mmcs(true, learned):
-    """Mean over true atoms of the max signed cosine with any learned atom."""
-    t = true / np.linalg.norm(true, axis=1, keepdims=True)
-    a = learned / np.linalg.norm(learned, axis=1, keepdims=True)
-    return float((t @ a.T).max(1).mean())
+    """`planted_problem` as numpy: (H [n_samples, d] float32, A [n_features, d])."""
+    H, A = planted_problem(n_samples, n_features, d, active, seed)
+    return H.numpy(), A.numpy()
 
 
 @pytest.fixture(scope="module")

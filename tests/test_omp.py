@@ -8,16 +8,6 @@ from sklearn.linear_model import orthogonal_mp_gram
 from sae.omp import batch_omp, omp_encode, sparse_reconstruct, sparse_to_dense
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny problems: on 2 cores, thread handoff costs more than it saves, and under load
-    # from other processes each small op can wait milliseconds for the second thread
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_problem(n_samples, d, n_components, seed):
     """Unit-norm Gaussian atoms D [n_components, d] (float64) and Gaussian H [n_samples, d]."""
     rng = np.random.default_rng(seed)

@@ -8,21 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from data.planted import planted_problem
+from evaluate.metrics import mmcs
 from sae.base import rows_to_columns
 from sae.losses import auxk_loss, decoder_weighted_l1, reconstruction_mse
 from sae.sparse_autoencoder import (SAELENS_CFG_FILE, SAELENS_WEIGHTS_FILE, BatchTopKSAE,
                                     L1SAE, SparseAutoencoder, TopKSAE, geometric_median,
                                     lr_multiplier)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: a second OpenMP thread only adds synchronisation, and on a
-    busy 2-core machine its spin-waits made a [256, 32] @ [32, 64] matmul 20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def hand_set(activation: str = "relu", k: int | None = None) -> SparseAutoencoder:
@@ -34,26 +26,6 @@ def hand_set(activation: str = "relu", k: int | None = None) -> SparseAutoencode
         sae.W_dec.copy_(torch.tensor([[0.6, 1.0], [0.8, 0.0]]))
         sae.b_dec.copy_(torch.tensor([0.5, 0.0]))
     return sae
-
-
-def planted(n_samples: int = 20_000, n_features: int = 64, d: int = 32, active: int = 3,
-            seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noiseless h = sum of `active` random unit atoms with magnitudes in U[0.5, 1.5].
-    Returns (H [n_samples, d], atoms [n_features, d])."""
-    gen = torch.Generator().manual_seed(seed)
-    atoms = torch.randn(n_features, d, generator=gen)
-    atoms /= atoms.norm(dim=1, keepdim=True)
-    which = torch.rand(n_samples, n_features, generator=gen).argsort(dim=1)[:, :active]
-    x = torch.zeros(n_samples, n_features).scatter_(
-        1, which, 0.5 + torch.rand(n_samples, active, generator=gen))
-    return x @ atoms, atoms
-
-
-def mmcs(true_atoms, learned) -> float:
-    """Mean over true atoms of the max signed cosine with any learned atom."""
-    G = torch.nn.functional.normalize(torch.as_tensor(true_atoms, dtype=torch.float32), dim=1)
-    A = torch.nn.functional.normalize(torch.as_tensor(learned, dtype=torch.float32), dim=1)
-    return (G @ A.T).max(dim=1).values.mean().item()
 
 
 # ---- the module with hand-set weights -------------------------------------------------------
@@ -223,7 +195,7 @@ RECOVERY = {
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(RECOVERY))
 def test_planted_recovery(method):
-    H, atoms = planted()
+    H, atoms = planted_problem()
     cls, params = RECOVERY[method]
     est = cls(n_components=64, random_state=0, **params).fit(H.numpy())
     assert est.components_.dtype == np.float32 and est.components_.shape == (64, 32)
@@ -242,7 +214,7 @@ def small_fit(cls, H, **params):
 
 @pytest.mark.parametrize("cls", [L1SAE, TopKSAE, BatchTopKSAE])
 def test_save_load_gives_the_same_transform(cls, tmp_path):
-    H, _ = planted(n_samples=512, n_features=16, d=8, active=2)
+    H, _ = planted_problem(n_samples=512, n_features=16, d=8, active=2)
     est = small_fit(cls, H.numpy())
     est.save(tmp_path)
     loaded = cls.load(tmp_path)
@@ -256,7 +228,7 @@ def test_save_load_gives_the_same_transform(cls, tmp_path):
 
 
 def test_transform_inverse_transform_kinds_and_reproducibility():
-    H, _ = planted(n_samples=512, n_features=16, d=8, active=2)
+    H, _ = planted_problem(n_samples=512, n_features=16, d=8, active=2)
     state = torch.get_rng_state()
     a, b = small_fit(TopKSAE, H.numpy()), small_fit(TopKSAE, H)
     assert torch.equal(torch.get_rng_state(), state)  # no global seeding
@@ -272,7 +244,7 @@ def test_transform_inverse_transform_kinds_and_reproducibility():
 
 
 def test_training_log_and_progress_callback():
-    H, _ = planted(n_samples=512, n_features=16, d=8, active=2)
+    H, _ = planted_problem(n_samples=512, n_features=16, d=8, active=2)
     calls = []
     est = TopKSAE(n_components=16, k=2, random_state=0, batch_size=64, n_steps=25, lr=1e-2,
                   lr_warmup_steps=5, lr_decay_fraction=0.4, log_every=10)
@@ -290,7 +262,7 @@ def test_training_log_and_progress_callback():
 
 
 def test_fit_on_iterables_of_minibatches():
-    H, _ = planted(n_samples=512, n_features=16, d=8, active=2)
+    H, _ = planted_problem(n_samples=512, n_features=16, d=8, active=2)
     batches = list(H.split(64))  # 8 minibatches
     est = small_fit(L1SAE, batches, n_steps=None, n_epochs=3)
     assert est.n_steps_ == 24 and est.n_samples_seen_ == 3 * 512
@@ -306,7 +278,7 @@ def test_fit_on_iterables_of_minibatches():
 
 def test_fit_on_a_hugging_face_dataset():
     datasets = pytest.importorskip("datasets")
-    H, _ = planted(n_samples=512, n_features=16, d=8, active=2)
+    H, _ = planted_problem(n_samples=512, n_features=16, d=8, active=2)
     ds = datasets.Dataset.from_dict({"h": H.numpy()}).with_format("torch")
     est = small_fit(TopKSAE, ds, n_steps=None, n_epochs=2)
     assert est.n_steps_ == 2 * 8 and est.n_samples_seen_ == 1024
@@ -318,7 +290,7 @@ def test_fit_on_a_hugging_face_dataset():
 @pytest.mark.parametrize("cls, architecture", [(L1SAE, "standard"), (TopKSAE, "topk"),
                                                (BatchTopKSAE, "jumprelu")])
 def test_export_saelens(cls, architecture, tmp_path):
-    H, _ = planted(n_samples=512, n_features=16, d=8, active=2)
+    H, _ = planted_problem(n_samples=512, n_features=16, d=8, active=2)
     est = small_fit(cls, H.numpy())
     est.export_saelens(tmp_path)
     cfg = json.loads((tmp_path / SAELENS_CFG_FILE).read_text())
@@ -347,7 +319,7 @@ def test_export_saelens(cls, architecture, tmp_path):
 
 # ---- bad input -----------------------------------------------------------------------------
 def test_bad_input_raises_clear_errors():
-    H, _ = planted(n_samples=256, n_features=16, d=8, active=2)
+    H, _ = planted_problem(n_samples=256, n_features=16, d=8, active=2)
     bad = H.clone()
     bad[3, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf"):
