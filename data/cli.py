@@ -33,6 +33,26 @@ def click_progress(label: str, total: int):
         yield Bar()
 
 
+def optional_options(specs):
+    """Decorator adding `(flag, type, help)` options that default to None, so a command can
+    tell an option that was given from one left to the config file or the defaults."""
+    def decorate(func):
+        for flag, kind, help_text in reversed(specs):
+            func = click.option(flag, type=kind, default=None, help=help_text)(func)
+        return func
+    return decorate
+
+
+class _SilentBar:
+    def update(self, n: int, text: str = "") -> None:
+        pass
+
+
+def silent_progress(label: str, total: int):
+    """The `click_progress` shape that shows nothing: for library callers and tests."""
+    return contextlib.nullcontext(_SilentBar())
+
+
 def set_cpu_threads(threads: int | None) -> int:
     """torch CPU threads for a command: None leaves torch's default.
 

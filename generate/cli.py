@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from data.cli import FloatList, click_progress, set_cpu_threads
+from data.cli import FloatList, click_progress, optional_options, set_cpu_threads
 from generate.config import ConfigError, GenerateConfig
 
 
@@ -34,19 +34,13 @@ _OPTIONS = [
 ]
 
 
-def _with_options(func):
-    for flag, kind, help_text in reversed(_OPTIONS):
-        func = click.option(flag, type=kind, default=None, help=help_text)(func)
-    return func
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("runs/default"), help="Run folder; writes <run-dir>/generate/.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="JSON config (a saved config.json works); options override it.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [torch's default].")
-@_with_options
+@optional_options(_OPTIONS)
 def main(run_dir: Path, config_file: Path | None, threads: int | None, **options) -> None:
     """Train toy models of superposition (or draw a synthetic dictionary) and write their
     hidden activations, true feature values and ground-truth directions to RUN_DIR/generate."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +14,7 @@ import torch
 from safetensors.torch import save
 
 from data import files
+from data.cli import silent_progress
 from data.distributions import FeatureDistribution
 from data.shards import ShardWriter
 from generate.config import GenerateConfig, environment
@@ -92,7 +92,7 @@ def run_generate(config: GenerateConfig, run_dir: str | Path,
     progress(label, total) must return a context manager whose `.update(n, info)` advances
     a bar (the CLI passes click's progress bar); None runs silently.
     """
-    progress = progress or (lambda label, total: nullcontext(_Silent()))
+    progress = progress or silent_progress
     device = resolve_device(config.device)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     dist = distribution(config)
@@ -170,8 +170,3 @@ def run_generate(config: GenerateConfig, run_dir: str | Path,
             (stage / "train_log.jsonl").write_text("".join(
                 json.dumps(r) + "\n" for r in train_log))
     return root
-
-
-class _Silent:
-    def update(self, n, info=""):
-        pass

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from data.cli import click_progress, set_cpu_threads
+from data.cli import click_progress, optional_options, set_cpu_threads
 from sae.config import DEFAULT_METHODS, ConfigError, SAEStageConfig
 
 # options that set one hyperparameter of every method that has it
@@ -18,12 +18,6 @@ _SHARED_PARAMS = [
     ("--n-iter", int, "k-SVD/MOD: coding + update iterations."),
     ("--alpha", float, "sklearn: lasso weight while fitting."),
 ]
-
-
-def _with_shared_params(func):
-    for flag, kind, help_text in reversed(_SHARED_PARAMS):
-        func = click.option(flag, type=kind, default=None, help=help_text)(func)
-    return func
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
@@ -53,7 +47,7 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
 @click.option("--param", "raw_params", multiple=True, metavar="METHOD.KEY=VALUE",
               help="Any method hyperparameter, e.g. topk.aux_coefficient=0.5 or *.lr=0.003.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [torch's default].")
-@_with_shared_params
+@optional_options(_SHARED_PARAMS)
 def main(run_dir, config_file, methods, instances, raw_params, threads, **options):
     """Fit dictionaries to every instance's activations in RUN_DIR/generate and write them to
     RUN_DIR/sae/<instance>/<method>/."""

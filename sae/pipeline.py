@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -17,10 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from data import files
+from data.cli import silent_progress
 from data.shards import read_all
 from sae.base import resolve_device
 from sae.config import SAEStageConfig
-from sae.methods import METHODS, SAE_METHODS, build
+from sae.methods import SAE_METHODS, build
 
 
 class StageInputError(ValueError):
@@ -68,7 +68,7 @@ def expected_steps(method: str, est, n_rows: int) -> int:
 def run_sae(config: SAEStageConfig, run_dir: str | Path,
             progress: Callable | None = None, echo: Callable[[str], None] = lambda s: None) -> Path:
     """Fit and write every (instance, method); returns `<run_dir>/sae`."""
-    progress = progress or (lambda label, total: nullcontext(_Silent()))
+    progress = progress or silent_progress
     run_dir = Path(run_dir)
     gen_config_path = files.generate_dir(run_dir) / files.CONFIG_FILE
     if not gen_config_path.is_file():
@@ -149,8 +149,3 @@ def _jsonable(row: dict) -> dict:
 
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3g}"
-
-
-class _Silent:
-    def update(self, n, info=""):
-        pass

@@ -6,7 +6,6 @@ ships it (CPU, float64 inside); only the atoms are renormalised to exact unit no
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -117,7 +116,3 @@ class SklearnDictionary(DictionaryEstimator):
         if isinstance(codes, torch.Tensor):
             return codes.float() @ torch.from_numpy(self.components_).to(codes.device)
         return np.asarray(codes, dtype=np.float32) @ self.components_
-
-    def get_config(self):
-        return SklearnDictionaryConfig(**{f.name: getattr(self, f.name)
-                                          for f in dataclasses.fields(SklearnDictionaryConfig)})
