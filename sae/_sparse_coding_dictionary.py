@@ -12,6 +12,7 @@ codes sum to >= 0.
 """
 from __future__ import annotations
 
+import abc
 import time
 from dataclasses import dataclass
 from typing import Callable, ClassVar
@@ -168,10 +169,10 @@ class SparseCodingDictionary(DictionaryEstimator):
         self.components_ = D.to("cpu", torch.float32).numpy()
         return self
 
+    @abc.abstractmethod
     def _update(self, X: torch.Tensor, D: torch.Tensor, idx: torch.Tensor, val: torch.Tensor,
                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """New unit-norm atoms [n_components, d] and codes `val` on the same support."""
-        raise NotImplementedError
 
     def _code(self, X: torch.Tensor, D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return omp_encode(X, D, self.k, tol=self.tol, nonnegative=self.nonnegative,

@@ -8,6 +8,7 @@ Each method also has a frozen config dataclass (`config_class`) with one field p
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import json
@@ -74,7 +75,7 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class DictionaryEstimator:
+class DictionaryEstimator(abc.ABC):
     """Base class: subclasses set `method`, `config_class`, implement `_fit`, `_encode`.
 
     Fitted state: `components_` [n_components, d] float32 numpy, unit-norm rows.
@@ -115,14 +116,17 @@ class DictionaryEstimator:
         return cls(**config)
 
     # -- the estimator API ------------------------------------------------------------------
+    @abc.abstractmethod
     def fit(self, H: ArrayLike, y=None) -> "DictionaryEstimator":
-        raise NotImplementedError
+        """Learn components_ from H [n_samples, d]; returns self."""
 
+    @abc.abstractmethod
     def transform(self, H: ArrayLike) -> ArrayLike:
-        raise NotImplementedError
+        """Codes [n_samples, n_components] of H [n_samples, d]."""
 
+    @abc.abstractmethod
     def inverse_transform(self, codes: ArrayLike) -> ArrayLike:
-        raise NotImplementedError
+        """Reconstruction [n_samples, d] of codes [n_samples, n_components]."""
 
     def fit_transform(self, H: ArrayLike, y=None) -> ArrayLike:
         return self.fit(H).transform(H)

@@ -10,6 +10,7 @@ and W_enc is then the encoder of SAELens's layout, so tying them at start is a c
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import itertools
 import math
@@ -337,9 +338,10 @@ class _SAEEstimator(DictionaryEstimator):
             setattr(self, name, getattr(config, name))
 
     # -- what differs between methods --------------------------------------------------------
+    @abc.abstractmethod
     def _penalty(self, sae: SparseAutoencoder, h: torch.Tensor, out: SAEOutput, step: int,
                  dead: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
+        """The sparsity term added to the MSE, and its parts for the log."""
 
     def _after_step(self, sae: SparseAutoencoder, out: SAEOutput) -> None:
         pass
