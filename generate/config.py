@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,19 +105,3 @@ class GenerateConfig(JSONConfig):
         if not isinstance(values, dict):
             raise ConfigError("config", f"{path}: expected a JSON object of config fields")
         return cls.from_dict(values, source=str(path))
-
-
-def environment(device: str) -> dict:
-    """Package versions and the device, for config.json."""
-    import datasets
-    import numpy
-    import safetensors
-    import sklearn
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "datasets": datasets.__version__,
-            "safetensors": safetensors.__version__, "scikit-learn": sklearn.__version__,
-            "device": device,
-            "device_name": (torch.cuda.get_device_name(torch.device(device))
-                            if device.startswith("cuda") else platform.processor() or platform.machine())}

@@ -16,22 +16,14 @@ from safetensors.torch import save
 from data import files
 from data.cli import silent_progress
 from data.distributions import FeatureDistribution
+from data.environment import environment, resolve_device
 from data.shards import ShardWriter
-from generate.config import GenerateConfig, environment
+from generate.config import GenerateConfig
 from generate.train import train_toy_models
 from models.ground_truth import feature_dimensionality, hidden_responses
 from models.toy import ToyModel
 
 DUMP_BATCH = 65536
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
-    return dev
 
 
 def distribution(config: GenerateConfig) -> FeatureDistribution:

@@ -20,15 +20,9 @@ import numpy as np
 import torch
 
 from data import files
+from data.environment import resolve_device  # noqa: F401 (re-exported for the estimators)
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as torch understands it."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def torch_generator(random_state: int | None, device: torch.device) -> torch.Generator:

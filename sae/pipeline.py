@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from data import files
 from data.cli import silent_progress
 from data.shards import read_all
-from sae.base import resolve_device
+from data.environment import environment, resolve_device
 from sae.config import SAEStageConfig
 from sae.methods import SAE_METHODS, build
 
@@ -81,6 +81,7 @@ def run_sae(config: SAEStageConfig, run_dir: str | Path,
         raise StageInputError(f"{files.instances_dir(run_dir)}: no instance {missing[0]!r}; "
                               f"valid: {', '.join(available)}")
     device = resolve_device(config.device)
+    env = environment(str(device))
     summary = []
     for instance_id in instances:
         inst = files.instance_dir(run_dir, instance_id)
@@ -112,7 +113,7 @@ def run_sae(config: SAEStageConfig, run_dir: str | Path,
                     **saved, "method": est.method, "method_name": method,
                     "instance_id": instance_id, "stage_config": config.to_dict(),
                     "n_components": int(est.n_components), "k": k, "rows": len(H),
-                    "fit_seconds": round(seconds, 3), "device": str(device),
+                    "fit_seconds": round(seconds, 3), "device": str(device), "environment": env,
                     "generate_config_hash": generate_hash, "instance_facts": facts})
                 (stage / files.TRAIN_LOG_FILE).write_text(
                     "".join(json.dumps(_jsonable(r)) + "\n" for r in getattr(est, "log_", [])))
@@ -123,7 +124,7 @@ def run_sae(config: SAEStageConfig, run_dir: str | Path,
                  f"L0 {_fmt(last.get('l0'))}")
     root = run_dir / files.SAE_DIR
     files.atomic_write_json(root / files.CONFIG_FILE, {
-        "stage": "sae", "config": config.to_dict(), "device": str(device),
+        "stage": "sae", "config": config.to_dict(), "device": str(device), "environment": env,
         "generate_config_hash": generate_hash, "fits": summary})
     return root
 

@@ -97,3 +97,11 @@ def test_k_larger_than_d_is_refused_naming_both(tiny_run, tmp_path):
                                        "--n-components", "12", "--instance", "00-p0.2"])
     assert result.exit_code == 1 and "k=9" in result.output and "d=4" in result.output
     assert not (run / "sae" / "00-p0.2" / "ksvd").exists()
+
+
+
+def test_sae_config_records_package_versions(fitted_run):
+    for path in [files.sae_dir(fitted_run, "01-p0.05", "l1") / files.CONFIG_FILE,
+                 fitted_run / files.SAE_DIR / files.CONFIG_FILE]:
+        env = json.loads(path.read_text())["environment"]
+        assert env["torch"] and env["numpy"] and env["scikit-learn"] and env["device"] == "cpu"
