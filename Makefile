@@ -30,7 +30,7 @@ sae: $(STAMP)
 	$(PY) -m sae --run-dir $(RUN) $(SAE_ARGS)
 
 evaluate: $(STAMP)
-	@echo "make evaluate: stage 3 (scoring) is not built yet; see issue 4." >&2; exit 2
+	$(PY) -m evaluate --run-dir $(RUN) $(EVALUATE_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""Helpers the stage commands share: progress bars, list options, CPU threads."""
+"""Helpers the stage commands share: progress bars, list options, config files, CPU threads."""
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +18,35 @@ class FloatList(click.ParamType):
             return tuple(float(v) for v in str(value).split(",") if v.strip())
         except ValueError:
             self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+
+
+class NameList(click.ParamType):
+    """A comma-separated list of names: topk,ksvd_nn."""
+
+    name = "NAME[,NAME...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (tuple, list)):
+            return tuple(value)
+        return tuple(v.strip() for v in str(value).split(",") if v.strip())
+
+
+def read_config_file(path) -> dict:
+    """The fields of a `--config` JSON file: a bare field dict or a saved stage config.json
+    (whose fields sit under "config"); click errors name the option."""
+    from data.files import read_json
+
+    if not path.is_file():
+        raise click.BadParameter(f"{path}: file not found", param_hint="--config")
+    try:
+        saved = read_json(path)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--config") from None
+    values = saved.get("config", saved) if isinstance(saved, dict) else saved
+    if not isinstance(values, dict):
+        raise click.BadParameter(f"{path}: expected a JSON object of config fields",
+                                 param_hint="--config")
+    return dict(values)
 
 
 @contextlib.contextmanager

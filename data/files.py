@@ -95,6 +95,17 @@ def list_instances(run_dir: str | os.PathLike) -> list[str]:
     return ids
 
 
+def select_instances(run_dir: str | os.PathLike, wanted: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """`wanted` (every instance when empty), after checking each exists; a ValueError names
+    the first unknown id and lists the valid ones."""
+    available = list_instances(run_dir)
+    missing = [i for i in wanted if i not in available]
+    if missing:
+        raise ValueError(f"{instances_dir(run_dir)}: no instance {missing[0]!r}; "
+                         f"valid: {', '.join(available)}")
+    return list(wanted) or available
+
+
 # ---- atomic writes -------------------------------------------------------------------------
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()

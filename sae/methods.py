@@ -1,6 +1,10 @@
 """The method registry: a name on the command line -> an estimator class and fixed settings."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+from data import files
 from sae.ksvd import KSVD
 from sae.mod import MOD
 from sae.sklearn_baseline import SklearnDictionary
@@ -35,3 +39,15 @@ def build(method: str, params: dict):
     accepted = param_names(method)
     kwargs = {k: v for k, v in params.items() if k in accepted}
     return cls(**{**kwargs, **fixed})
+
+
+def load(directory: str | os.PathLike):
+    """The fitted estimator saved in `directory` (dictionary.safetensors + config.json), of
+    whichever class the saved config names; errors name the file and the valid methods."""
+    path = Path(directory) / files.CONFIG_FILE
+    saved = files.read_json(path)
+    method = saved.get("method") if isinstance(saved, dict) else None
+    classes = {cls.method: cls for cls, _ in METHODS.values()}
+    if method not in classes:
+        raise ValueError(f"{path}: method {method!r} is none of {', '.join(classes)}")
+    return classes[method].load(directory)

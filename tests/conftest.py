@@ -5,6 +5,13 @@ from generate.config import GenerateConfig
 from generate.pipeline import run_generate
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread_for_shared_fixtures():
+    # before the session and module fixtures that train (tiny_run, fitted runs): autouse
+    # fixtures run first within their scope, and a function-scoped one comes too late
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     # the tests' problems are tiny; extra threads only add contention on a 2-core machine

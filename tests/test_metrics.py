@@ -2,7 +2,10 @@
 import numpy as np
 import pytest
 
-from evaluate.metrics import cosine_matrix, hungarian_match, mmcs, per_feature_max_cosine
+from evaluate.metrics import (cosine_matrix, dimensions_per_feature, duplicate_fraction,
+                              frobenius_norm_sq, hungarian_match, matched_cosines, mcc, mmcs,
+                              per_feature_max_cosine, recovered_fraction, superposition,
+                              uniqueness)
 
 
 def _unit_rows(n, d, seed=0):
@@ -41,3 +44,57 @@ def test_random_atoms_score_near_the_random_baseline():
 def test_zero_rows_have_cosine_zero():
     C = cosine_matrix(np.array([[0.0, 0.0], [1.0, 0.0]]), np.array([[1.0, 0.0]]))
     assert C.tolist() == [[0.0], [1.0]]
+
+
+def test_mcc_and_uniqueness_score_one_for_a_permuted_rescaled_sign_flipped_copy():
+    G = _unit_rows(20, 8)
+    perm = np.random.default_rng(1).permutation(20)
+    A = G[perm] * np.linspace(-3, 3, 20)[:, None]  # rescaled, half of them sign-flipped
+    assert mcc(G, A) == pytest.approx(1.0)
+    assert uniqueness(G, A) == pytest.approx(1.0)
+    assert mmcs(G, A) < 0.9  # the signed score does see the flips
+    # surplus atoms do not lower mcc (it averages over the min(n_true, n_atoms) pairs)
+    assert mcc(G, np.vstack([A, _unit_rows(10, 8, seed=2)])) == pytest.approx(1.0)
+
+
+def test_uniqueness_of_k_atoms_on_one_feature_is_one_over_k():
+    G = _unit_rows(6, 16)
+    assert uniqueness(G, np.repeat(G[:1], 4, axis=0)) == pytest.approx(1 / 4)
+    assert uniqueness(G, np.vstack([G[:3], G[:1]])) == pytest.approx(3 / 4)
+
+
+def test_mcc_of_random_atoms_is_well_below_one():
+    score = mcc(_unit_rows(40, 64, 3), _unit_rows(40, 64, 4))
+    assert 0.05 < score < 0.5
+
+
+def test_matched_cosines_leave_surplus_features_unmatched_and_unrecovered():
+    G = _unit_rows(10, 32)
+    matched = matched_cosines(G, G[:4])  # 4 atoms for 10 features
+    assert np.isnan(matched).sum() == 6 and np.allclose(matched[:4], 1.0)
+    assert recovered_fraction(matched, 0.99) == pytest.approx(0.4)
+    assert np.isnan(recovered_fraction(np.array([]), 0.9))
+
+
+def test_half_the_features_recovered_gives_half_by_matched_cosine():
+    G = _unit_rows(10, 32)
+    matched = matched_cosines(G, np.vstack([G[:5], _unit_rows(5, 32, seed=9)]))
+    assert recovered_fraction(matched, 0.99) == pytest.approx(0.5)
+    assert recovered_fraction(matched, 0.9) == pytest.approx(0.5)
+
+
+def test_duplicate_fraction_counts_near_parallel_atoms_not_antipodal_ones():
+    e = np.eye(3)
+    assert duplicate_fraction(np.vstack([e[0], 2 * e[0], e[1]])) == pytest.approx(2 / 3)
+    assert duplicate_fraction(np.vstack([e[0], -e[0], e[1]])) == 0.0
+    assert duplicate_fraction(e[:1]) == 0.0
+
+
+def test_toy_model_view_by_hand():
+    W = np.eye(4)  # [d, n]: four features, each with its own dimension
+    assert frobenius_norm_sq(W) == 4 and dimensions_per_feature(W) == 1.0
+    assert np.allclose(superposition(W), 0.0)
+    pairs = np.array([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]])  # two antipodal pairs, d = 2
+    assert frobenius_norm_sq(pairs) == 4 and dimensions_per_feature(pairs) == 0.5
+    assert np.allclose(superposition(pairs), 1.0)
+    assert superposition(np.zeros((2, 3))).tolist() == [0.0, 0.0, 0.0]

@@ -1,0 +1,228 @@
+"""Stage 3 end to end: score every dictionary of a run against its instance's ground truth.
+
+Reads what stages 1 and 2 wrote; writes `<run>/evaluate/` (config.json, metrics.json,
+metrics.csv, report.md, figures/) into a staging folder swapped in only when complete, so a
+failed run leaves the previous evaluation as it was.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from data import files
+from data.cli import silent_progress
+from data.environment import environment
+from evaluate import metrics as gm
+from evaluate.config import EvaluateConfig
+from evaluate.inputs import (Instance, StageInputError, check_dictionary, check_run,
+                             find_dictionaries, read_instance, registry_order)
+from evaluate.scoring import Scores, score_dictionary
+
+FIGURES_DIR = "figures"
+REPORT_FILE = "report.md"
+METRICS_FILE = "metrics.json"
+METRICS_CSV = "metrics.csv"
+CSV_COLUMNS = ("instance", "method", "metric", "feature", "sign", "value", "note")
+
+
+@dataclass
+class InstanceResult:
+    """One instance's inputs and every score of its dictionaries."""
+
+    instance: Instance
+    view: dict[str, float]                       # the toy model's own view
+    scores: dict[str, Scores] = field(default_factory=dict)
+    atoms: dict[str, np.ndarray] = field(default_factory=dict)
+    fit_rows: dict[str, int] = field(default_factory=dict)
+    devices: set[str] = field(default_factory=set)   # where the transforms ran
+
+    @property
+    def probability(self) -> float:
+        """The instance's mean feature firing probability (1 - S)."""
+        return float(self.instance.gt[files.GT_PROBABILITY].mean())
+
+
+@dataclass
+class Evaluation:
+    """Everything the report and the figures are drawn from."""
+
+    run_dir: Path
+    config: EvaluateConfig
+    results: list[InstanceResult]
+    notes: list[dict]                            # {"instance", "method", "note"}
+    methods: list[str]                           # every scored method, in registry order
+
+    def records(self) -> list[dict]:
+        """One record per instance x method x metric (x feature for per-feature metrics)."""
+        out = []
+        for res in self.results:
+            inst = res.instance
+            out += [_record(inst.id, None, k, v) for k, v in res.view.items()]
+            gt = inst.gt
+            for g in range(len(gt[files.GT_DIRECTIONS])):
+                f, s = int(gt[files.GT_FEATURE_INDEX][g]), int(gt[files.GT_SIGN][g])
+                out += [_record(inst.id, None, k, v, f, s) for k, v in (
+                    ("importance", gt[files.GT_IMPORTANCE][f]),
+                    ("probability", gt[files.GT_PROBABILITY][f]),
+                    ("dimensionality", gt[files.GT_DIMENSIONALITY][g]),
+                    ("norm", gt[files.GT_NORMS][g]),
+                    ("represented", gt[files.GT_REPRESENTED][g]))]
+            index = gt[files.GT_FEATURE_INDEX][inst.represented]
+            sign = gt[files.GT_SIGN][inst.represented]
+            for method, sc in res.scores.items():
+                out += [_record(inst.id, method, k, v) for k, v in sc.scalars.items()]
+                for k, values in sc.per_feature.items():
+                    out += [_record(inst.id, method, f"feature_{k}", v, int(f), int(s))
+                            for v, f, s in zip(values, index, sign)]
+        out += [_record(n["instance"], n["method"], "skipped", None, note=n["note"])
+                for n in self.notes]
+        return out
+
+
+def _clean(value):
+    """JSON-safe: numpy scalars to Python, NaN/inf to None."""
+    if value is None:
+        return None
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _record(instance, method, metric, value, feature=None, sign=None, note=None) -> dict:
+    rec = {"instance": instance, "method": method, "metric": metric, "value": _clean(value)}
+    if feature is not None:
+        rec.update(feature=feature, sign=sign)
+    if note is not None:
+        rec["note"] = note
+    return rec
+
+
+def toy_model_view(inst: Instance) -> dict[str, float]:
+    """||W||_F^2, d / ||W||_F^2, how many directions are represented, their mean D_i."""
+    D = inst.gt[files.GT_DIMENSIONALITY][inst.represented]
+    return {"d": inst.d, "n_features": int(inst.W.shape[1]),
+            "n_true_directions": int(len(inst.represented)),
+            "n_represented": int(inst.represented.sum()),
+            "frobenius_norm_sq": gm.frobenius_norm_sq(inst.W),
+            "dimensions_per_feature": gm.dimensions_per_feature(inst.W),
+            "mean_dimensionality": float(D.mean()) if len(D) else float("nan"),
+            "rows": int(len(inst.H)), "candidate_rows": inst.candidate_rows}
+
+
+def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config: EvaluateConfig,
+                   generate_hash: str, notes: list[dict], bar) -> InstanceResult:
+    from sae import load
+
+    res = InstanceResult(inst, toy_model_view(inst))
+    if res.view["n_represented"] == 0:
+        notes.append({"instance": inst.id, "method": None, "note": (
+            "the toy model represents no feature (every true direction has a norm below the "
+            "represented threshold): only reconstruction metrics are scored")})
+    if len(inst.H) == 0:
+        notes.append({"instance": inst.id, "method": None, "note": (
+            f"no evaluation rows (max_rows={config.max_rows}, {inst.candidate_rows} candidate "
+            "rows): only the dictionaries' directions are scored")})
+    G, true_acts = inst.G, inst.true_activations()
+    for method, folder in dictionaries:
+        bar.update(1, f"{inst.id} {method}")
+        saved, reason = check_dictionary(folder, inst.d, generate_hash)
+        if reason is None:
+            try:
+                est = load(folder)
+                A = np.asarray(est.components_, dtype=np.float32)  # [n_atoms, d]
+                if len(inst.H):
+                    codes = np.asarray(est.transform(inst.H))      # [rows, n_atoms]
+                    H_hat = np.asarray(est.inverse_transform(codes))
+                else:
+                    codes, H_hat = np.zeros((0, len(A)), np.float32), inst.H
+            except Exception as err:  # noqa: BLE001  (one broken dictionary must not stop the rest)
+                reason = f"could not be loaded or applied: {type(err).__name__}: {err}"
+        if reason is not None:
+            notes.append({"instance": inst.id, "method": method, "note": f"{folder}: skipped: {reason}"})
+            continue
+        sc = score_dictionary(G, A, inst.H, H_hat, codes, true_acts, config.thresholds,
+                              config.duplicate_cosine)
+        if saved.get("fit_seconds") is not None:
+            sc.scalars["fit_seconds"] = float(saved["fit_seconds"])
+        res.scores[method], res.atoms[method] = sc, A
+        res.fit_rows[method] = saved.get("rows")
+        res.devices.add(str(getattr(est, "device", "cpu")))
+    return res
+
+
+def evaluate_run(config: EvaluateConfig, run_dir: str | Path,
+                 progress: Callable | None = None) -> Evaluation:
+    """Read and score a run (no writing)."""
+    from sae import METHODS
+
+    progress = progress or silent_progress
+    run_dir = Path(run_dir)
+    generate_hash = check_run(run_dir)
+    try:
+        ids = files.select_instances(run_dir, config.instances)
+    except ValueError as err:
+        raise StageInputError(str(err)) from None
+    notes: list[dict] = []
+    found = {}
+    for instance_id in ids:
+        found[instance_id], absent = find_dictionaries(run_dir, instance_id, config.methods,
+                                                       tuple(METHODS))
+        notes += [{"instance": instance_id, "method": None, "note": n} for n in absent]
+    if not any(found.values()):
+        raise StageInputError(f"{run_dir / files.SAE_DIR}: holds no dictionary for "
+                              f"{', '.join(ids)}; run `sae --run-dir {run_dir}` first")
+    results = []
+    with progress("scoring dictionaries", sum(map(len, found.values()))) as bar:
+        for instance_id in ids:
+            inst = read_instance(run_dir, instance_id, config.max_rows, config.drop_zero_rows,
+                                 config.seed)
+            results.append(score_instance(inst, found[instance_id], config, generate_hash,
+                                          notes, bar))
+    methods = registry_order({m for r in results for m in r.scores}, tuple(METHODS))
+    return Evaluation(run_dir, config, results, notes, methods)
+
+
+def write_csv(records: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for rec in records:
+        writer.writerow({k: ("" if rec.get(k) is None else rec.get(k)) for k in CSV_COLUMNS})
+    return buf.getvalue()
+
+
+def run_evaluate(config: EvaluateConfig, run_dir: str | Path, progress: Callable | None = None,
+                 echo: Callable[[str], None] = lambda s: None) -> Path:
+    """Score the run and write `<run_dir>/evaluate/`; returns that folder."""
+    from evaluate.figures import save_figures
+    from evaluate.report import render_report
+
+    started = time.perf_counter()
+    ev = evaluate_run(config, run_dir, progress)
+    out = files.evaluate_dir(ev.run_dir)
+    with files.StagingDir(out) as stage:
+        figures = save_figures(ev, stage / FIGURES_DIR)
+        records = ev.records()
+        files.atomic_write_json(stage / METRICS_FILE, {
+            "format_version": files.FORMAT_VERSION, "run_dir": str(ev.run_dir),
+            "methods": ev.methods, "instances": [r.instance.id for r in ev.results],
+            "records": records})
+        files.atomic_write_bytes(stage / METRICS_CSV, write_csv(records).encode())
+        (stage / REPORT_FILE).write_text(render_report(ev, figures))
+        files.atomic_write_json(stage / files.CONFIG_FILE, {
+            "stage": "evaluate", "config": config.to_dict(), "run_dir": str(ev.run_dir),
+            "instances": [r.instance.id for r in ev.results], "methods": ev.methods,
+            "environment": environment("cpu"),
+            "transform_devices": sorted(set().union(*(r.devices for r in ev.results))),
+            "seconds": round(time.perf_counter() - started, 3)})
+    for n in ev.notes:
+        echo(f"  note: {n['instance']}{' ' + n['method'] if n['method'] else ''}: {n['note']}")
+    return out
