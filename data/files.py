@@ -75,8 +75,12 @@ def shard_name(index: int) -> str:
     return SHARD_PATTERN.format(index=index)
 
 
+def sae_root(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / SAE_DIR
+
+
 def sae_dir(run_dir: str | os.PathLike, instance_id: str, method: str) -> Path:
-    return Path(run_dir) / SAE_DIR / instance_id / method
+    return sae_root(run_dir) / instance_id / method
 
 
 def evaluate_dir(run_dir: str | os.PathLike) -> Path:

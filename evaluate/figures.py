@@ -216,15 +216,16 @@ def save_figures(ev: "Evaluation", folder: Path) -> dict[str, str]:
         written[key] = name
 
     threshold = max(ev.config.thresholds)
-    scored = ev.methods
-    series = {m: [(r.probability, r.scores[m].scalars.get("mmcs", np.nan),
-                   r.scores[m].scalars.get(recovered_key(threshold), np.nan))
-                  for r in ev.results if m in r.scores] for m in scored}
+    scored = {m: [r for r in ev.results if m in r.scores] for m in ev.methods}
+
+    def per_instance(key: str) -> dict[str, np.ndarray]:
+        return {m: np.array([r.scores[m].scalars.get(key, np.nan) for r in rs])
+                for m, rs in scored.items()}
+
     if scored:
         save("headline", HEADLINE_FIGURE, plot_recovery_vs_probability(
-            {m: np.array([s[0] for s in v]) for m, v in series.items()},
-            {m: np.array([s[1] for s in v]) for m, v in series.items()},
-            {m: np.array([s[2] for s in v]) for m, v in series.items()}, threshold))
+            {m: np.array([r.probability for r in rs]) for m, rs in scored.items()},
+            per_instance("mmcs"), per_instance(recovered_key(threshold)), threshold))
     gts = [r.instance.gt for r in ev.results]
     save("dimensionality", "feature_dimensionality.png", plot_feature_dimensionality(
         [gt[files.GT_PROBABILITY][gt[files.GT_FEATURE_INDEX]] for gt in gts],
@@ -232,17 +233,18 @@ def save_figures(ev: "Evaluation", folder: Path) -> dict[str, str]:
         [gt[files.GT_REPRESENTED].astype(bool) for gt in gts],
         [r.view["dimensions_per_feature"] for r in ev.results],
         [r.probability for r in ev.results]))
-    per = {m: [(r.instance.gt[files.GT_DIMENSIONALITY][r.instance.represented],
-                r.scores[m].per_feature["best_cos"], r.probability)
-               for r in ev.results if m in r.scores and r.scores[m].per_feature] for m in scored}
-    per = {m: v for m, v in per.items() if v}
-    if per:
+    # per-feature scores exist where the instance represents some feature
+    featured = {m: [r for r in rs if r.scores[m].per_feature] for m, rs in scored.items()}
+    featured = {m: rs for m, rs in featured.items() if rs}
+    if featured:
         save("recovery_vs_dimensionality", "recovery_vs_dimensionality.png",
              plot_recovery_vs_dimensionality(
-                 {m: np.concatenate([p[0] for p in v]) for m, v in per.items()},
-                 {m: np.concatenate([p[1] for p in v]) for m, v in per.items()},
-                 {m: np.concatenate([np.full(len(p[0]), p[2]) for p in v]) for m, v in per.items()},
-                 threshold))
+                 {m: np.concatenate([r.instance.gt[files.GT_DIMENSIONALITY][r.instance.represented]
+                                     for r in rs]) for m, rs in featured.items()},
+                 {m: np.concatenate([r.scores[m].per_feature["best_cos"] for r in rs])
+                  for m, rs in featured.items()},
+                 {m: np.concatenate([np.full(r.view["n_represented"], r.probability) for r in rs])
+                  for m, rs in featured.items()}, threshold))
     for r in ev.results:
         inst = r.instance
         save(f"{inst.id}/toy_model", f"{inst.id}-toy_model.png", plot_toy_model(

@@ -58,9 +58,9 @@ def check_run(run_dir: Path) -> str:
     if not gen_config.is_file():
         raise StageInputError(f"{gen_config}: not found; run `generate --run-dir {run_dir}` "
                               f"and then `sae --run-dir {run_dir}` first")
-    sae_root = run_dir / files.SAE_DIR
-    if not sae_root.is_dir():
-        raise StageInputError(f"{sae_root}: not found; this run has no stage-2 dictionaries: "
+    root = files.sae_root(run_dir)
+    if not root.is_dir():
+        raise StageInputError(f"{root}: not found; this run has no stage-2 dictionaries: "
                               f"run `sae --run-dir {run_dir}` first")
     return files.sha256_file(gen_config)[:16]
 
@@ -136,7 +136,7 @@ def find_dictionaries(run_dir: Path, instance_id: str, methods: tuple[str, ...],
     """The (method, folder) pairs stage 2 wrote for one instance, in the order of `known`
     (unknown folder names last), restricted to `methods` when given; plus notes on methods
     asked for but absent."""
-    root = run_dir / files.SAE_DIR / instance_id
+    root = files.sae_root(run_dir) / instance_id
     found = registry_order([p.name for p in root.iterdir() if (p / files.DICTIONARY_FILE).is_file()]
                            if root.is_dir() else [], known)
     notes = [f"no dictionary for method {m!r} in {root}" for m in methods if m not in found]

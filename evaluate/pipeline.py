@@ -177,7 +177,7 @@ def evaluate_run(config: EvaluateConfig, run_dir: str | Path,
                                                        tuple(METHODS))
         notes += [{"instance": instance_id, "method": None, "note": n} for n in absent]
     if not any(found.values()):
-        raise StageInputError(f"{run_dir / files.SAE_DIR}: holds no dictionary for "
+        raise StageInputError(f"{files.sae_root(run_dir)}: holds no dictionary for "
                               f"{', '.join(ids)}; run `sae --run-dir {run_dir}` first")
     results = []
     with progress("scoring dictionaries", sum(map(len, found.values()))) as bar:
