@@ -163,7 +163,7 @@ def plot_toy_model(W: np.ndarray, b: np.ndarray | None, title: str) -> Figure:
     axes[0].set_title("WᵀW")
     axes[0].set_xlabel("feature j")
     axes[0].set_ylabel("feature i")
-    fig.colorbar(im, ax=axes[0], location="left", shrink=0.8, pad=0.02)
+    fig.colorbar(im, ax=axes[0], location="bottom", shrink=0.6, pad=0.02, label="Wᵀ_i W_j")
     if b is not None:
         blim = max(np.abs(b).max(), 1e-9)
         axes[1].imshow(np.asarray(b)[:, None], cmap="RdBu", vmin=-blim, vmax=blim, aspect="auto",

@@ -8,7 +8,9 @@ After each update, atoms that no sample uses and near-copies of a more-used atom
 would cost less than what a new direction would gain, are replaced by the directions that
 the dictionary explains worst: this is how the fit leaves the local minima where one atom
 mixes two features while two others split one. Every atom is then oriented so that its
-codes sum to >= 0.
+codes sum to >= 0. With `overcomplete` > 0 the fit starts with spare atoms and prunes the
+cheapest away before the end, so a long tail of rare features is learned with room to spare
+and the mixtures the spare atoms make redundant are what gets dropped.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from sae.omp import omp_encode, sparse_reconstruct, sparse_to_dense
 INITS = ("data", "random")
 RESEEDS = ("pca", "cluster")
 SWAP_GRACE_ITERATIONS = 3  # iterations a new atom has to gather samples before a swap
+REMOVAL_SPAN = 4  # atoms that may stand in for a removed one (`removal_cost`)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ class SparseCodingConfig:
     """new directions for replaced atoms: 'pca' = principal directions of the worst residuals;
     'cluster' = one per group of worst residuals that point the same way (|cos| > 0.5),
     strongest sample first, so each seed follows one missing feature rather than a mix"""
+    overcomplete: float = 0.0
+    """fit with this fraction more atoms at first (0.25: 1.25 x n_components), then drop
+    the cheapest (`removal_cost`) down to n_components for the last quarter of n_iter:
+    spare atoms let rare features be learned instead of being fought over"""
     random_state: int | None = 0
     """seed of the one generator used by fit (init, atom order, replacements)"""
     device: str = "auto"
@@ -82,6 +89,8 @@ class SparseCodingConfig:
             raise ValueError(f"max_coherence must be in (0, 1] (1 keeps near-copies), "
                              f"got {self.max_coherence!r}")
         _check_int("n_swaps", self.n_swaps, 0)
+        if isinstance(self.overcomplete, bool) or not 0 <= self.overcomplete <= 4:
+            raise ValueError(f"overcomplete must be a number in [0, 4], got {self.overcomplete!r}")
         if isinstance(self.swap_gain_factor, bool) or not self.swap_gain_factor >= 0:
             raise ValueError(f"swap_gain_factor must be a number >= 0, "
                              f"got {self.swap_gain_factor!r}")
@@ -132,17 +141,25 @@ class SparseCodingDictionary(DictionaryEstimator):
                              f"are linearly dependent, so OMP cannot place them")
         gen = torch_generator(cfg.random_state, device)
         total = (X - X.mean(0)).pow(2).sum()
-        D = init_atoms(X, cfg.n_components, cfg.init, gen)          # [n_components, d]
+        n_spare = round(cfg.overcomplete * cfg.n_components)
+        prune_after = cfg.n_iter - max(SWAP_GRACE_ITERATIONS + 1, cfg.n_iter // 4)
+        if n_spare and prune_after < 1:
+            raise ValueError(f"overcomplete={cfg.overcomplete} needs n_iter >= "
+                             f"{SWAP_GRACE_ITERATIONS + 2} (got {cfg.n_iter}) to settle after pruning")
+        D = init_atoms(X, cfg.n_components + n_spare, cfg.init, gen)  # [n_atoms, d]
 
-        age = torch.full((cfg.n_components,), SWAP_GRACE_ITERATIONS, device=device)
+        age = torch.full((D.shape[0],), SWAP_GRACE_ITERATIONS, device=device)
         self.log_ = []
         for iteration in range(1, cfg.n_iter + 1):
             t0 = time.perf_counter()
+            if n_spare and iteration == prune_after + 1:
+                keep = prune_atoms(D, idx, val, cfg.n_components, signed=not cfg.nonnegative)
+                D, age = D[keep], age[keep]
             idx, val = self._code(X, D)                            # [n_samples, k] each
             D, val = self._update(X, D, idx, val, gen)
             D, val = orient_atoms(D, idx, val)
             R = X - sparse_reconstruct(idx, val, D)                # [n_samples, d]
-            usage = atom_usage(idx, val, cfg.n_components)         # [n_components]
+            usage = atom_usage(idx, val, D.shape[0])               # [n_atoms]
             unused = usage == 0
             duplicate = duplicate_atoms(D, usage, cfg.max_coherence,
                                         signed=not cfg.nonnegative) & ~unused
@@ -155,7 +172,11 @@ class SparseCodingDictionary(DictionaryEstimator):
             cost = removal_cost(D, idx, val, signed=not cfg.nonnegative)
             cost = cost.masked_fill(age < SWAP_GRACE_ITERATIONS, torch.inf)
             forced = unused | duplicate
-            D, new = replace_atoms(D, forced, cost, R, gen, n_swaps=cfg.n_swaps,
+            # no swaps near the end: an atom swapped in must be updated before it is returned
+            settling = iteration > cfg.n_iter - SWAP_GRACE_ITERATIONS or (
+                n_spare and prune_after - SWAP_GRACE_ITERATIONS < iteration <= prune_after)
+            n_swaps = 0 if settling else cfg.n_swaps
+            D, new = replace_atoms(D, forced, cost, R, gen, n_swaps=n_swaps,
                                    nonnegative=cfg.nonnegative,
                                    gain_factor=cfg.swap_gain_factor, reseed=cfg.reseed)
             entry["n_swapped_atoms"] = int((new & ~forced).sum())
@@ -259,20 +280,63 @@ def orient_atoms(D: torch.Tensor, idx: torch.Tensor,
 
 
 def removal_cost(D: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, *,
-                 signed: bool) -> torch.Tensor:
+                 signed: bool, span: int = REMOVAL_SPAN) -> torch.Tensor:
     """[n_components]: about how much ||H - C D||^2 grows if an atom is dropped.
 
-    Its samples would move its coefficients to the most similar other atom, so the loss is
-    the atom's energy sum_i c_ij^2 times 1 - cos^2 to that atom: an atom that matters alone
-    costs its energy, one of two near-copies costs almost nothing. signed: similarity is
-    |cos| (a coefficient can change sign); with nonnegative codes only cos > 0 helps.
+    Its samples would re-code its part c_j d_j on the other atoms; if the `span` atoms most
+    similar to d_j can combine into a + ... ~ d_j, what is lost is the atom's energy
+    sum_i c_ij^2 times the squared distance from d_j to their span (their cone, with
+    nonnegative codes). So an atom that matters alone costs its energy; one of two
+    near-copies, or an atom that is a mixture of features other atoms already hold (what a
+    fit settles into when a tail of rare features is still missing), costs almost nothing.
+    span=1 is the distance to the single most similar atom, 1 - cos^2.
     """
     energy = val.new_zeros(D.shape[0]).index_add_(0, idx.clamp_min(0).flatten(),
                                                  val.pow(2).flatten())
-    cos = D @ D.T                                                  # [M, M]
-    cos.fill_diagonal_(0)
-    best = (cos.abs() if signed else cos.clamp_min(0)).amax(1)
-    return energy * (1 - best.pow(2))
+    return energy * distance_to_neighbours(D, span, signed=signed)
+
+
+def prune_atoms(D: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, n_keep: int, *,
+                signed: bool) -> torch.Tensor:
+    """Indices of the n_keep atoms of D [n_atoms, d] to keep: the cheapest by `removal_cost`
+    is dropped one at a time, costs recomputed in between, so of two near-copies only one
+    goes and an atom that a dropped one could have stood in for is judged without it."""
+    energy = val.new_zeros(D.shape[0]).index_add_(0, idx.clamp_min(0).flatten(),
+                                                 val.pow(2).flatten())
+    keep = torch.arange(D.shape[0], device=D.device)
+    while len(keep) > n_keep:
+        cost = energy[keep] * distance_to_neighbours(D[keep], REMOVAL_SPAN, signed=signed)
+        keep = torch.cat([keep[:int(cost.argmin())], keep[int(cost.argmin()) + 1:]])
+    return keep
+
+
+def distance_to_neighbours(D: torch.Tensor, span: int, *, signed: bool) -> torch.Tensor:
+    """[n_components] in [0, 1]: min ||d_j - sum_s a_s d_s||^2 over the `span` unit atoms
+    d_s most similar to d_j (|cos| when signed; cos, and a >= 0, when not)."""
+    M = D.shape[0]
+    span = min(span, M - 1)
+    if span < 1:
+        return D.new_ones(M)
+    score = D @ D.T                                                # [M, M]
+    score = score.abs() if signed else score
+    score.fill_diagonal_(-torch.inf)  # an atom never stands in for itself, even on ties
+    near = score.topk(span, dim=1).indices                         # [M, span]
+    N = D[near]                                                    # [M, span, d]
+    gram = N @ N.transpose(1, 2)                                   # [M, span, span]
+    b = (N @ D.unsqueeze(2)).squeeze(2)                            # [M, span]
+    # near-parallel neighbours make gram singular; a tiny ridge keeps the solve defined
+    gram = gram + 1e-6 * torch.eye(span, dtype=D.dtype, device=D.device)
+    if signed:
+        coef = torch.linalg.solve(gram, b.unsqueeze(2)).squeeze(2)
+    else:
+        from sae.omp import _nnls_gram
+
+        coef, _ = _nnls_gram(gram, b, torch.zeros_like(b), torch.zeros_like(b, dtype=torch.bool),
+                             D.new_full((M,), 1e-9), torch.arange(M, device=D.device),
+                             max_iter=4 * span)
+    # ||d - N^T a||^2 = 1 - 2 a.b + a^T gram a, for unit d
+    dist = 1 - 2 * (coef * b).sum(1) + (coef * (gram @ coef.unsqueeze(2)).squeeze(2)).sum(1)
+    return dist.clamp(0.0, 1.0)
 
 
 def replace_atoms(D: torch.Tensor, forced: torch.Tensor, cost: torch.Tensor, R: torch.Tensor,

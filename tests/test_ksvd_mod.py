@@ -7,7 +7,7 @@ import torch
 
 from data.planted import planted_problem
 from evaluate.metrics import mmcs
-from sae._sparse_coding_dictionary import duplicate_atoms, removal_cost
+from sae._sparse_coding_dictionary import duplicate_atoms, prune_atoms, removal_cost
 from sae.base import DictionaryEstimator
 from sae.ksvd import KSVD, KSVDConfig, ksvd_sweep
 from sae.mod import MOD, MODConfig, mod_update
@@ -39,6 +39,14 @@ def test_planted_recovery(planted_data, cls, kwargs):
     assert ((codes != 0).sum(1) <= 3).all()
     if kwargs.get("nonnegative"):
         assert (codes >= 0).all()
+
+
+@pytest.mark.parametrize("cls", [KSVD, MOD])
+def test_overcomplete_start_is_pruned_to_n_components(cls):
+    H, A = planted(8000, 48, 32, seed=2)
+    est = cls(n_components=48, k=3, n_iter=30, overcomplete=0.5, random_state=0).fit(H)
+    assert est.components_.shape == (48, 32)
+    assert mmcs(A, est.components_) >= 0.99
 
 
 def test_approximate_ksvd_learns(planted_data):
@@ -114,11 +122,45 @@ def test_near_copies_and_their_cost():
     assert duplicate_atoms(D, usage, 0.99, signed=False).tolist() == [True, False, False, False]
     idx = torch.tensor([[0, 2], [1, 3]])
     val = torch.tensor([[2.0, 1.0], [1.0, 3.0]])
-    cost = removal_cost(D, idx, val, signed=False)
+    # span=1: energies 4, 1, 1, 9 times 1 - cos^2 to the closest other atom (cos < 0 does
+    # not count with nonnegative codes)
+    cost = removal_cost(D, idx, val, signed=False, span=1)
     cos01, cos12 = float(D[0] @ D[1]), float(D[1] @ D[2])
-    # energies 4, 1, 1, 9 times 1 - cos^2 to the closest other atom (cos < 0 does not count)
     torch.testing.assert_close(cost, torch.tensor([4 * (1 - cos01 ** 2), 1 * (1 - cos01 ** 2),
                                                    1 - cos12 ** 2, 9.0]))
+
+
+def test_removal_cost_sees_an_atom_that_mixes_two_others():
+    e = torch.eye(4)
+    mix = torch.nn.functional.normalize(e[0] + e[1], dim=0)
+    D = torch.stack([e[0], e[1], mix, e[2]])                       # atom 2 = (e0 + e1) / sqrt 2
+    idx = torch.tensor([[0, 2], [1, 3], [2, 3]])
+    val = torch.tensor([[1.0, 2.0], [1.0, 1.0], [1.0, 1.0]])       # energies 1, 1, 5, 2
+    for signed in (True, False):
+        # the mixture is in the span (and the cone) of atoms 0 and 1: dropping it is free
+        cost = removal_cost(D, idx, val, signed=signed, span=3)
+        assert float(cost[2]) == pytest.approx(0.0, abs=1e-4)
+        assert float(cost[3]) == pytest.approx(2.0, abs=1e-4)      # alone in its direction
+        # e0 from mix and e1 needs a negative weight on e1: free when signed, not in the cone
+        assert float(cost[0]) == pytest.approx(0.0 if signed else 0.5, abs=1e-4)
+    # span=1 would only see cos(mix, e0)^2 = 1/2 of the mixture's energy as covered
+    assert float(removal_cost(D, idx, val, signed=True, span=1)[2]) == pytest.approx(2.5, abs=1e-4)
+
+
+def test_pruning_drops_one_of_two_copies_and_the_mixture():
+    e = torch.eye(5)
+    copy = torch.nn.functional.normalize(e[3] + 1e-3 * e[4], dim=0)
+    mix = torch.nn.functional.normalize(e[0] + e[1], dim=0)
+    D = torch.stack([e[0], e[1], e[2], e[3], copy, mix])
+    idx = torch.arange(6).unsqueeze(1)                              # every atom used once
+    val = torch.ones(6, 1)
+    keep = prune_atoms(D, idx, val, 4, signed=False)
+    kept = D[keep]
+    assert len(keep) == 4
+    assert (kept @ e[3]).max() > 0.999                               # one of the copies stays
+    for i in range(3):
+        assert (kept @ e[i]).max() > 0.999                           # every feature keeps an atom
+    assert (kept @ mix).max() < 0.72
 
 
 # ---- the estimator contract ---------------------------------------------------------------
