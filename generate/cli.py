@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from data.cli import FloatList, click_progress, optional_options, set_cpu_threads
+from data.worlds import PRESETS, SCHEDULES, preset
 from generate.config import ConfigError, GenerateConfig
 
 
@@ -18,7 +19,8 @@ _OPTIONS = [
     ("--feature-probability", FloatList(), "Comma-separated; one instance per value (1 - sparsity)."),
     ("--mean-active", float, "Synthetic source: expected active features per row (sets one probability)."),
     ("--importance-decay", float, "Importance I_i = decay**i."),
-    ("--value", click.Choice(["auto", "uniform", "signed_uniform"]), "Value of a firing feature."),
+    ("--value", click.Choice(["auto", "uniform", "signed_uniform", "folded_normal"]),
+     "Value of a firing feature (folded_normal: |N(mean, std)|, synthetic source)."),
     ("--n-correlated-sets", int, "Correlated feature sets."),
     ("--n-anticorrelated-sets", int, "Anticorrelated feature sets."),
     ("--set-size", int, "Features per set."),
@@ -29,6 +31,20 @@ _OPTIONS = [
     ("--rows-per-shard", int, "Rows per shard file."),
     ("--represented-threshold", float, "Norm above which a true direction counts as represented."),
     ("--noise-std", float, "Synthetic source: Gaussian noise on the activations."),
+    ("--world", click.Choice(list(PRESETS)), "Synthetic: start from a named benchmark world."),
+    ("--probability-schedule", click.Choice(list(SCHEDULES)),
+     "Synthetic: feature i's probability from p_max (--feature-probability) down to --p-min."),
+    ("--p-min", float, "Synthetic: probability of the rarest feature (non-constant schedules)."),
+    ("--zipf-exponent", float, "Synthetic, zipf: p_i ∝ (i+1)^-exponent, rescaled to [p_min, p_max]."),
+    ("--correlation-rank", int, "Synthetic: Gaussian-copula correlation of this rank (unset: independent)."),
+    ("--correlation-scale", float, "Synthetic: scale of the copula's random factor."),
+    ("--hierarchy-roots", int, "Synthetic: number of parent/child trees (0: none)."),
+    ("--hierarchy-branching", int, "Synthetic: children per parent."),
+    ("--hierarchy-depth", int, "Synthetic: generations below the roots."),
+    ("--hierarchy-exclusive", bool, "Synthetic: at most one child of a parent fires (true/false)."),
+    ("--magnitude-mean", FloatList(), "Synthetic, folded_normal: mean, or first,last (linear)."),
+    ("--magnitude-std", float, "Synthetic, folded_normal: magnitude std."),
+    ("--magnitude-std-spread", float, "Synthetic, folded_normal: per-feature std = |N(std, spread)|."),
     ("--seed", int, "Random seed."),
     ("--device", str, "auto, cpu, cuda or cuda:N."),
 ]
@@ -50,6 +66,7 @@ def main(run_dir: Path, config_file: Path | None, threads: int | None, **options
 
     set_cpu_threads(threads)
 
+    world = options.pop("world")
     values = {}
     if config_file is not None:
         if not config_file.is_file():
@@ -59,8 +76,13 @@ def main(run_dir: Path, config_file: Path | None, threads: int | None, **options
         except (ConfigError, ValueError) as err:
             raise click.BadParameter(str(err), param_hint="--config") from None
     mean_active = options.pop("mean_active")
+    if world is not None:  # a command-line option, so over the file's fields it names
+        values.update(preset(world))
     values.update({k: v for k, v in options.items() if v is not None})
     if mean_active is not None:
+        if values.get("probability_schedule", "constant") != "constant":
+            raise click.BadParameter("sets one probability for every feature, so it needs the "
+                                     "constant --probability-schedule", param_hint="--mean-active")
         n = values.get("n_features", GenerateConfig.n_features)
         if not 0 < mean_active <= n:
             raise click.BadParameter(f"must lie in (0, n_features={n}], got {mean_active}",

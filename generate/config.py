@@ -1,19 +1,23 @@
 """The resolved configuration of stage 1; what `generate/config.json` records."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from data.configs import ConfigError, JSONConfig  # noqa: F401 (re-exported)
-from data.distributions import VALUE_DISTRIBUTIONS
+from data.worlds import PRESETS, WORLD_VALUES, World, WorldFields
 from models.toy import MODEL_KINDS
 
 SOURCES = ("toy", "synthetic")
 
 
 @dataclass(frozen=True)
-class GenerateConfig(JSONConfig):
+class GenerateConfig(JSONConfig, WorldFields):
+    """Stage 1's fields; the benchmark-world fields of the synthetic source (probability
+    schedule, copula, hierarchy, magnitudes) come from data.worlds.WorldFields."""
+
     source: str = "toy"
     """'toy': train toy models; 'synthetic': a random ground-truth dictionary, no training."""
     model_kind: str = "relu_output"
@@ -48,6 +52,8 @@ class GenerateConfig(JSONConfig):
     """A true direction counts as represented when its norm exceeds this."""
     noise_std: float = 0.0
     """Gaussian noise added to synthetic activations (synthetic source only)."""
+    world: str = ""
+    """The named preset the fields started from (data/worlds.py PRESETS); a label only."""
     seed: int = 0
     """Seeds model init, training batches, the synthetic dictionary and the dumped rows."""
     device: str = "auto"
@@ -56,6 +62,7 @@ class GenerateConfig(JSONConfig):
     def __post_init__(self):
         object.__setattr__(self, "feature_probability",
                            tuple(float(p) for p in self.feature_probability))
+        object.__setattr__(self, "magnitude_mean", tuple(float(m) for m in self.magnitude_mean))
         checks = [
             ("source", self.source in SOURCES, f"must be one of {', '.join(SOURCES)}, got {self.source!r}"),
             ("model_kind", self.model_kind in MODEL_KINDS,
@@ -67,8 +74,10 @@ class GenerateConfig(JSONConfig):
              f"every value must lie in (0, 1], got {list(self.feature_probability)}"),
             ("importance_decay", 0 < self.importance_decay <= 1,
              f"must lie in (0, 1], got {self.importance_decay}"),
-            ("value", self.value in VALUE_DISTRIBUTIONS + ("auto",),
-             f"must be one of auto, {', '.join(VALUE_DISTRIBUTIONS)}, got {self.value!r}"),
+            ("value", self.value in ("auto",) + WORLD_VALUES,
+             f"must be one of auto, {', '.join(WORLD_VALUES)}, got {self.value!r}"),
+            ("world", self.world in ("",) + tuple(PRESETS),
+             f"unknown preset {self.world!r}; valid: {', '.join(PRESETS)}"),
             ("steps", self.steps >= 0, f"must be >= 0, got {self.steps}"),
             ("batch_size", self.batch_size >= 1, f"must be >= 1, got {self.batch_size}"),
             ("lr", self.lr > 0, f"must be > 0, got {self.lr}"),
@@ -83,6 +92,21 @@ class GenerateConfig(JSONConfig):
                 raise ConfigError(field, message)
         if self.source == "toy" and self.model_kind == "abs" and self.resolved_value != "signed_uniform":
             raise ConfigError("value", "the abs model needs signed inputs (signed_uniform)")
+        world = self.world_spec  # validates the world fields
+        field = world.first_world_field
+        if field is not None:
+            if self.source != "synthetic":
+                raise ConfigError(field, "benchmark worlds need --source synthetic")
+            if self.n_correlated_sets or self.n_anticorrelated_sets:
+                raise ConfigError("n_correlated_sets", f"correlated/anticorrelated sets do not combine "
+                                  f"with a benchmark world ({field} is set); use correlation_rank")
+            world.check_size(self.n_features, self.feature_probability)
+
+    @property
+    def world_spec(self) -> World:
+        """The benchmark-world fields as a data.worlds.World."""
+        return World(value=self.resolved_value,
+                     **{f.name: getattr(self, f.name) for f in dataclasses.fields(WorldFields)})
 
     @property
     def resolved_value(self) -> str:

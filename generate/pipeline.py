@@ -18,12 +18,14 @@ from data.cli import silent_progress
 from data.distributions import FeatureDistribution
 from data.environment import environment, resolve_device
 from data.shards import ShardWriter
+from data.worlds import WorldDistribution
 from generate.config import GenerateConfig
 from generate.train import train_toy_models
 from models.ground_truth import feature_dimensionality, hidden_responses
 from models.toy import ToyModel
 
 DUMP_BATCH = 65536
+DUMP_ELEMENTS = 1 << 25  # rows * instances * n_features per dump batch (128 MB per float tensor)
 
 
 def distribution(config: GenerateConfig) -> FeatureDistribution:
@@ -87,13 +89,13 @@ def run_generate(config: GenerateConfig, run_dir: str | Path,
     progress = progress or silent_progress
     device = resolve_device(config.device)
     gen = torch.Generator(device=device).manual_seed(config.seed)
-    dist = distribution(config)
     ids = config.instance_ids
     n_inst = len(ids)
     started = time.time()
     train_log: list[dict] = []
 
     if config.source == "toy":
+        dist = distribution(config)
         model = ToyModel(config.model_kind, n_inst, config.n_features, config.d_hidden,
                          generator=gen, device=device)
         with progress(f"training {n_inst} {config.model_kind} toy models", config.steps) as bar:
@@ -112,6 +114,9 @@ def run_generate(config: GenerateConfig, run_dir: str | Path,
         model = SyntheticGenerator(n_inst, config.n_features, config.d_hidden, config.noise_std,
                                    gen, device)
         hidden = lambda x: model.hidden(x, gen)  # noqa: E731
+        world = config.world_spec
+        dist = (distribution(config) if world.first_world_field is None  # the plain case
+                else WorldDistribution(world, config.n_features, config.feature_probability, gen, device))
         directions = model.atoms
         feature_index = torch.arange(config.n_features)
         sign = torch.ones(config.n_features, dtype=torch.int8)
@@ -127,8 +132,9 @@ def run_generate(config: GenerateConfig, run_dir: str | Path,
         with torch.no_grad(), progress(f"dumping {config.rows} rows x {n_inst} instances",
                                        config.rows) as bar:
             done = 0
+            batch_rows = max(1, min(DUMP_BATCH, DUMP_ELEMENTS // (n_inst * config.n_features)))
             while done < config.rows:
-                rows = min(DUMP_BATCH, config.rows - done)
+                rows = min(batch_rows, config.rows - done)
                 x = dist.sample(rows, gen, device)  # [rows, inst, n]
                 h = hidden(x)  # [rows, inst, d]
                 for j, writer in enumerate(writers):
