@@ -8,9 +8,12 @@ RUN ?= runs/default
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install generate sae evaluate test bench clean help
+GRID ?= evaluate/sweep/grids/example.json
+
+.PHONY: install generate sae evaluate sweep test bench clean help
 help:
 	@echo "make generate sae evaluate   run the pipeline into $(RUN) (set RUN=runs/NAME)"
+	@echo "make sweep GRID=FILE         a grid of runs, cached per point (SWEEP_ARGS=--backend ray)"
 	@echo "make test                    the test suite"
 	@echo "make bench                   benchmarks/ (speed ratios against references)"
 
@@ -31,6 +34,9 @@ sae: $(STAMP)
 
 evaluate: $(STAMP)
 	$(PY) -m evaluate --run-dir $(RUN) $(EVALUATE_ARGS)
+
+sweep: $(STAMP)
+	$(PY) -m evaluate.sweep $(GRID) $(SWEEP_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

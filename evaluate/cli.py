@@ -26,9 +26,10 @@ _OPTIONS = [
               default=None, help="JSON stage config (a saved evaluate/config.json works).")
 @click.option("--drop-zero-rows/--keep-zero-rows", default=None,
               help="Leave out rows where no feature fired [drop].")
+@click.option("--figures/--no-figures", default=None, help="Draw figures/*.png [draw].")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [torch's default].")
 @optional_options(_OPTIONS)
-def main(run_dir, config_file, drop_zero_rows, threads, **options):
+def main(run_dir, config_file, drop_zero_rows, figures, threads, **options):
     """Score the dictionaries in RUN_DIR/sae against the ground truth in RUN_DIR/generate and
     write RUN_DIR/evaluate/ (report.md, metrics.json, metrics.csv, figures/)."""
     from data.shards import ShardError
@@ -39,7 +40,7 @@ def main(run_dir, config_file, drop_zero_rows, threads, **options):
     set_cpu_threads(threads)
     values = read_config_file(config_file) if config_file is not None else {}
     options["instances"] = options.pop("instance")
-    options["drop_zero_rows"] = drop_zero_rows
+    options["drop_zero_rows"], options["figures"] = drop_zero_rows, figures
     values.update({k: v for k, v in options.items() if v is not None})
     try:
         config = EvaluateConfig.from_dict(values, source=str(config_file or "options"))

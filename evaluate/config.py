@@ -23,6 +23,8 @@ class EvaluateConfig(JSONConfig):
     """Two atoms with a cosine above this are duplicates."""
     seed: int = 0
     """Seeds the choice of evaluation rows."""
+    figures: bool = True
+    """Draw figures/*.png (3 s a run on a toy problem; a sweep of many points may skip them)."""
 
     def __post_init__(self):
         from sae import METHODS

@@ -209,7 +209,7 @@ def run_evaluate(config: EvaluateConfig, run_dir: str | Path, progress: Callable
     ev = evaluate_run(config, run_dir, progress)
     out = files.evaluate_dir(ev.run_dir)
     with files.StagingDir(out) as stage:
-        figures = save_figures(ev, stage / FIGURES_DIR)
+        figures = save_figures(ev, stage / FIGURES_DIR) if config.figures else {}
         records = ev.records()
         files.atomic_write_json(stage / METRICS_FILE, {
             "format_version": files.FORMAT_VERSION, "run_dir": str(ev.run_dir),

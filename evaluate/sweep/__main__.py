@@ -1,0 +1,3 @@
+from evaluate.sweep.cli import main
+
+main(prog_name="python -m evaluate.sweep")

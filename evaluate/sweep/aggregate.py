@@ -1,0 +1,153 @@
+"""One table over a sweep: a row per finished point x instance x method, with the swept
+values and the key metrics of that point's evaluate/metrics.json; and its summary.md."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from data import files
+from evaluate.pipeline import FIGURES_DIR, METRICS_FILE
+from evaluate.sweep.grid import SEED_AXIS, Grid
+from evaluate.sweep.runner import POINT_MARKER, point_dir
+
+AGGREGATE_CSV = "aggregate.csv"
+SUMMARY_FILE = "summary.md"
+# the metrics carried into the table (recovered_<t> for every threshold come after these)
+KEY_METRICS = ("mmcs", "matched_cos", "mcc", "fvu", "l0", "explained_variance", "dead_fraction",
+               "n_components", "n_represented", "fit_seconds")
+ID_COLUMNS = ("point", "instance", "method", "feature_probability", "dict_ratio")
+
+
+def recovered_columns(grid: Grid) -> list[str]:
+    from evaluate.scoring import recovered_key
+
+    thresholds = sorted({t for p in grid.points for t in p.configs["evaluate"].thresholds})
+    return [recovered_key(t) for t in thresholds]
+
+
+def metric_columns(grid: Grid) -> list[str]:
+    return list(KEY_METRICS[:2]) + recovered_columns(grid) + list(KEY_METRICS[2:])
+
+
+def replicate_columns(grid: Grid) -> list[str]:
+    """Swept columns that only replicate a setting (seeds): averaged over, shown as error bars."""
+    return [c for c in grid.columns if c == SEED_AXIS or c.endswith(".seed")]
+
+
+def setting_columns(grid: Grid) -> list[str]:
+    """Swept columns that change the setting (everything swept but the seeds)."""
+    return [c for c in grid.columns if c not in replicate_columns(grid)]
+
+
+def point_rows(grid: Grid, sweep_dir: Path) -> list[dict]:
+    """The table's rows for every finished point of `grid`, in grid order."""
+    rows = []
+    metrics = metric_columns(grid)
+    for point in grid.points:
+        folder = point_dir(sweep_dir, point)
+        if not (folder / POINT_MARKER).is_file():
+            continue
+        gen = point.configs["generate"]
+        probability = dict(zip(gen.instance_ids, gen.feature_probability))
+        records = files.read_json(files.evaluate_dir(folder) / METRICS_FILE)["records"]
+        by_key: dict[tuple, dict] = defaultdict(dict)
+        for rec in records:
+            if rec["method"] is not None and "feature" not in rec and rec["metric"] in metrics:
+                by_key[rec["instance"], rec["method"]][rec["metric"]] = rec["value"]
+        for (instance, method), values in by_key.items():
+            row = {"point": folder.name, **point.columns, "instance": instance, "method": method,
+                   "feature_probability": probability[instance],
+                   "dict_ratio": point.configs["sae"].dict_ratio}
+            row.update({m: values.get(m) for m in metrics})
+            rows.append(row)
+    return rows
+
+
+def table_columns(grid: Grid) -> list[str]:
+    swept = [c for c in grid.columns if c not in ID_COLUMNS]
+    return ["point"] + swept + list(ID_COLUMNS[1:]) + metric_columns(grid)
+
+
+def write_csv(rows: list[dict], columns: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def _csv_value(v):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+
+
+def read_csv(path: Path) -> list[dict]:
+    """aggregate.csv back as dicts of strings (empty string: no value)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _hashable(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+def group_stats(rows: list[dict], keys: list[str], metric: str) -> dict[tuple, tuple[float, float, int]]:
+    """(mean, std, n) of `metric` over the rows that share the values of `keys` (the rows
+    differing only in what is left out, i.e. the seeds); std is 0 for one row."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for row in rows:
+        v = row.get(metric)
+        if v is not None and math.isfinite(v):
+            groups[tuple(_hashable(row.get(k)) for k in keys)].append(v)
+    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
+            for k, v in groups.items()}
+
+
+def render_summary(grid: Grid, rows: list[dict], figures: list[str], status: dict) -> str:
+    """Markdown: what ran, the figures, and per setting x method the key metrics as mean ± std
+    over seeds."""
+    keys = setting_columns(grid) + ["feature_probability", "method"]
+    keys = list(dict.fromkeys(keys))
+    shown = recovered_columns(grid)[-1:] + ["mmcs", "mcc", "fvu", "l0"]
+    stats = {m: group_stats(rows, keys, m) for m in shown}
+    lines = [f"# Sweep summary: {grid.path.name}", "",
+             f"{len(grid.points)} grid points: {status.get('finished', 0)} finished, "
+             f"{len(status.get('failed', {}))} failed. Every row of `{AGGREGATE_CSV}` is one "
+             "point x instance x method; below, rows that differ only in their seed are "
+             f"averaged (mean ± std over seeds; n = seeds).", ""]
+    for key, error in status.get("failed", {}).items():
+        lines.append(f"- failed point `{key}`: {error}")
+    lines += [f"![{f}](figures/{f})" for f in figures] + [""]
+    header = keys + shown + ["n"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    groups = set().union(*(s.keys() for s in stats.values()))
+    for group in sorted(groups, key=lambda g: tuple(map(str, g))):
+        cells = [str(v) for v in group]
+        for m in shown:
+            mean, std, n = stats[m].get(group, (math.nan, math.nan, 0))
+            cells.append(f"{mean:.3g} ± {std:.2g}" if n else "–")
+        cells.append(str(max(stats[m].get(group, (0, 0, 0))[2] for m in shown)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_aggregate(grid: Grid, sweep_dir: str | Path, status: dict | None = None) -> list[dict]:
+    """Write `<sweep_dir>/aggregate.csv`, `figures/*.png` and `summary.md` from the finished
+    points of `grid`; returns the table's rows."""
+    from evaluate.sweep.figures import save_sweep_figures
+
+    sweep_dir = Path(sweep_dir)
+    rows = point_rows(grid, sweep_dir)
+    status = {**(status or {}), "finished": len({r["point"] for r in rows})}
+    files.atomic_write_bytes(sweep_dir / AGGREGATE_CSV, write_csv(rows, table_columns(grid)).encode())
+    figures = save_sweep_figures(grid, rows, sweep_dir / FIGURES_DIR)
+    files.atomic_write_bytes(sweep_dir / SUMMARY_FILE,
+                             render_summary(grid, rows, figures, status).encode())
+    return rows

@@ -1,0 +1,222 @@
+"""Run a sweep's grid points, each cached by its config hash, on one machine or on Ray.
+
+    <sweep_dir>/
+      grid.json                          the grid file, as read
+      generate/<generate hash>/          one stage-1 run per distinct generate config
+        generate/ ...                    what `generate` writes
+        done.json                        completion marker, written last
+      points/<hash>/                     one run folder per grid point
+        generate -> ../../generate/<generate hash>/generate   (a relative link)
+        sae/ ... evaluate/ ...           what `sae` and `evaluate` write
+        point.json                       completion marker, written last: configs + swept values
+
+A folder with its marker is finished and never recomputed; one without is wiped and rerun,
+so an interrupted sweep resumes where it stopped. Work runs in two waves: the distinct
+generate configs first, then the points, so no two tasks ever write the same folder.
+Tasks are plain dicts of JSON values and module-level functions, so that a process pool or
+a Ray worker on another machine can run them (the sweep folder must then be shared).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from data import files
+from evaluate.sweep.grid import Grid, Point
+
+POINTS_DIR = "points"
+GENERATE_RUNS_DIR = "generate"
+GRID_FILE = "grid.json"
+POINT_MARKER = "point.json"
+GENERATE_MARKER = "done.json"
+ERROR_FILE = "error.txt"
+HASH_CHARS = 16  # folder names: the first 16 hex digits; the full hash is in the marker
+BACKENDS = ("local", "ray")
+
+
+def point_dir(sweep_dir: Path, point: Point) -> Path:
+    return Path(sweep_dir) / POINTS_DIR / point.hash[:HASH_CHARS]
+
+
+def generate_run_dir(sweep_dir: Path, point: Point) -> Path:
+    return Path(sweep_dir) / GENERATE_RUNS_DIR / point.generate_hash[:HASH_CHARS]
+
+
+def is_done(folder: Path, marker: str) -> bool:
+    return (Path(folder) / marker).is_file()
+
+
+# ---- the tasks: what one worker runs ---------------------------------------------------------
+def _fresh(folder: Path) -> None:
+    """An unfinished folder is left over from an interrupted run: start it again."""
+    if folder.exists() or folder.is_symlink():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+
+def run_generate_task(task: dict) -> None:
+    from generate.config import GenerateConfig
+    from generate.pipeline import run_generate
+
+    folder = Path(task["folder"])
+    _fresh(folder)
+    config = GenerateConfig.from_dict(task["configs"]["generate"])
+    run_generate(config, folder)
+    files.atomic_write_json(folder / GENERATE_MARKER, {"hash": task["hash"],
+                                                      "config": config.to_dict()})
+
+
+def run_point_task(task: dict) -> None:
+    from evaluate.config import EvaluateConfig
+    from evaluate.pipeline import run_evaluate
+    from sae.config import SAEStageConfig
+    from sae.pipeline import run_sae
+
+    folder = Path(task["folder"])
+    _fresh(folder)
+    started = time.perf_counter()
+    link = files.generate_dir(folder)
+    link.symlink_to(os.path.relpath(files.generate_dir(task["generate_run"]), folder))
+    run_sae(SAEStageConfig.from_dict(task["configs"]["sae"]), folder)
+    run_evaluate(EvaluateConfig.from_dict(task["configs"]["evaluate"]), folder)
+    files.atomic_write_json(folder / POINT_MARKER, {
+        "hash": task["hash"], "generate_hash": task["generate_hash"], "values": task["values"],
+        "configs": task["configs"], "seconds": round(time.perf_counter() - started, 3)})
+
+
+TASKS = {"generate": run_generate_task, "point": run_point_task}
+
+
+def execute(task: dict, threads: int | None = None) -> dict:
+    """Run one task; never raises (a failed point must not stop the others): returns
+    {"key", "ok", "error", "seconds"} and leaves the traceback in the folder's error.txt."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    try:
+        TASKS[task["kind"]](task)
+        error = None
+    except Exception as err:  # noqa: BLE001  (reported per point, the sweep goes on)
+        error = f"{type(err).__name__}: {err}"
+        folder = Path(task["folder"])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ERROR_FILE).write_text(traceback.format_exc())
+    return {"key": task["key"], "ok": error is None, "error": error,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+# ---- backends: run a list of tasks, report each result as it comes ---------------------------
+def run_local(tasks: list[dict], workers: int, threads: int, on_result: Callable) -> None:
+    """workers == 1: in this process, one after the other; else a process pool (spawned, so
+    no OpenMP state is forked), each worker pinned to `threads` torch threads."""
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            on_result(execute(task, threads))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_pin_threads, initargs=(threads,)) as pool:
+        futures = [pool.submit(execute, task, threads) for task in tasks]
+        for future in as_completed(futures):
+            on_result(future.result())
+
+
+def _pin_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_ray(tasks: list[dict], threads: int, on_result: Callable, address: str | None = None) -> None:
+    """Each task a Ray task asking for `threads` CPUs, and a GPU where its stage runs on cuda.
+    Joins the running Ray instance if there is one, else `ray.init(address)` (None: a local
+    instance, or the cluster named by RAY_ADDRESS)."""
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("--backend ray needs the ray package: pip install 'unsuperpose[ray]' "
+                           "(or pip install ray)") from None
+    if not ray.is_initialized():
+        ray.init(address=address)
+    remote = ray.remote(execute)
+    pending = {remote.options(num_cpus=threads, num_gpus=task["gpus"]).remote(task, threads): task
+               for task in tasks}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            pending.pop(ref)
+            on_result(ray.get(ref))
+
+
+# ---- the sweep ---------------------------------------------------------------------------------
+def _gpus(config) -> int:
+    return 1 if str(config.device).startswith("cuda") else 0
+
+
+def plan(grid: Grid, sweep_dir: Path) -> tuple[list[dict], list[dict], int]:
+    """(generate tasks, point tasks, points already done) for the unfinished part of the grid."""
+    generate_tasks, point_tasks, done, seen = [], [], 0, set()
+    for point in grid.points:
+        gen_dir = generate_run_dir(sweep_dir, point)
+        configs = point.config_dicts()
+        if not is_done(gen_dir, GENERATE_MARKER) and point.generate_hash not in seen:
+            seen.add(point.generate_hash)
+            generate_tasks.append({
+                "kind": "generate", "key": point.generate_hash[:HASH_CHARS], "folder": str(gen_dir),
+                "hash": point.generate_hash, "configs": configs,
+                "gpus": _gpus(point.configs["generate"])})
+        folder = point_dir(sweep_dir, point)
+        if is_done(folder, POINT_MARKER):
+            done += 1
+            continue
+        point_tasks.append({
+            "kind": "point", "key": point.hash[:HASH_CHARS], "folder": str(folder),
+            "hash": point.hash, "generate_hash": point.generate_hash, "generate_run": str(gen_dir),
+            "values": point.values, "configs": configs, "gpus": _gpus(point.configs["sae"])})
+    return generate_tasks, point_tasks, done
+
+
+def run_sweep(grid: Grid, sweep_dir: str | Path, backend: str = "local", workers: int = 1,
+              threads: int = 1, ray_address: str | None = None,
+              echo: Callable[[str], None] = lambda s: None) -> dict:
+    """Run every unfinished point of `grid` under `sweep_dir`; returns {"done": points cached
+    before, "ran": points computed now, "failed": {point key: error}}."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    files.atomic_write_bytes(sweep_dir / GRID_FILE, grid.path.read_bytes())
+    generate_tasks, point_tasks, done = plan(grid, sweep_dir)
+    echo(f"sweep: {len(grid.points)} points, {done} done, {len(point_tasks)} to run "
+         f"({len(generate_tasks)} generate runs first) on {backend}")
+    failed: dict[str, str] = {}
+
+    def on_result(result: dict) -> None:
+        status = "ok" if result["ok"] else f"FAILED: {result['error']}"
+        echo(f"  {result['key']}: {result['seconds']:.1f} s {status}")
+        if not result["ok"]:
+            failed[result["key"]] = result["error"]
+
+    def run(tasks):
+        if backend == "ray":
+            run_ray(tasks, threads, on_result, ray_address)
+        else:
+            run_local(tasks, workers, threads, on_result)
+
+    run(generate_tasks)
+    blocked = {t["hash"][:HASH_CHARS] for t in generate_tasks} & set(failed)
+    for task in point_tasks:
+        if task["generate_hash"][:HASH_CHARS] in blocked:
+            failed[task["key"]] = f"its generate run {task['generate_hash'][:HASH_CHARS]} failed"
+    run([t for t in point_tasks if t["key"] not in failed])
+    return {"done": done, "ran": len(point_tasks) - sum(k in failed for k in
+                                                        (t["key"] for t in point_tasks)),
+            "failed": failed}
