@@ -9,9 +9,11 @@ import sae.pipeline
 from data import files
 from evaluate.pipeline import METRICS_FILE
 from evaluate.sweep import GridError, load_grid
-from evaluate.sweep.aggregate import AGGREGATE_CSV, SUMMARY_FILE, metric_columns, read_csv
+from evaluate.sweep.aggregate import (AGGREGATE_CSV, SUMMARY_FILE, group_stats, metric_columns,
+                                      read_csv)
 from evaluate.sweep.cli import main
-from evaluate.sweep.figures import FRONTIER_FIGURE, PROBABILITY_FIGURE, pareto_front
+from evaluate.sweep.figures import (DICT_RATIO_FIGURE, FRONTIER_FIGURE, PHASE_FIGURE,
+                                    PROBABILITY_FIGURE, pareto_front)
 from evaluate.sweep.runner import ERROR_FILE, GENERATE_MARKER, POINT_MARKER, point_dir
 
 # 2 feature probabilities x 2 dictionary ratios: 4 points over 2 generate runs
@@ -129,8 +131,8 @@ def test_the_aggregate_table_equals_each_points_metrics(swept):
                 assert float(row[m]) == pytest.approx(expected[m], rel=1e-12), (m, row["method"])
     summary = (sweep_dir / SUMMARY_FILE).read_text()
     assert "4 finished, 0 failed" in summary and f"figures/{PROBABILITY_FIGURE}" in summary
-    assert (sweep_dir / "figures" / PROBABILITY_FIGURE).stat().st_size > 10_000
-    assert (sweep_dir / "figures" / FRONTIER_FIGURE).is_file()
+    for name in (PROBABILITY_FIGURE, PHASE_FIGURE, DICT_RATIO_FIGURE, FRONTIER_FIGURE):
+        assert (sweep_dir / "figures" / name).stat().st_size > 10_000, name
 
 
 @pytest.fixture
@@ -215,3 +217,15 @@ def test_the_example_grid_of_make_sweep_loads():
     grid = load_grid(Path(__file__).parent.parent / "evaluate" / "sweep" / "grids" / "example.json")
     assert len(grid.points) == 2 * 3  # dict ratios x seeds
     assert len({p.generate_hash for p in grid.points}) == 3  # one generate run per seed
+
+
+def test_seeds_are_averaged_into_mean_and_std_per_setting():
+    rows = [{"method": "topk", "sae.dict_ratio": 1, "seed": seed, "mcc": v}
+            for seed, v in ((0, 0.5), (1, 0.7), (2, 0.9))]
+    rows += [{"method": "topk", "sae.dict_ratio": 2, "seed": 0, "mcc": 0.4},
+             {"method": "mod", "sae.dict_ratio": 1, "seed": 0, "mcc": None}]
+    stats = group_stats(rows, ["method", "sae.dict_ratio"], "mcc")
+    assert stats.keys() == {("topk", 1), ("topk", 2)}  # no value, no group
+    mean, std, n = stats["topk", 1]
+    assert (mean, n) == (pytest.approx(0.7), 3) and std == pytest.approx(0.2)  # ddof = 1
+    assert stats["topk", 2] == (0.4, 0.0, 1)

@@ -1,7 +1,8 @@
 """The sweep's figures, drawn from the aggregate table's rows: recovery against feature
 probability (the phase-diagram view of Approach 2), recovery against dictionary ratio, and
 the FVU-L0 frontier; one line per method in the report's colours, seeds as mean ± std bars,
-one panel per combination of the other swept settings."""
+one panel per combination of the other swept settings; and, where settings other than the
+probability are swept, a phase diagram: per method, recovery over probability x setting."""
 from __future__ import annotations
 
 import math
@@ -13,20 +14,27 @@ from evaluate.sweep.grid import Grid
 from matplotlib.figure import Figure
 
 PROBABILITY_FIGURE = "recovery_vs_probability.png"
+PHASE_FIGURE = "phase_diagram.png"
 DICT_RATIO_FIGURE = "recovery_vs_dict_ratio.png"
 FRONTIER_FIGURE = "fvu_l0_frontier.png"
-PANEL_SIZE = (4.2, 3.4)
+AXES_SIZE = (3.4, 2.6)  # inches, one panel's plotting area
 
 
 def _panels(rows: list[dict], keys: list[str]) -> list[tuple]:
     return sorted({tuple(str(r.get(k)) for k in keys) for r in rows})
 
 
-def _grid(n: int) -> tuple[Figure, list]:
-    cols = min(3, n)
+def _grid(n: int, axes_size: tuple[float, float] = AXES_SIZE,
+          left: float = 0.8) -> tuple[Figure, list]:
+    """n panels, up to 3 a row, room on the right for a legend or colorbar; margins set in
+    inches (constrained layout took 40% of the sweep's drawing time)."""
+    cols, gap_w, gap_h, right, bottom, top = min(3, n), 0.9, 0.9, 1.7, 0.6, 0.7
     nrows = -(-n // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(PANEL_SIZE[0] * cols + 1.6, PANEL_SIZE[1] * nrows + 0.8),
-                             squeeze=False, constrained_layout=True)
+    w = left + cols * axes_size[0] + (cols - 1) * gap_w + right
+    h = bottom + nrows * axes_size[1] + (nrows - 1) * gap_h + top
+    fig, axes = plt.subplots(nrows, cols, figsize=(w, h), squeeze=False)
+    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h,
+                        wspace=gap_w / axes_size[0], hspace=gap_h / axes_size[1])
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -64,6 +72,34 @@ def plot_metric_vs(rows: list[dict], x: str, metric: str, panel_keys: list[str],
         ax.grid(alpha=0.3, which="both")
     axes[-1].legend(title="method", loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.suptitle(title)
+    return fig
+
+
+def plot_phase_diagram(rows: list[dict], settings: list[str], metric: str, label: str) -> Figure:
+    """Per method a heatmap of `metric` (mean over seeds): columns the instances' feature
+    probabilities, rows every combination of the other swept `settings`."""
+    methods = _methods(rows)
+    stats = group_stats(rows, ["method", "feature_probability"] + settings, metric)
+    xs = sorted({k[1] for k in stats})
+    ys = sorted({k[2:] for k in stats}, key=lambda y: tuple(map(str, y)))
+    ylabels = [", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(settings, y)) for y in ys]
+    fig, axes = _grid(len(methods), (max(2.4, 0.6 * len(xs)), max(1.8, 0.35 * len(ys))),
+                      left=0.3 + 0.075 * max(map(len, ylabels)))
+    for ax, method in zip(axes, methods):
+        cells = [[stats.get((method, x, *y), (math.nan,))[0] for x in xs] for y in ys]
+        image = ax.imshow(cells, cmap="cividis", vmin=0, vmax=1, aspect="auto", origin="lower")
+        for i, row in enumerate(cells):
+            for j, v in enumerate(row):
+                if math.isfinite(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="black" if v > 0.5 else "white")
+        ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs], fontsize=8)
+        ax.set_yticks(range(len(ys)), ylabels, fontsize=8)
+        ax.set_xlabel("feature probability 1 − S")
+        ax.set_title(method, color=method_style(method)["color"], fontweight="bold")
+    w, h = fig.get_size_inches()
+    fig.colorbar(image, cax=fig.add_axes((1 - 1.2 / w, 0.6 / h, 0.15 / w, 1 - 1.3 / h)), label=label)
+    fig.suptitle("Phase diagram: recovery by feature probability and setting")
     return fig
 
 
@@ -110,7 +146,7 @@ def plot_frontier(rows: list[dict], setting_keys: list[str]) -> Figure:
 def save_sweep_figures(grid: Grid, rows: list[dict], folder: Path) -> list[str]:
     """Draw the figures the sweep has the data for; returns their file names."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in (PROBABILITY_FIGURE, DICT_RATIO_FIGURE, FRONTIER_FIGURE):  # none left from before
+    for name in (PROBABILITY_FIGURE, PHASE_FIGURE, DICT_RATIO_FIGURE, FRONTIER_FIGURE):  # none left from before
         (folder / name).unlink(missing_ok=True)
     written = []
     if not rows:
@@ -131,6 +167,10 @@ def save_sweep_figures(grid: Grid, rows: list[dict], folder: Path) -> list[str]:
             rows, "feature_probability", recovered, settings,
             "feature probability 1 − S (log scale)", label,
             "Recovery against feature probability, per method", logx=True))
+    varying = [c for c in settings if len({str(r.get(c)) for r in rows}) > 1]
+    if len({r["feature_probability"] for r in rows}) > 1 and varying:
+        save(PHASE_FIGURE, plot_phase_diagram(rows, varying, recovered,
+                                              f"recovered at cos ≥ {recovered.split('_', 1)[1]}"))
     if len({r["dict_ratio"] for r in rows}) > 1:
         save(DICT_RATIO_FIGURE, plot_metric_vs(
             rows, "dict_ratio", recovered,

@@ -93,7 +93,7 @@ TASKS = {"generate": run_generate_task, "point": run_point_task}
 
 def execute(task: dict, threads: int | None = None) -> dict:
     """Run one task; never raises (a failed point must not stop the others): returns
-    {"key", "ok", "error", "seconds"} and leaves the traceback in the folder's error.txt."""
+    {"kind", "key", "ok", "error", "seconds"} and leaves the traceback in the folder's error.txt."""
     import torch
 
     if threads is not None:
@@ -107,26 +107,38 @@ def execute(task: dict, threads: int | None = None) -> dict:
         folder = Path(task["folder"])
         folder.mkdir(parents=True, exist_ok=True)
         (folder / ERROR_FILE).write_text(traceback.format_exc())
-    return {"key": task["key"], "ok": error is None, "error": error,
+    return {"kind": task["kind"], "key": task["key"], "ok": error is None, "error": error,
             "seconds": round(time.perf_counter() - started, 3)}
 
 
 # ---- backends: run a list of tasks, report each result as it comes ---------------------------
-def run_local(tasks: list[dict], workers: int, threads: int, on_result: Callable) -> None:
-    """workers == 1: in this process, one after the other; else a process pool (spawned, so
-    no OpenMP state is forked), each worker pinned to `threads` torch threads."""
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            on_result(execute(task, threads))
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+class LocalBackend:
+    """workers == 1, or a single task: in this process. Otherwise a process pool, started on
+    first need and kept for both waves (a spawned worker spends seconds importing torch);
+    spawned, so that no OpenMP state is forked; each worker pinned to `threads` torch threads."""
 
-    with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_pin_threads, initargs=(threads,)) as pool:
-        futures = [pool.submit(execute, task, threads) for task in tasks]
+    def __init__(self, workers: int, threads: int):
+        self.workers, self.threads, self.pool = workers, threads, None
+
+    def run(self, tasks: list[dict], on_result: Callable) -> None:
+        if self.workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                on_result(execute(task, self.threads))
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(self.workers, initializer=_pin_threads,
+                                            mp_context=multiprocessing.get_context("spawn"),
+                                            initargs=(self.threads,))
+        futures = [self.pool.submit(execute, task, self.threads) for task in tasks]
         for future in as_completed(futures):
             on_result(future.result())
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
 
 
 def _pin_threads(threads: int) -> None:
@@ -135,25 +147,30 @@ def _pin_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_ray(tasks: list[dict], threads: int, on_result: Callable, address: str | None = None) -> None:
+class RayBackend:
     """Each task a Ray task asking for `threads` CPUs, and a GPU where its stage runs on cuda.
     Joins the running Ray instance if there is one, else `ray.init(address)` (None: a local
     instance, or the cluster named by RAY_ADDRESS)."""
-    try:
-        import ray
-    except ImportError:
-        raise RuntimeError("--backend ray needs the ray package: pip install 'unsuperpose[ray]' "
-                           "(or pip install ray)") from None
-    if not ray.is_initialized():
-        ray.init(address=address)
-    remote = ray.remote(execute)
-    pending = {remote.options(num_cpus=threads, num_gpus=task["gpus"]).remote(task, threads): task
-               for task in tasks}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            pending.pop(ref)
-            on_result(ray.get(ref))
+
+    def __init__(self, threads: int, address: str | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError("--backend ray needs the ray package: pip install "
+                               "'unsuperpose[ray]' (or pip install ray)") from None
+        if not ray.is_initialized():
+            ray.init(address=address)
+        self.ray, self.threads, self.remote = ray, threads, ray.remote(execute)
+
+    def run(self, tasks: list[dict], on_result: Callable) -> None:
+        pending = [self.remote.options(num_cpus=self.threads, num_gpus=task["gpus"])
+                   .remote(task, self.threads) for task in tasks]
+        while pending:
+            done, pending = self.ray.wait(pending, num_returns=1)
+            on_result(self.ray.get(done[0]))
+
+    def close(self) -> None:
+        pass  # a Ray instance started here ends with this process; one joined is not ours
 
 
 # ---- the sweep ---------------------------------------------------------------------------------
@@ -201,22 +218,19 @@ def run_sweep(grid: Grid, sweep_dir: str | Path, backend: str = "local", workers
 
     def on_result(result: dict) -> None:
         status = "ok" if result["ok"] else f"FAILED: {result['error']}"
-        echo(f"  {result['key']}: {result['seconds']:.1f} s {status}")
+        echo(f"  {result['kind']:8s} {result['key']}: {result['seconds']:.1f} s {status}")
         if not result["ok"]:
             failed[result["key"]] = result["error"]
 
-    def run(tasks):
-        if backend == "ray":
-            run_ray(tasks, threads, on_result, ray_address)
-        else:
-            run_local(tasks, workers, threads, on_result)
-
-    run(generate_tasks)
-    blocked = {t["hash"][:HASH_CHARS] for t in generate_tasks} & set(failed)
-    for task in point_tasks:
-        if task["generate_hash"][:HASH_CHARS] in blocked:
-            failed[task["key"]] = f"its generate run {task['generate_hash'][:HASH_CHARS]} failed"
-    run([t for t in point_tasks if t["key"] not in failed])
-    return {"done": done, "ran": len(point_tasks) - sum(k in failed for k in
-                                                        (t["key"] for t in point_tasks)),
+    runner = RayBackend(threads, ray_address) if backend == "ray" else LocalBackend(workers, threads)
+    try:
+        runner.run(generate_tasks, on_result)
+        blocked = {t["key"] for t in generate_tasks} & set(failed)
+        for task in point_tasks:
+            if task["generate_hash"][:HASH_CHARS] in blocked:
+                failed[task["key"]] = f"its generate run {task['generate_hash'][:HASH_CHARS]} failed"
+        runner.run([t for t in point_tasks if t["key"] not in failed], on_result)
+    finally:
+        runner.close()
+    return {"done": done, "ran": sum(t["key"] not in failed for t in point_tasks),
             "failed": failed}
