@@ -205,10 +205,13 @@ def tail(n_features: int, d: int, n_samples: int, methods: list[str], seed: int 
     for method in methods:
         params = method_params(method, n_features, k, n_samples, seed)
         if method in ("ksvd", "ksvd_nn", "mod", "mod_nn"):
-            # a rare tail: a swap's gain (a feature on ~20-100 rows) never beats the removal
-            # cost of an atom that splits a frequent one, so swap the cheapest 8 atoms every
-            # iteration for seeds that each follow one group of unexplained residuals
-            params.update(n_iter=30, n_swaps=8, swap_gain_factor=0.0, reseed="cluster")
+            # a rare tail: start with 25% spare atoms so rare features need not displace
+            # learned ones, swap up to 8 atoms an iteration for seeds that each follow one
+            # group of unexplained residuals (when the seed carries more than the atom's
+            # removal cost), stop coding a row at 1% of its energy (no filler atoms), and
+            # prune the spares (mixtures that the clean atoms span) for the last 10 iterations
+            params.update(n_iter=40, n_swaps=8, swap_gain_factor=1.0, reseed="cluster",
+                          tol=1e-2, overcomplete=0.25)
         row, _ = fit_and_score(method, params, H, G, rare)
         row["params"] = params
         rows.append(row)
