@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -12,6 +13,8 @@ from evaluate.sweep import GridError, load_grid
 from evaluate.sweep.aggregate import (AGGREGATE_CSV, SUMMARY_FILE, group_stats, metric_columns,
                                       read_csv)
 from evaluate.sweep.cli import main
+from evaluate.sweep.counting import (COUNTING_CSV, COUNTING_FIGURE, consecutive_mmcs_estimate,
+                                     dead_latent_estimate, knee_estimate)
 from evaluate.sweep.figures import (DICT_RATIO_FIGURE, FRONTIER_FIGURE, PHASE_FIGURE,
                                     PROBABILITY_FIGURE, pareto_front)
 from evaluate.sweep.runner import ERROR_FILE, GENERATE_MARKER, POINT_MARKER, point_dir
@@ -229,3 +232,34 @@ def test_seeds_are_averaged_into_mean_and_std_per_setting():
     mean, std, n = stats["topk", 1]
     assert (mean, n) == (pytest.approx(0.7), 3) and std == pytest.approx(0.2)  # ddof = 1
     assert stats["topk", 2] == (0.4, 0.0, 1)
+
+
+def test_feature_count_estimators_on_known_curves():
+    sizes = np.array([4, 8, 16, 32, 64], dtype=float)
+    # 16 true features: latents start dying past 16; live latents stay near 16
+    dead = np.array([0, 0, 0, 15, 47], dtype=float)
+    assert dead_latent_estimate(sizes, dead) == 17.0
+    assert dead_latent_estimate(sizes, np.zeros(5)) == 64.0  # none dead: a lower bound
+    # loss falls steeply to 16 atoms, then flattens: the knee
+    assert knee_estimate(sizes, np.array([0.8, 0.4, 0.02, 0.015, 0.01])) == 16.0
+    assert np.isnan(knee_estimate(sizes[:2], np.array([0.5, 0.1])))
+    # a dictionary's atoms reappear in the next larger one best at the true size
+    assert consecutive_mmcs_estimate(sizes, np.array([0.7, 0.8, 0.99, 0.9])) == 16.0
+
+
+def test_a_sweep_over_dictionary_size_counts_features(swept):
+    sweep_dir = swept["sweep_dir"]
+    counts = read_csv(sweep_dir / COUNTING_CSV)
+    # one curve (dict ratio 1 -> 2) per feature probability x method
+    assert len(counts) == 2 * 2
+    aggregate = read_csv(sweep_dir / AGGREGATE_CSV)
+    for c in counts:
+        curve = [r for r in aggregate if r["instance"] == c["instance"] and r["method"] == c["method"]
+                 and r["generate.feature_probability"] in c["curve"]]
+        sizes = sorted(float(r["n_components"]) for r in curve)
+        assert c["true_count"] == curve[0]["n_represented"]
+        assert float(c["consecutive_mmcs"]) == sizes[0]  # one pair: its smaller size
+        assert c["loss_knee"] == ""  # needs three sizes
+        assert 0 < float(c["dead_latents"]) <= sizes[-1]
+    assert "## Feature counting" in (sweep_dir / SUMMARY_FILE).read_text()
+    assert (sweep_dir / "figures" / COUNTING_FIGURE).stat().st_size > 10_000

@@ -12,6 +12,7 @@ import numpy as np
 
 from data import files
 from evaluate.pipeline import FIGURES_DIR, METRICS_FILE
+from evaluate.sweep.counting import counting_table
 from evaluate.sweep.grid import SEED_AXIS, Grid
 from evaluate.sweep.runner import POINT_MARKER, point_dir
 
@@ -110,7 +111,8 @@ def group_stats(rows: list[dict], keys: list[str], metric: str) -> dict[tuple, t
             for k, v in groups.items()}
 
 
-def render_summary(grid: Grid, rows: list[dict], figures: list[str], status: dict) -> str:
+def render_summary(grid: Grid, rows: list[dict], figures: list[str], status: dict,
+                   counts: list[dict] = ()) -> str:
     """Markdown: what ran, the figures, and per setting x method the key metrics as mean ± std
     over seeds."""
     keys = setting_columns(grid) + ["feature_probability", "method"]
@@ -135,6 +137,16 @@ def render_summary(grid: Grid, rows: list[dict], figures: list[str], status: dic
             cells.append(f"{mean:.3g} ± {std:.2g}" if n else "–")
         cells.append(str(max(stats[m].get(group, (0, 0, 0))[2] for m in shown)))
         lines.append("| " + " | ".join(cells) + " |")
+    if counts:
+        estimators = [k for k in counts[0] if k not in ("instance", "method", "curve", "true_count")]
+        lines += ["", "## Feature counting (Sharkey et al. 2022)", "",
+                  "Estimated number of features from the sweep over dictionary size, next to the "
+                  "true count (represented directions); `counting.csv` has every curve.", "",
+                  "| curve | true count | " + " | ".join(estimators) + " |",
+                  "|" + "---|" * (len(estimators) + 2)]
+        lines += [f"| {c['curve']} | {c['true_count']} | " +
+                  " | ".join("–" if not math.isfinite(c[e]) else f"{c[e]:g}" for e in estimators) + " |"
+                  for c in counts]
     return "\n".join(lines) + "\n"
 
 
@@ -148,6 +160,27 @@ def write_aggregate(grid: Grid, sweep_dir: str | Path, status: dict | None = Non
     status = {**(status or {}), "finished": len({r["point"] for r in rows})}
     files.atomic_write_bytes(sweep_dir / AGGREGATE_CSV, write_csv(rows, table_columns(grid)).encode())
     figures = save_sweep_figures(grid, rows, sweep_dir / FIGURES_DIR)
+    counts = counting_table(write_counting(grid, rows, sweep_dir, figures))
     files.atomic_write_bytes(sweep_dir / SUMMARY_FILE,
-                             render_summary(grid, rows, figures, status).encode())
+                             render_summary(grid, rows, figures, status, counts).encode())
     return rows
+
+
+def write_counting(grid: Grid, rows: list[dict], sweep_dir: Path, figures: list[str]) -> list[dict]:
+    """Where the grid sweeps dictionary size: counting.csv and the counting figure (appended
+    to `figures`); returns the estimator records."""
+    from evaluate.figures import plt
+    from evaluate.sweep.counting import (COUNTING_CSV, COUNTING_FIGURE, ESTIMATORS,
+                                         count_features, counting_table, plot_counting)
+
+    (sweep_dir / FIGURES_DIR / COUNTING_FIGURE).unlink(missing_ok=True)
+    records = count_features(grid, rows, sweep_dir)
+    if not records:
+        return []
+    files.atomic_write_bytes(sweep_dir / COUNTING_CSV, write_csv(
+        counting_table(records), ["instance", "method", "curve", "true_count", *ESTIMATORS]).encode())
+    fig = plot_counting(records)
+    fig.savefig(sweep_dir / FIGURES_DIR / COUNTING_FIGURE, dpi=110)
+    plt.close(fig)
+    figures.append(COUNTING_FIGURE)
+    return records
