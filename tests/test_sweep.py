@@ -263,3 +263,12 @@ def test_a_sweep_over_dictionary_size_counts_features(swept):
         assert 0 < float(c["dead_latents"]) <= sizes[-1]
     assert "## Feature counting" in (sweep_dir / SUMMARY_FILE).read_text()
     assert (sweep_dir / "figures" / COUNTING_FIGURE).stat().st_size > 10_000
+
+
+def test_dry_run_lists_each_point_and_whether_it_is_done(swept, tmp_path):
+    result = _invoke(swept["grid"], swept["sweep_dir"], "--dry-run")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert len(lines) == 4 and all(" done {'generate.feature_probability'" in l for l in lines)
+    fresh = _invoke(swept["grid"], tmp_path / "none", "--dry-run")
+    assert fresh.output.count(" todo ") == 4 and not (tmp_path / "none").exists()
