@@ -209,9 +209,10 @@ def tail(n_features: int, d: int, n_samples: int, methods: list[str], seed: int 
             # learned ones, swap up to 8 atoms an iteration for seeds that each follow one
             # group of unexplained residuals (when the seed carries more than the atom's
             # removal cost), stop coding a row at 1% of its energy (no filler atoms), and
-            # prune the spares (mixtures that the clean atoms span) for the last 10 iterations
+            # prune the spares (mixtures that the clean atoms span) for the last 10 iterations;
+            # purify: an atom whose samples point several ways takes the strongest one
             params.update(n_iter=40, n_swaps=8, swap_gain_factor=1.0, reseed="cluster",
-                          tol=1e-2, overcomplete=0.25)
+                          tol=1e-2, overcomplete=0.25, purify=True)
         row, _ = fit_and_score(method, params, H, G, rare)
         row["params"] = params
         rows.append(row)

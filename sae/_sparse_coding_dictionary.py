@@ -67,6 +67,11 @@ class SparseCodingConfig:
     """fit with this fraction more atoms at first (0.25: 1.25 x n_components), then drop
     the cheapest (`removal_cost`) down to n_components for the last quarter of n_iter:
     spare atoms let rare features be learned instead of being fought over"""
+    purify: bool = False
+    """each iteration, an atom whose samples point several ways (its part of them plus their
+    residuals fall into groups, `cluster_directions`) and that no group agrees with (cos <
+    0.95) takes its strongest group's direction: a mixture of rare features becomes one of
+    them, and the rest show up in the residuals for re-seeding"""
     random_state: int | None = 0
     """seed of the one generator used by fit (init, atom order, replacements)"""
     device: str = "auto"
@@ -180,6 +185,11 @@ class SparseCodingDictionary(DictionaryEstimator):
                                    nonnegative=cfg.nonnegative,
                                    gain_factor=cfg.swap_gain_factor, reseed=cfg.reseed)
             entry["n_swapped_atoms"] = int((new & ~forced).sum())
+            if cfg.purify and not settling:
+                pure = purify_atoms(D, R, idx, val, eligible=~new & (age >= SWAP_GRACE_ITERATIONS),
+                                    nonnegative=cfg.nonnegative)
+                D = torch.where(pure.isfinite().all(1, keepdim=True), pure, D)
+                entry["n_purified_atoms"] = int(pure.isfinite().all(1).sum())
             age = torch.where(new, 0, age + 1)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -396,6 +406,39 @@ def replace_atoms(D: torch.Tensor, forced: torch.Tensor, cost: torch.Tensor, R: 
         D[slot] = directions[n_done]
         new[slot] = True
     return D, new
+
+
+def purify_atoms(D: torch.Tensor, R: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, *,
+                 eligible: torch.Tensor, nonnegative: bool, agree: float = 0.95,
+                 max_groups: int = 3) -> torch.Tensor:
+    """[n_components, d]: for each eligible atom used by samples pointing several ways, the
+    direction of the strongest group of its samples' local signals (its part c_ij d_j plus
+    their residuals r_i); nan rows for the atoms left as they are.
+
+    Only atoms used by at most the median number of samples are looked at: the mixtures
+    that hold a fit back serve a few rare features; a frequent atom is not one.
+    """
+    out = torch.full_like(D, torch.nan)
+    used = val != 0
+    rows, slots = used.nonzero(as_tuple=True)
+    atom = idx[rows, slots]
+    usage = torch.bincount(atom, minlength=D.shape[0])
+    look = eligible & (usage >= 2) & (usage <= usage[usage > 0].median())
+    order = torch.argsort(atom)
+    rows, slots, atom = rows[order], slots[order], atom[order]
+    start = torch.cumsum(usage, 0) - usage
+    for j in look.nonzero().squeeze(1).tolist():
+        take = slice(int(start[j]), int(start[j] + usage[j]))
+        r, s = rows[take], slots[take]
+        S = R[r] + val[r, s].unsqueeze(1) * D[j]                   # [m, d] local signals
+        directions, gains = cluster_directions(S, max_groups, nonnegative=nonnegative,
+                                               n_pool=len(S))
+        if len(directions) < 2:
+            continue
+        a = directions[int(gains.argmax())]
+        if float(a @ D[j]) < agree:
+            out[j] = a
+    return out
 
 
 def cluster_directions(R: torch.Tensor, n_directions: int, *, nonnegative: bool = False,

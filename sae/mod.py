@@ -39,7 +39,7 @@ class MOD(SparseCodingDictionary):
                  n_iter: int = 30, nonnegative: bool = False, init: str = "data",
                  batch_size: int | None = None, max_coherence: float = 0.99,
                  n_swaps: int = 1, swap_gain_factor: float = 2.0, reseed: str = "pca",
-                 overcomplete: float = 0.0, random_state: int | None = 0, device: str = "auto",
+                 overcomplete: float = 0.0, purify: bool = False, random_state: int | None = 0, device: str = "auto",
                  ridge: float = 1e-6):
         self.n_components = n_components
         self.k = k
@@ -53,6 +53,7 @@ class MOD(SparseCodingDictionary):
         self.swap_gain_factor = swap_gain_factor
         self.reseed = reseed
         self.overcomplete = overcomplete
+        self.purify = purify
         self.random_state = random_state
         self.device = device
         self.ridge = ridge

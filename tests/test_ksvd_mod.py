@@ -276,3 +276,24 @@ def test_cluster_reseeding_finds_each_missing_direction_separately():
     found = directions @ torch.stack([a, b]).T  # [2, 2] cosines
     assert found.max(1).values.min() > 0.99 and found.argmax(1).unique().numel() == 2
     assert bool((gains > 0).all())
+
+
+def test_purify_turns_a_mixture_into_its_strongest_feature_and_leaves_clean_atoms():
+    from sae._sparse_coding_dictionary import purify_atoms
+    e = torch.eye(6)
+    mix = torch.nn.functional.normalize(e[0] + e[1], dim=0)
+    D = torch.stack([mix, e[2], e[3], e[4]])
+    # the mixture atom codes 6 rows of feature 0 and 3 of feature 1 (coefficient 1/sqrt 2
+    # leaves half of each as residual); the clean atoms code their rows exactly, and the two
+    # frequent ones (12 rows each) are above the median usage, so not even looked at
+    X = torch.cat([e[0].repeat(6, 1), e[1].repeat(3, 1), e[2].repeat(3, 1),
+                   e[3].repeat(12, 1), e[4].repeat(12, 1)])                  # [36, 6]
+    idx = torch.tensor([0] * 9 + [1] * 3 + [2] * 12 + [3] * 12).unsqueeze(1)
+    val = (X * D[idx[:, 0]]).sum(1, keepdim=True)                            # projections
+    R = X - val * D[idx[:, 0]]
+    every = torch.ones(4, dtype=torch.bool)
+    for nonnegative in (True, False):
+        pure = purify_atoms(D, R, idx, val, eligible=every, nonnegative=nonnegative)
+        torch.testing.assert_close(pure[0], e[0])          # the group of 6 rows wins
+        assert torch.isnan(pure[1:]).all()                  # clean atoms (and an unused one) stay
+    assert torch.isnan(purify_atoms(D, R, idx, val, eligible=~every, nonnegative=True)).all()
