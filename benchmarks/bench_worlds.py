@@ -1,6 +1,6 @@
 """Every dictionary method on the scaled SynthSAEBench-like world, at one width and one L0.
 
-    python benchmarks/bench_worlds.py                          # ~15 min on 1 thread
+    python benchmarks/bench_worlds.py                          # ~13 min on 1 thread
     python benchmarks/bench_worlds.py --methods topk l1 --json worlds.json
 
 The world is the `synthsaebench-small` preset (data/worlds.py: 2048 features in d=96, Zipf
@@ -23,7 +23,8 @@ Budget choices (one thread, 65536 rows, 2048 atoms; timed in the same setting):
 - SAEs: ~7 s an epoch at batch 128; SAE_EPOCHS passes, lr 3e-3 (bench_recovery's recipe).
 - k-SVD / MOD: one alternation costs ~10 s, mostly the batched OMP over 65536 rows with 2048
   atoms (k-SVD's per-atom loop is ~1-2 s of it), so N_ITER alternations each, exact k-SVD
-  update; the nonnegative variants' OMP is ~4x slower (~40 s an alternation), so N_ITER_NN.
+  update; the nonnegative variants' OMP timed up to ~4x slower in a probe (~40 s an
+  alternation; ~17 s in the full run), so N_ITER_NN.
 - sklearn MiniBatchDictionaryLearning is the one method that cannot take the full fit: its
   per-row lasso (coordinate descent over 2048 atoms) ran at ~6 s a batch of 256 rows, so one
   pass over 65536 rows would take ~25 min, and its OMP (sparse_encode) codes only ~250 rows/s
