@@ -141,7 +141,10 @@ def render_summary(grid: Grid, rows: list[dict], figures: list[str], status: dic
         estimators = [k for k in counts[0] if k not in ("instance", "method", "curve", "true_count")]
         lines += ["", "## Feature counting (Sharkey et al. 2022)", "",
                   "Estimated number of features from the sweep over dictionary size, next to the "
-                  "true count (represented directions); `counting.csv` has every curve.", "",
+                  "true count (represented directions); `counting.csv` has every curve. "
+                  "`dead_latents` assumes latents die once the dictionary outgrows the "
+                  "features, as they do in an L1 SAE; TopK's auxiliary loss and k-SVD/MOD's "
+                  "re-seeding keep latents alive, so for those methods it overcounts.", "",
                   "| curve | true count | " + " | ".join(estimators) + " |",
                   "|" + "---|" * (len(estimators) + 2)]
         lines += [f"| {c['curve']} | {c['true_count']} | " +
