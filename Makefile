@@ -10,12 +10,13 @@ STAMP := $(VENV)/.installed-stamp
 
 GRID ?= evaluate/sweep/grids/example.json
 
-.PHONY: install generate sae evaluate sweep test bench clean help
+.PHONY: install generate sae evaluate sweep test bench bench-long clean help
 help:
 	@echo "make generate sae evaluate   run the pipeline into $(RUN) (set RUN=runs/NAME)"
 	@echo "make sweep GRID=FILE         a grid of runs, cached per point (SWEEP_ARGS=--backend ray)"
 	@echo "make test                    the test suite"
 	@echo "make bench                   benchmarks/ (speed ratios against references)"
+	@echo "make bench-long              recovery targets (toy, rare tail, SAE sample efficiency) and the SynthSAEBench-like world, ~1 h"
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +48,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_omp.py
 	$(PY) benchmarks/bench_saes.py
 	$(PY) benchmarks/bench_dictionaries.py
+
+# the recovery targets and the SynthSAEBench-like world: ~1 hour on one thread
+bench-long: $(STAMP)
+	$(PY) benchmarks/bench_recovery.py all
+	$(PY) benchmarks/bench_worlds.py
 
 clean:
 	rm -rf runs/default .pytest_cache
