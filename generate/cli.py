@@ -60,8 +60,8 @@ _OPTIONS = [
 def main(run_dir: Path, config_file: Path | None, threads: int | None, **options) -> None:
     """Train toy models of superposition (or draw a synthetic dictionary) and write their
     hidden activations, true feature values and ground-truth directions to RUN_DIR/generate."""
-    import torch  # heavy imports inside the command keep --help fast
-
+    # heavy imports inside the command keep --help fast
+    from data.environment import resolve_device
     from generate.pipeline import run_generate
 
     set_cpu_threads(threads)
@@ -92,8 +92,10 @@ def main(run_dir: Path, config_file: Path | None, threads: int | None, **options
         config = GenerateConfig(**values)
     except ConfigError as err:
         raise click.BadParameter(err.message, param_hint=f"--{err.field.replace('_', '-')}") from None
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise click.BadParameter(f"{config.device!r}, but torch sees no CUDA device", param_hint="--device")
+    try:
+        resolve_device(config.device)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--device") from None
 
     click.echo(f"generate: {len(config.instance_ids)} instance(s) -> {run_dir / 'generate'}")
     out = run_generate(config, run_dir, progress=click_progress)

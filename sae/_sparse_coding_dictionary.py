@@ -188,8 +188,9 @@ class SparseCodingDictionary(DictionaryEstimator):
             if cfg.purify and not settling:
                 pure = purify_atoms(D, R, idx, val, eligible=~new & (age >= SWAP_GRACE_ITERATIONS),
                                     nonnegative=cfg.nonnegative)
-                D = torch.where(pure.isfinite().all(1, keepdim=True), pure, D)
-                entry["n_purified_atoms"] = int(pure.isfinite().all(1).sum())
+                purified = pure.isfinite().all(1)                 # [n_atoms]
+                D = torch.where(purified.unsqueeze(1), pure, D)
+                entry["n_purified_atoms"] = int(purified.sum())
             age = torch.where(new, 0, age + 1)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -289,6 +290,12 @@ def orient_atoms(D: torch.Tensor, idx: torch.Tensor,
     return D * sign.unsqueeze(1), val * sign[idx.clamp_min(0)]
 
 
+def atom_energy(idx: torch.Tensor, val: torch.Tensor, n_components: int) -> torch.Tensor:
+    """[n_components]: sum over samples of each atom's squared coefficient."""
+    return val.new_zeros(n_components).index_add_(0, idx.clamp_min(0).flatten(),
+                                                  val.pow(2).flatten())
+
+
 def removal_cost(D: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, *,
                  signed: bool, span: int = REMOVAL_SPAN) -> torch.Tensor:
     """[n_components]: about how much ||H - C D||^2 grows if an atom is dropped.
@@ -301,9 +308,7 @@ def removal_cost(D: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, *,
     fit settles into when a tail of rare features is still missing), costs almost nothing.
     span=1 is the distance to the single most similar atom, 1 - cos^2.
     """
-    energy = val.new_zeros(D.shape[0]).index_add_(0, idx.clamp_min(0).flatten(),
-                                                 val.pow(2).flatten())
-    return energy * distance_to_neighbours(D, span, signed=signed)
+    return atom_energy(idx, val, D.shape[0]) * distance_to_neighbours(D, span, signed=signed)
 
 
 def prune_atoms(D: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, n_keep: int, *,
@@ -311,8 +316,7 @@ def prune_atoms(D: torch.Tensor, idx: torch.Tensor, val: torch.Tensor, n_keep: i
     """Indices of the n_keep atoms of D [n_atoms, d] to keep: the cheapest by `removal_cost`
     is dropped one at a time, costs recomputed in between, so of two near-copies only one
     goes and an atom that a dropped one could have stood in for is judged without it."""
-    energy = val.new_zeros(D.shape[0]).index_add_(0, idx.clamp_min(0).flatten(),
-                                                 val.pow(2).flatten())
+    energy = atom_energy(idx, val, D.shape[0])
     keep = torch.arange(D.shape[0], device=D.device)
     while len(keep) > n_keep:
         cost = energy[keep] * distance_to_neighbours(D[keep], REMOVAL_SPAN, signed=signed)

@@ -51,8 +51,7 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
 def main(run_dir, config_file, methods, instances, raw_params, threads, **options):
     """Fit dictionaries to every instance's activations in RUN_DIR/generate and write them to
     RUN_DIR/sae/<instance>/<method>/."""
-    import torch
-
+    from data.environment import resolve_device
     from data.shards import ShardError
     from sae.pipeline import StageInputError, run_sae
 
@@ -95,9 +94,10 @@ def main(run_dir, config_file, methods, instances, raw_params, threads, **option
     except ConfigError as err:
         hint = "--param" if err.field == "params" else f"--{err.field.replace('_', '-')}"
         raise click.BadParameter(err.message, param_hint=hint) from None
-    device = config.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise click.BadParameter(f"{device!r}, but torch sees no CUDA device", param_hint="--device")
+    try:
+        resolve_device(config.device)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--device") from None
     try:
         out = run_sae(config, run_dir, progress=click_progress, echo=click.echo)
     except (StageInputError, ShardError, FileNotFoundError) as err:
