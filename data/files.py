@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ SAE_DIR = "sae"
 EVALUATE_DIR = "evaluate"
 INSTANCES_DIR = "instances"
 ACTIVATIONS_DIR = "activations"
+HELDOUT_DIR = "heldout"           # held-out rows: written by generate, read only by evaluate
 MODEL_FILE = "model.safetensors"
 GROUND_TRUTH_FILE = "ground_truth.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -71,6 +71,10 @@ def activations_dir(instance_path: str | os.PathLike) -> Path:
     return Path(instance_path) / ACTIVATIONS_DIR
 
 
+def heldout_dir(instance_path: str | os.PathLike) -> Path:
+    return Path(instance_path) / HELDOUT_DIR
+
+
 def shard_name(index: int) -> str:
     return SHARD_PATTERN.format(index=index)
 
@@ -88,14 +92,19 @@ def evaluate_dir(run_dir: str | os.PathLike) -> Path:
 
 
 def list_instances(run_dir: str | os.PathLike) -> list[str]:
-    """Instance ids of a generated run, sorted; raises FileNotFoundError naming the folder."""
+    """Instance ids of a generated run, sorted; raises FileNotFoundError naming the folder,
+    or the first instance folder without its manifest (never silently skipped)."""
     root = instances_dir(run_dir)
     if not root.is_dir():
         raise FileNotFoundError(
             f"{root}: no generated instances here; run `generate --run-dir {run_dir}` first")
-    ids = sorted(p.name for p in root.iterdir() if (p / MANIFEST_FILE).is_file())
+    ids = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not ids:
-        raise FileNotFoundError(f"{root}: holds no instance with a {MANIFEST_FILE}")
+        raise FileNotFoundError(f"{root}: holds no instance")
+    for i in ids:
+        if not (root / i / MANIFEST_FILE).is_file():
+            raise FileNotFoundError(f"{root / i / MANIFEST_FILE}: missing; this instance is "
+                                    f"incomplete: rerun `generate --run-dir {run_dir}`")
     return ids
 
 
@@ -129,6 +138,7 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; artifacts are for every reader
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -139,46 +149,21 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def config_sha256(config: dict) -> str:
+    """sha256 of a resolved config (canonical JSON: sorted keys, no spaces), which is the same
+    for the same settings whatever the timings or the file's formatting."""
+    payload = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
 
 
-class StagingDir:
-    """Build a stage's output folder under a temporary name, then swap it into place.
-
-    Until `commit()` the final folder is untouched, so an interrupted or failed run leaves
-    the previous run's outputs as they were and no half-written files under the final name.
-
-        with StagingDir(run_dir / "generate") as tmp:
-            ... write everything under tmp ...
-        # on clean exit: tmp has replaced run_dir / "generate"
-    """
-
-    def __init__(self, final: str | os.PathLike):
-        self.final = Path(final)
-        self.path: Path | None = None
-
-    def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
-        return self.path
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self.path is not None
-        if exc_type is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-            return
-        old = None
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.final, old)
-        os.replace(self.path, self.final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+from data.staging import StagingDir  # noqa: E402,F401  (the stage-commit mechanism lives there)

@@ -14,13 +14,15 @@ dense true feature values `x` [batch, n_features] come too (built per shard from
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from data import files
-from data.shards import csr_to_dense, read_manifest, read_shard, shard_paths, verify_instance
+from data.shards import (csr_to_dense, read_manifest, read_shard, shard_paths, usable_rows,
+                         verify_instance)
 
 
 def _features(d: int, n_features: int, with_x: bool):
@@ -37,14 +39,31 @@ def _fixed_size(matrix: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
 
-def _shard_table(path: Path, d: int, n_features: int, with_x: bool) -> pa.Table:
+def _shard_table(path: Path, d: int, n_features: int, with_x: bool,
+                 rows: RowFilter | None = None) -> pa.Table:
     tensors = read_shard(path, d=d)
-    columns = {files.H: _fixed_size(tensors[files.H])}
+    h = tensors[files.H]
+    keep = None
+    if rows is not None:
+        mask, _ = usable_rows(path, h, rows.drop_zero_rows, rows.on_nonfinite)
+        if not mask.all():
+            keep = np.flatnonzero(mask)
+            h = np.asarray(h[keep])
+    columns = {files.H: _fixed_size(h)}
     if with_x:
         x = csr_to_dense(tensors[files.X_INDPTR], tensors[files.X_INDICES],
                          tensors[files.X_VALUES], n_features)
-        columns["x"] = _fixed_size(x)
+        columns["x"] = _fixed_size(x if keep is None else x[keep])
     return pa.table(columns)
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Which rows a view yields: without the all-zero rows (no feature fired), and what to do
+    with a row holding NaN or inf ("error": an error naming the shard and row; "drop")."""
+
+    drop_zero_rows: bool = True
+    on_nonfinite: str = "error"
 
 
 def load_activations(instance_dir: str | os.PathLike, with_x: bool = False,
@@ -68,8 +87,9 @@ def load_activations(instance_dir: str | os.PathLike, with_x: bool = False,
 
 
 def stream_activations(instance_dir: str | os.PathLike, with_x: bool = False,
-                       verify: bool = True):
-    """A torch-formatted streaming `datasets.IterableDataset` over the shards, in order."""
+                       verify: bool = True, rows: RowFilter | None = None):
+    """A torch-formatted streaming `datasets.IterableDataset` over the shards, in order
+    (the training split; `rows` leaves out zero and non-finite rows per shard)."""
     import datasets
     from datasets.iterable_dataset import ArrowExamplesIterable, IterableDataset
 
@@ -82,7 +102,7 @@ def stream_activations(instance_dir: str | os.PathLike, with_x: bool = False,
     def tables(shard_paths: list[str]):
         # `shard_paths` is a list so that datasets splits it between workers (num_shards)
         for path in shard_paths:
-            yield path, _shard_table(Path(path), d, n, with_x)
+            yield path, _shard_table(Path(path), d, n, with_x, rows)
 
     info = datasets.DatasetInfo(features=_features(d, n, with_x))
     iterable = ArrowExamplesIterable(tables, kwargs={"shard_paths": paths})

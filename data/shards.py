@@ -9,6 +9,7 @@ into memory until its rows are used.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -51,12 +52,31 @@ def csr_to_dense(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
     return out
 
 
+# ---- deterministic bytes -------------------------------------------------------------------
+def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
+    """The safetensors file of `tensors` (torch or numpy) + `metadata`, byte for byte a
+    function of them, so a sha256 comparison across runs means something.
+
+    safetensors writes the metadata in a hash map's order, which changes from call to call;
+    here the JSON header is rewritten with sorted keys (and padded to 8 bytes, as safetensors
+    pads it). The data section, and so every offset in the header, is unchanged."""
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    if all(isinstance(t, np.ndarray) for t in tensors.values()):
+        from safetensors.numpy import save
+    else:
+        from safetensors.torch import save
+    raw = save(tensors, metadata=meta)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-(8 + len(text)) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+
+
 # ---- one shard ------------------------------------------------------------------------------
 def write_shard(path: str | os.PathLike, h: np.ndarray,
                 csr: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, Any]:
     """Write one shard atomically; returns its manifest entry (without the folder)."""
-    from safetensors.numpy import save
-
     indptr, indices, values = csr
     h = np.ascontiguousarray(h, dtype=np.float32)
     if h.ndim != 2 or len(indptr) != h.shape[0] + 1:
@@ -64,9 +84,8 @@ def write_shard(path: str | os.PathLike, h: np.ndarray,
     tensors = {files.H: h, files.X_INDPTR: np.ascontiguousarray(indptr, dtype=np.int64),
                files.X_INDICES: np.ascontiguousarray(indices, dtype=np.int64),
                files.X_VALUES: np.ascontiguousarray(values, dtype=np.float32)}
-    payload = save(tensors, metadata={"format_version": str(files.FORMAT_VERSION)})
+    payload = safetensors_bytes(tensors, {"format_version": str(files.FORMAT_VERSION)})
     files.atomic_write_bytes(path, payload)
-    import hashlib
     return {"rows": int(h.shape[0]), "nnz": int(len(values)), "bytes": len(payload),
             "sha256": hashlib.sha256(payload).hexdigest()}
 
@@ -84,31 +103,76 @@ def _read_header(path: Path) -> tuple[dict, int]:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ShardError(f"{path}: corrupt safetensors header") from None
+    if not isinstance(header, dict):
+        raise ShardError(f"{path}: corrupt safetensors header (not a JSON object)")
     return header, 8 + n
 
 
+def _tensor_layout(path: Path, name: str, info, data_bytes: int) -> tuple[np.dtype, tuple, int, int]:
+    """(dtype, shape, begin, end) of one header entry, after checking that its byte range
+    is exactly shape x dtype and lies inside the data section."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise ShardError(f"{path}: tensor {name!r}: header entry lacks dtype/shape/data_offsets")
+    if info["dtype"] not in _ST_DTYPES:
+        raise ShardError(f"{path}: tensor {name!r}: unsupported dtype {info['dtype']!r}")
+    dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+    shape, offsets = info["shape"], info["data_offsets"]
+    if (not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape)
+            or not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)):
+        raise ShardError(f"{path}: tensor {name!r}: malformed shape {shape!r} or "
+                         f"data_offsets {offsets!r}")
+    begin, end = offsets
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if not 0 <= begin <= end or end - begin != expected:
+        raise ShardError(f"{path}: tensor {name!r}: data_offsets {offsets} hold {end - begin} "
+                         f"bytes, shape {shape} x {dtype} needs {expected}")
+    if end > data_bytes:
+        raise ShardError(f"{path}: truncated: tensor {name!r} ends at byte {end} of the data, "
+                         f"which has {data_bytes} bytes")
+    return dtype, tuple(shape), begin, end
+
+
 def mmap_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Memory-map every tensor of a safetensors file (read-only numpy views, no copy)."""
+    """Memory-map every tensor of a safetensors file (read-only numpy views, no copy).
+
+    Every tensor's byte range is checked against its shape and dtype, the file's size and the
+    other tensors' ranges (no overlaps), so a damaged header is an error naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     header, start = _read_header(path)
-    size = path.stat().st_size
+    data_bytes = path.stat().st_size - start
+    layouts = {name: _tensor_layout(path, name, info, data_bytes)
+               for name, info in header.items() if name != "__metadata__"}
+    spans = sorted((b, e, name) for name, (_, _, b, e) in layouts.items() if e > b)
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:]):
+        if begin < end:
+            raise ShardError(f"{path}: tensors {first!r} and {second!r} overlap in the file")
     out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        if start + end > size:
-            raise ShardError(f"{path}: truncated: tensor {name!r} ends at byte {start + end}, "
-                             f"file has {size} bytes")
-        dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-        shape = tuple(info["shape"])
+    for name, (dtype, shape, begin, end) in layouts.items():
         if end == begin:
             out[name] = np.zeros(shape, dtype)
             continue
         out[name] = np.memmap(path, dtype=dtype, mode="r", offset=start + begin, shape=shape)
     return out
+
+
+def read_checked(path: str | os.PathLike, spec: dict[str, tuple[str, tuple]]) -> dict[str, np.ndarray]:
+    """A safetensors file whose keys, dtypes and shapes must match `spec`
+    ({key: (dtype, shape)}, a shape entry None for any size); errors name the file and key."""
+    path = Path(path)
+    tensors = mmap_safetensors(path)
+    for key, (dtype, shape) in spec.items():
+        if key not in tensors:
+            raise ShardError(f"{path}: missing tensor {key!r} (holds {sorted(tensors)})")
+        t = tensors[key]
+        if t.dtype != np.dtype(dtype):
+            raise ShardError(f"{path}: tensor {key!r} is {t.dtype}, expected {dtype}")
+        if len(t.shape) != len(shape) or any(s is not None and s != a for s, a in zip(shape, t.shape)):
+            want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+            raise ShardError(f"{path}: tensor {key!r} has shape {list(t.shape)}, expected {want}")
+    return tensors
 
 
 def read_shard(path: str | os.PathLike, d: int | None = None) -> dict[str, np.ndarray]:
@@ -130,14 +194,20 @@ def read_shard(path: str | os.PathLike, d: int | None = None) -> dict[str, np.nd
 
 
 # ---- the manifest ---------------------------------------------------------------------------
+SPLITS = ("train", "heldout")  # train: what `sae` fits; heldout: what `evaluate` scores
+NONFINITE_POLICIES = ("error", "drop")
+
+
 class ShardWriter:
-    """Cut a stream of (h, x) batches into shards of `rows_per_shard` under `instance_dir`."""
+    """Cut a stream of (h, x) batches into shards of `rows_per_shard` under
+    `instance_dir/<subdir>` (activations/ for the training split, heldout/ for the other)."""
 
     def __init__(self, instance_dir: str | os.PathLike, d: int, n_features: int,
-                 rows_per_shard: int):
+                 rows_per_shard: int, subdir: str = files.ACTIVATIONS_DIR):
         if rows_per_shard < 1:
             raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
         self.dir = Path(instance_dir)
+        self.subdir = subdir
         self.d, self.n_features, self.rows_per_shard = d, n_features, rows_per_shard
         self.entries: list[dict] = []
         self._h: list[torch.Tensor] = []
@@ -157,83 +227,227 @@ class ShardWriter:
         self._h, self._x = [h[rows:]], [x[rows:]]
         self._pending -= rows
         name = files.shard_name(len(self.entries))
-        entry = write_shard(files.activations_dir(self.dir) / name, h[:rows].numpy(),
-                            dense_to_csr(x[:rows]))
-        self.entries.append({"file": f"{files.ACTIVATIONS_DIR}/{name}", **entry})
+        entry = write_shard(self.dir / self.subdir / name, h[:rows].numpy(), dense_to_csr(x[:rows]))
+        self.entries.append({"file": f"{self.subdir}/{name}", **entry})
+
+    def finish(self) -> list[dict]:
+        """Flush the remainder; returns the manifest entries of the shards written."""
+        if self._pending:
+            self._flush(self._pending)
+        return self.entries
 
     def close(self, **manifest_fields) -> dict:
         """Flush the remainder and write manifest.json; returns the manifest."""
-        if self._pending:
-            self._flush(self._pending)
-        manifest = {
-            "format_version": files.FORMAT_VERSION,
-            "rows": sum(e["rows"] for e in self.entries),
-            "d": self.d,
-            "n_features": self.n_features,
-            "dtypes": SHARD_DTYPES,
-            "shards": self.entries,
-            **manifest_fields,
-        }
-        files.atomic_write_json(self.dir / files.MANIFEST_FILE, manifest)
-        return manifest
+        return write_manifest(self.dir, self.d, self.n_features, self.finish(), **manifest_fields)
+
+
+def write_manifest(instance_dir: str | os.PathLike, d: int, n_features: int, shards: list[dict],
+                   heldout: list[dict] | None = None, **fields) -> dict:
+    """manifest.json: the training shards, the held-out shards (when given) and `fields`
+    (e.g. `files`: {name: {bytes, sha256}} of the ground truth and model)."""
+    manifest = {"format_version": files.FORMAT_VERSION,
+                "rows": sum(e["rows"] for e in shards), "d": d, "n_features": n_features,
+                "dtypes": SHARD_DTYPES, "shards": shards}
+    if heldout is not None:
+        manifest["heldout"] = {"rows": sum(e["rows"] for e in heldout), "shards": heldout}
+    manifest.update(fields)
+    files.atomic_write_json(Path(instance_dir) / files.MANIFEST_FILE, manifest)
+    return manifest
+
+
+def file_entry(path: str | os.PathLike) -> dict:
+    """{bytes, sha256} of a file, as the manifest lists it."""
+    return {"bytes": Path(path).stat().st_size, "sha256": files.sha256_file(path)}
+
+
+def _check_entries(path: Path, instance: Path, entries, where: str) -> None:
+    if not isinstance(entries, list):
+        raise ShardError(f"{path}: {where} must be a list of shard entries")
+    root = instance.resolve()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ShardError(f"{path}: {where}[{i}] is not an object")
+        for key, kind in (("file", str), ("rows", int), ("bytes", int), ("sha256", str)):
+            if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
+                raise ShardError(f"{path}: {where}[{i}] lacks {key!r} (a {kind.__name__})")
+        target = (instance / entry["file"]).resolve()
+        if Path(entry["file"]).is_absolute() or root not in target.parents:
+            raise ShardError(f"{path}: {where}[{i}] file {entry['file']!r} points outside "
+                             f"the instance folder {instance}")
 
 
 def read_manifest(instance_dir: str | os.PathLike) -> dict:
-    """Load and sanity-check manifest.json of one instance."""
-    path = Path(instance_dir) / files.MANIFEST_FILE
-    if not Path(instance_dir).is_dir():
+    """Load and check manifest.json of one instance: its fields, types and shard paths."""
+    instance = Path(instance_dir)
+    path = instance / files.MANIFEST_FILE
+    if not instance.is_dir():
         raise FileNotFoundError(f"{instance_dir}: instance folder not found")
-    manifest = files.read_json(path)
+    try:
+        manifest = files.read_json(path)
+    except ValueError as err:
+        raise ShardError(str(err)) from None
+    if not isinstance(manifest, dict):
+        raise ShardError(f"{path}: not a JSON object")
     for key in ("rows", "d", "n_features", "shards"):
         if key not in manifest:
             raise ShardError(f"{path}: missing field {key!r}")
+    for key in ("rows", "d", "n_features"):
+        if not isinstance(manifest[key], int) or manifest[key] < (0 if key == "rows" else 1):
+            raise ShardError(f"{path}: field {key!r} must be a positive integer, got {manifest[key]!r}")
     if manifest.get("format_version") != files.FORMAT_VERSION:
         raise ShardError(f"{path}: format_version {manifest.get('format_version')!r}, "
                          f"this code reads {files.FORMAT_VERSION}")
+    _check_entries(path, instance, manifest["shards"], "shards")
     if sum(s["rows"] for s in manifest["shards"]) != manifest["rows"]:
         raise ShardError(f"{path}: shard rows do not add up to rows={manifest['rows']}")
+    heldout = manifest.get("heldout")
+    if heldout is not None:
+        if not isinstance(heldout, dict) or "shards" not in heldout:
+            raise ShardError(f"{path}: heldout must be an object with its shards")
+        _check_entries(path, instance, heldout["shards"], "heldout.shards")
+        if sum(s["rows"] for s in heldout["shards"]) != heldout.get("rows"):
+            raise ShardError(f"{path}: heldout shard rows do not add up to "
+                             f"heldout.rows={heldout.get('rows')}")
+    for name, entry in manifest.get("files", {}).items():
+        if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
+                or not isinstance(entry.get("bytes"), int)):
+            raise ShardError(f"{path}: files[{name!r}] needs bytes and sha256")
     return manifest
 
 
-def shard_paths(instance_dir: str | os.PathLike, manifest: dict | None = None) -> list[Path]:
+def has_heldout(manifest: dict) -> bool:
+    return bool(manifest.get("heldout", {}).get("shards"))
+
+
+def shard_entries(manifest: dict, split: str = "train") -> list[dict]:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    return manifest["shards"] if split == "train" else manifest.get("heldout", {}).get("shards", [])
+
+
+def shard_paths(instance_dir: str | os.PathLike, manifest: dict | None = None,
+                split: str = "train") -> list[Path]:
     manifest = manifest or read_manifest(instance_dir)
-    return [Path(instance_dir) / s["file"] for s in manifest["shards"]]
+    return [Path(instance_dir) / s["file"] for s in shard_entries(manifest, split)]
 
 
-def verify_instance(instance_dir: str | os.PathLike, check_sha256: bool = True) -> dict:
-    """Check every shard against the manifest (existence, size, sha256, shapes); returns it."""
-    manifest = read_manifest(instance_dir)
-    for entry, path in zip(manifest["shards"], shard_paths(instance_dir, manifest)):
-        if not path.is_file():
-            raise ShardError(f"{path}: listed in {files.MANIFEST_FILE} but missing")
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise ShardError(f"{path}: {size} bytes on disk, manifest says {entry['bytes']} "
-                             f"(truncated or replaced)")
-        if check_sha256 and files.sha256_file(path) != entry["sha256"]:
-            raise ShardError(f"{path}: sha256 differs from {files.MANIFEST_FILE}; the file changed")
-        tensors = read_shard(path, d=manifest["d"])
-        if tensors[files.H].shape[0] != entry["rows"]:
-            raise ShardError(f"{path}: holds {tensors[files.H].shape[0]} rows, manifest says "
-                             f"{entry['rows']}")
+def _check_file(path: Path, entry: dict, check_sha256: bool) -> None:
+    if not path.is_file():
+        raise ShardError(f"{path}: listed in {files.MANIFEST_FILE} but missing")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise ShardError(f"{path}: {size} bytes on disk, manifest says {entry['bytes']} "
+                         f"(truncated or replaced)")
+    if check_sha256 and files.sha256_file(path) != entry["sha256"]:
+        raise ShardError(f"{path}: sha256 differs from {files.MANIFEST_FILE}; the file changed")
+
+
+def verify_files(instance_dir: str | os.PathLike, manifest: dict, names=None,
+                 check_sha256: bool = True) -> None:
+    """Check the non-shard files the manifest lists (ground truth, model): size and sha256."""
+    for name, entry in manifest.get("files", {}).items():
+        if names is None or name in names:
+            _check_file(Path(instance_dir) / name, entry, check_sha256)
+
+
+def verify_instance(instance_dir: str | os.PathLike, check_sha256: bool = True,
+                    splits: tuple[str, ...] = SPLITS) -> dict:
+    """Check every shard of `splits` against the manifest (existence, size, sha256, shapes),
+    that no shard on disk is missing from it, and the files it lists; returns it."""
+    instance = Path(instance_dir)
+    manifest = read_manifest(instance)
+    listed = {(instance / e["file"]).resolve() for split in SPLITS for e in shard_entries(manifest, split)}
+    for folder in (files.activations_dir(instance), files.heldout_dir(instance)):
+        for extra in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+            if extra.resolve() not in listed:
+                raise ShardError(f"{extra}: a shard on disk that {instance / files.MANIFEST_FILE} "
+                                 f"does not list; rerun `generate`")
+    for split in splits:
+        for entry in shard_entries(manifest, split):
+            path = instance / entry["file"]
+            _check_file(path, entry, check_sha256)
+            tensors = read_shard(path, d=manifest["d"])
+            if tensors[files.H].shape[0] != entry["rows"]:
+                raise ShardError(f"{path}: holds {tensors[files.H].shape[0]} rows, manifest says "
+                                 f"{entry['rows']}")
+    verify_files(instance, manifest, check_sha256=check_sha256)
     return manifest
 
 
-def iter_shards(instance_dir: str | os.PathLike, verify: bool = True) -> Iterator[dict[str, np.ndarray]]:
+def iter_shards(instance_dir: str | os.PathLike, verify: bool = True,
+                split: str = "train") -> Iterator[dict[str, np.ndarray]]:
     """The direct read: each shard's tensors (memory-mapped), in order."""
     manifest = verify_instance(instance_dir) if verify else read_manifest(instance_dir)
-    for path in shard_paths(instance_dir, manifest):
+    for path in shard_paths(instance_dir, manifest, split):
         yield read_shard(path, d=manifest["d"])
 
 
 def read_all(instance_dir: str | os.PathLike, with_x: bool = False,
-             verify: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Every row of an instance in memory: h [rows, d] and optionally dense x [rows, n]."""
+             verify: bool = True, split: str = "train") -> tuple[np.ndarray, np.ndarray | None]:
+    """Every row of an instance's split in memory: h [rows, d] and optionally dense x [rows, n]."""
     manifest = verify_instance(instance_dir) if verify else read_manifest(instance_dir)
-    hs, xs = [], []
-    for t in iter_shards(instance_dir, verify=False):
+    hs, xs = [np.zeros((0, manifest["d"]), np.float32)], [np.zeros((0, manifest["n_features"]), np.float32)]
+    for t in iter_shards(instance_dir, verify=False, split=split):
         hs.append(np.asarray(t[files.H]))
         if with_x:
             xs.append(csr_to_dense(t[files.X_INDPTR], t[files.X_INDICES], t[files.X_VALUES],
                                    manifest["n_features"]))
     return np.concatenate(hs), (np.concatenate(xs) if with_x else None)
+
+
+# ---- which rows to use -------------------------------------------------------------------------
+ROW_CHUNK = 65536
+
+
+def usable_rows(path: Path, h: np.ndarray, drop_zero_rows: bool, on_nonfinite: str) -> tuple[np.ndarray, int]:
+    """(mask of the rows of one shard to use [rows] bool, how many non-finite rows it dropped).
+
+    A row with NaN or inf is an error naming the shard and the row (on_nonfinite="error"), or
+    left out and counted ("drop"); it is never mistaken for a zero row. Reads in chunks, so
+    the shard's pages are touched once."""
+    if on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {on_nonfinite!r}")
+    keep = np.empty(len(h), dtype=bool)
+    dropped = 0
+    for lo in range(0, len(h), ROW_CHUNK):
+        block = np.asarray(h[lo:lo + ROW_CHUNK])
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            if on_nonfinite == "error":
+                total = int((~np.isfinite(np.asarray(h))).any(axis=1).sum())
+                raise ShardError(f"{path}: row {lo + int(bad[0])} holds NaN or inf ({total} such "
+                                 f"rows in this shard); pass --on-nonfinite drop to leave them out")
+            dropped += len(bad)
+        mask = finite
+        if drop_zero_rows:
+            mask &= np.abs(np.where(finite[:, None], block, 0)).max(axis=1, initial=0) > 0
+        keep[lo:lo + len(block)] = mask
+    return keep, dropped
+
+
+def take_rows(instance_dir: str | os.PathLike, manifest: dict, max_rows: int | None,
+              drop_zero_rows: bool = True, on_nonfinite: str = "error",
+              split: str = "train") -> tuple[np.ndarray, dict[str, int]]:
+    """The first `max_rows` usable rows of a split, in file order, read shard by shard
+    (only the rows kept are copied; no instance is concatenated whole).
+
+    Returns (H [rows, d] float32, {shard file: non-finite rows dropped} for shards that had any).
+    """
+    d = manifest["d"]
+    out, dropped, have = [np.zeros((0, d), np.float32)], {}, 0
+    for entry in shard_entries(manifest, split):
+        if max_rows is not None and have >= max_rows:
+            break
+        path = Path(instance_dir) / entry["file"]
+        h = read_shard(path, d=d)[files.H]
+        keep, n_bad = usable_rows(path, h, drop_zero_rows, on_nonfinite)
+        if n_bad:
+            dropped[entry["file"]] = n_bad
+        rows = np.flatnonzero(keep)
+        if max_rows is not None:
+            rows = rows[: max_rows - have]
+        out.append(np.asarray(h[rows], dtype=np.float32))
+        have += len(rows)
+        del h
+    return np.concatenate(out), dropped

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from data import files  # noqa: E402
 from evaluate import metrics as gm  # noqa: E402
+from evaluate.oracle import ORACLE, unit_rows  # noqa: E402
 from evaluate.scoring import recovered_key  # noqa: E402
 
 if TYPE_CHECKING:
@@ -33,13 +34,18 @@ HEADLINE_FIGURE = "recovery_vs_probability.png"
 # the paper's feature-dimensionality fractions (Elhage et al. 2022, "Feature Dimensionality")
 DIMENSION_FRACTIONS = (1, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 1 / 3)
 NONNEGATIVE_SUFFIX = "_nn"
+# the oracle (the true directions as a dictionary) is a reference: grey, dotted, drawn last
+ORACLE_STYLE = {"color": "0.45", "marker": "*", "linestyle": ":"}
 
 
 def method_style(method: str) -> dict:
     """Colour, marker and line style of a method, fixed by its place in the sae registry: a
-    nonnegative variant (`ksvd_nn`) takes its family's colour (`ksvd`) with a dashed line."""
+    nonnegative variant (`ksvd_nn`) takes its family's colour (`ksvd`) with a dashed line;
+    the oracle is grey and dotted."""
     from sae import METHODS
 
+    if method == ORACLE:
+        return dict(ORACLE_STYLE)
     names = list(METHODS)
     families = list(dict.fromkeys(m.removesuffix(NONNEGATIVE_SUFFIX) for m in names))
     family = method.removesuffix(NONNEGATIVE_SUFFIX)
@@ -47,6 +53,11 @@ def method_style(method: str) -> dict:
     j = names.index(method) if method in names else len(names) + len(method)
     return {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[j % len(MARKERS)],
             "linestyle": "--" if method.endswith(NONNEGATIVE_SUFFIX) else "-"}
+
+
+def method_label(method: str) -> str:
+    """A method's name in legends and panel titles; the oracle is marked as the reference."""
+    return f"{method} (reference)" if method == ORACLE else method
 
 
 def _panel_grid(n_panels: int, panel: tuple[float, float]) -> tuple[Figure, np.ndarray, plt.Axes]:
@@ -76,7 +87,7 @@ def plot_recovery_vs_probability(probability: dict[str, np.ndarray], mmcs: dict[
         for method, y in values.items():
             x = probability[method]
             order = np.argsort(x)
-            ax.plot(x[order], y[order], label=method, lw=1.8, ms=6, alpha=0.9,
+            ax.plot(x[order], y[order], label=method_label(method), lw=1.8, ms=6, alpha=0.9,
                     **method_style(method))
         ax.set_xscale("log")
         ax.set_ylim(-0.03, 1.03)
@@ -138,7 +149,7 @@ def plot_recovery_vs_dimensionality(dimensionality: dict[str, np.ndarray],
                             cmap="cividis", norm=norm, s=14, alpha=0.8, lw=0)
         ax.axhline(threshold, color="0.5", ls="--", lw=0.8)
         ax.set_ylim(lo - 0.03, 1.03)
-        ax.set_title(method, color=method_style(method)["color"], fontweight="bold")
+        ax.set_title(method_label(method), color=method_style(method)["color"], fontweight="bold")
         ax.set_xlabel("feature dimensionality D_i")
         ax.set_ylabel("best cosine with an atom")
         ax.grid(alpha=0.3)
@@ -194,7 +205,7 @@ def plot_cosine_matrices(G: np.ndarray, atoms: dict[str, np.ndarray], title: str
     for ax, method in zip(axes.flat, methods):
         im = ax.imshow(gm.cosine_matrix(G, atoms[method]), cmap="RdBu", vmin=-1, vmax=1,
                        interpolation="nearest", aspect="auto")
-        ax.set_title(f"{method}\n{subtitles.get(method, '')}", fontsize=9,
+        ax.set_title(f"{method_label(method)}\n{subtitles.get(method, '')}", fontsize=9,
                      color=method_style(method)["color"])
         ax.set_xlabel("matched atom")
         ax.set_ylabel("true direction")
@@ -217,9 +228,14 @@ def save_figures(ev: "Evaluation", folder: Path) -> dict[str, str]:
 
     threshold = max(ev.config.thresholds)
     scored = {m: [r for r in ev.results if m in r.scores] for m in ev.methods}
+    if scored and any(r.oracle is not None for r in ev.results):
+        scored[ORACLE] = [r for r in ev.results if r.oracle is not None]  # the reference, last
+
+    def scores_of(r, m):
+        return r.oracle if m == ORACLE else r.scores[m]
 
     def per_instance(key: str) -> dict[str, np.ndarray]:
-        return {m: np.array([r.scores[m].scalars.get(key, np.nan) for r in rs])
+        return {m: np.array([scores_of(r, m).scalars.get(key, np.nan) for r in rs])
                 for m, rs in scored.items()}
 
     if scored:
@@ -234,14 +250,14 @@ def save_figures(ev: "Evaluation", folder: Path) -> dict[str, str]:
         [r.view["dimensions_per_feature"] for r in ev.results],
         [r.probability for r in ev.results]))
     # per-feature scores exist where the instance represents some feature
-    featured = {m: [r for r in rs if r.scores[m].per_feature] for m, rs in scored.items()}
+    featured = {m: [r for r in rs if scores_of(r, m).per_feature] for m, rs in scored.items()}
     featured = {m: rs for m, rs in featured.items() if rs}
     if featured:
         save("recovery_vs_dimensionality", "recovery_vs_dimensionality.png",
              plot_recovery_vs_dimensionality(
                  {m: np.concatenate([r.instance.gt[files.GT_DIMENSIONALITY][r.instance.represented]
                                      for r in rs]) for m, rs in featured.items()},
-                 {m: np.concatenate([r.scores[m].per_feature["best_cos"] for r in rs])
+                 {m: np.concatenate([scores_of(r, m).per_feature["best_cos"] for r in rs])
                   for m, rs in featured.items()},
                  {m: np.concatenate([np.full(r.view["n_represented"], r.probability) for r in rs])
                   for m, rs in featured.items()}, threshold))
@@ -253,8 +269,11 @@ def save_figures(ev: "Evaluation", folder: Path) -> dict[str, str]:
                             f"d/‖W‖²_F = {r.view['dimensions_per_feature']:.3g}"))
         matched = {m: r.atoms[m][r.scores[m].atom_order] for m in r.scores
                    if r.scores[m].atom_order is not None}
+        if matched and r.oracle is not None and r.oracle.atom_order is not None:
+            matched[ORACLE] = unit_rows(inst.G)[r.oracle.atom_order]
         if matched:
-            subtitles = {m: f"rec@{threshold:g} = {r.scores[m].scalars[recovered_key(threshold)]:.2f}"
+            subtitles = {m: f"rec@{threshold:g} = "
+                            f"{scores_of(r, m).scalars[recovered_key(threshold)]:.2f}"
                          for m in matched}
             save(f"{inst.id}/cosine", f"{inst.id}-cosine.png", plot_cosine_matrices(
                 inst.G, matched, f"{inst.id}: true directions × matched atoms", subtitles))

@@ -4,15 +4,16 @@ nothing here imports `generate` or `models`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import load_file
 
 from data import files
-from data.shards import read_shard, shard_paths, verify_instance
+from data.instance_files import MODEL_B_FINAL, MODEL_W, read_ground_truth, read_model
+from data.shards import (ShardError, has_heldout, read_manifest, read_shard, shard_entries,
+                         usable_rows, verify_instance)
 
 
 class StageInputError(ValueError):
@@ -32,6 +33,8 @@ class Instance:
     X: np.ndarray                    # [rows, n_features] true feature values of those rows
     candidate_rows: int              # rows the evaluation rows were drawn from
     model_kind: str
+    split: str = "heldout"           # which rows: "heldout", or "train" for a run without a split
+    nonfinite_dropped: dict = field(default_factory=dict)   # shard file -> rows left out
 
     @property
     def represented(self) -> np.ndarray:
@@ -52,8 +55,9 @@ class Instance:
 
 
 def check_run(run_dir: Path) -> str:
-    """Refuse a run without stage 1 or 2 output; returns the hash stage 2 records of
-    generate/config.json, to recognise dictionaries fitted to an earlier generate."""
+    """Refuse a run without stage 1 or 2 output, or whose `sae/` was fitted on another
+    `generate/` (a different resolved config, or instance files whose sha256 changed since);
+    returns the generate config's sha256."""
     gen_config = files.generate_dir(run_dir) / files.CONFIG_FILE
     if not gen_config.is_file():
         raise StageInputError(f"{gen_config}: not found; run `generate --run-dir {run_dir}` "
@@ -62,34 +66,83 @@ def check_run(run_dir: Path) -> str:
     if not root.is_dir():
         raise StageInputError(f"{root}: not found; this run has no stage-2 dictionaries: "
                               f"run `sae --run-dir {run_dir}` first")
-    return files.sha256_file(gen_config)[:16]
+    generate_sha = _config_sha(gen_config, "generate")
+    sae_config = root / files.CONFIG_FILE
+    if not sae_config.is_file():
+        raise StageInputError(f"{sae_config}: not found; {root} is not a complete stage: "
+                              f"run `sae --run-dir {run_dir}` again")
+    saved = _read_config(sae_config, "sae")
+    fitted_on = saved.get("generate_config_sha256")
+    if fitted_on != generate_sha:
+        raise StageInputError(
+            f"{root}: fitted on a different generate/ (its generate config sha256 is "
+            f"{str(fitted_on)[:16]}, {gen_config}'s is {generate_sha[:16]}); rerun "
+            f"`sae --run-dir {run_dir}`")
+    for instance_id, facts in saved.get("instances", {}).items():
+        inst = files.instance_dir(run_dir, instance_id)
+        try:
+            now = read_manifest(inst)
+        except (FileNotFoundError, ShardError) as err:
+            raise StageInputError(f"{root}: fitted on instance {instance_id}, which is gone or "
+                                  f"broken ({err}); rerun `sae --run-dir {run_dir}`") from None
+        current = {e["file"]: e["sha256"] for e in now["shards"]}
+        current.update({n: e["sha256"] for n, e in now.get("files", {}).items()})
+        for name, sha in facts.get("upstream_files", {}).items():
+            if current.get(name) != sha:
+                raise StageInputError(f"{root}: fitted on another {inst / name} (its sha256 "
+                                      f"changed since); rerun `sae --run-dir {run_dir}`")
+    return generate_sha
+
+
+def _read_config(path: Path, stage: str) -> dict:
+    try:
+        saved = files.read_json(path)
+    except ValueError as err:
+        raise StageInputError(str(err)) from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise StageInputError(f"{path}: holds no 'config' object; rerun `{stage}`")
+    return saved
+
+
+def _config_sha(path: Path, stage: str) -> str:
+    return files.config_sha256(_read_config(path, stage)["config"])
+
+
+def sae_stage_config(run_dir: Path) -> dict:
+    """sae/config.json (after check_run accepted it)."""
+    return files.read_json(files.sae_root(run_dir) / files.CONFIG_FILE)
 
 
 def sample_rows(instance_path: Path, manifest: dict, max_rows: int, drop_zero_rows: bool,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
-    """Up to `max_rows` rows drawn without replacement (kept in file order) from the
-    instance's rows, or from those with h != 0. Reads one shard at a time, so memory is
-    bounded by the rows kept. Returns (H [rows, d], X [rows, n_features], candidate rows)."""
+                rng: np.random.Generator, split: str = "heldout",
+                on_nonfinite: str = "error") -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
+    """Up to `max_rows` rows drawn without replacement (kept in file order) from a split's
+    rows, or from those with h != 0. Reads one shard at a time, so memory is bounded by the
+    rows kept. Returns (H [rows, d], X [rows, n_features], candidate rows,
+    {shard file: non-finite rows dropped})."""
     d, n = manifest["d"], manifest["n_features"]
-    paths = shard_paths(instance_path, manifest)
-    keep = []  # per shard: bool mask of the candidate rows
-    for path in paths:
-        h = read_shard(path, d=d)[files.H]
-        keep.append(np.abs(h).max(axis=1) > 0 if drop_zero_rows else np.ones(len(h), bool))
+    entries = shard_entries(manifest, split)
+    keep, dropped = [], {}  # per shard: bool mask of the candidate rows
+    for entry in entries:
+        path = instance_path / entry["file"]
+        mask, bad = usable_rows(path, read_shard(path, d=d)[files.H], drop_zero_rows, on_nonfinite)
+        keep.append(mask)
+        if bad:
+            dropped[entry["file"]] = bad
     total = int(sum(k.sum() for k in keep))
     chosen = np.sort(rng.choice(total, size=min(max_rows, total), replace=False))
     Hs, Xs, start = [np.zeros((0, d), np.float32)], [np.zeros((0, n), np.float32)], 0
-    for path, mask in zip(paths, keep):
+    for entry, mask in zip(entries, keep):
         local = np.flatnonzero(mask)
         pick = local[chosen[(chosen >= start) & (chosen < start + len(local))] - start]
         start += len(local)
         if len(pick) == 0:
             continue
-        shard = read_shard(path, d=d)
+        shard = read_shard(instance_path / entry["file"], d=d)
         Hs.append(np.asarray(shard[files.H][pick]))
         Xs.append(_csr_rows(shard[files.X_INDPTR], shard[files.X_INDICES],
                             shard[files.X_VALUES], pick, n))
-    return np.concatenate(Hs), np.concatenate(Xs), total
+    return np.concatenate(Hs), np.concatenate(Xs), total, dropped
 
 
 def _csr_rows(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, rows: np.ndarray,
@@ -106,23 +159,22 @@ def _csr_rows(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, rows:
 
 
 def read_instance(run_dir: Path, instance_id: str, max_rows: int, drop_zero_rows: bool,
-                  seed: int) -> Instance:
-    """Ground truth, toy-model weights and evaluation rows of one instance (shards are checked
-    against the manifest first)."""
+                  seed: int, on_nonfinite: str = "error") -> Instance:
+    """Ground truth, toy-model weights and evaluation rows of one instance, every file checked
+    against the manifest first. The rows come from the held-out split that `sae` never
+    reads; a run generated before there was one is scored on its training rows, and
+    `Instance.split` says so."""
     path = files.instance_dir(run_dir, instance_id)
     manifest = verify_instance(path)
-    for name in (files.GROUND_TRUTH_FILE, files.MODEL_FILE):
-        if not (path / name).is_file():
-            raise StageInputError(f"{path / name}: missing; rerun `generate`")
-    gt = load_file(str(path / files.GROUND_TRUTH_FILE))
-    model = load_file(str(path / files.MODEL_FILE))
-    if gt[files.GT_DIRECTIONS].shape[1] != manifest["d"]:
-        raise StageInputError(f"{path / files.GROUND_TRUTH_FILE}: directions have d="
-                              f"{gt[files.GT_DIRECTIONS].shape[1]}, the manifest says d={manifest['d']}")
-    H, X, total = sample_rows(path, manifest, max_rows, drop_zero_rows,
-                              np.random.default_rng(seed))
-    return Instance(id=instance_id, d=manifest["d"], gt=gt, W=model["W"], b=model.get("b_final"),
-                    H=H, X=X, candidate_rows=total, model_kind=manifest.get("model_kind", "?"))
+    gt = read_ground_truth(path, manifest)
+    model = read_model(path, manifest)
+    split = "heldout" if has_heldout(manifest) else "train"
+    H, X, total, dropped = sample_rows(path, manifest, max_rows, drop_zero_rows,
+                                       np.random.default_rng(seed), split, on_nonfinite)
+    return Instance(id=instance_id, d=manifest["d"], gt=gt, W=model[MODEL_W],
+                    b=model.get(MODEL_B_FINAL), H=H, X=X, candidate_rows=total,
+                    model_kind=manifest.get("model_kind", "?"), split=split,
+                    nonfinite_dropped=dropped)
 
 
 def registry_order(methods, known: tuple[str, ...]) -> list[str]:
@@ -156,8 +208,8 @@ def check_dictionary(folder: Path, d: int, generate_hash: str) -> tuple[dict, st
     if len(shape) != 2 or shape[1] != d:
         return saved, (f"its atoms have shape {list(shape)}, but the instance has d={d}: "
                        f"fitted to different activations")
-    fitted_on = saved.get("generate_config_hash")
-    if fitted_on is not None and fitted_on != generate_hash:
-        return saved, (f"fitted to an earlier `generate` (generate_config_hash {fitted_on}, this "
-                       f"run's is {generate_hash}); rerun `sae`")
+    fitted_on = saved.get("generate_config_sha256")
+    if fitted_on != generate_hash:
+        return saved, (f"fitted to another `generate` (generate config sha256 {str(fitted_on)[:16]}, "
+                       f"this run's is {generate_hash[:16]}); rerun `sae`")
     return saved, None

@@ -21,8 +21,9 @@ from data.cli import silent_progress
 from data.environment import environment
 from evaluate import metrics as gm
 from evaluate.config import EvaluateConfig
+from data.staging import stage_transaction
 from evaluate.inputs import (Instance, StageInputError, check_dictionary, check_run,
-                             find_dictionaries, read_instance, registry_order)
+                             find_dictionaries, read_instance, registry_order, sae_stage_config)
 from evaluate.scoring import Scores, score_dictionary
 
 FIGURES_DIR = "figures"
@@ -42,6 +43,7 @@ class InstanceResult:
     atoms: dict[str, np.ndarray] = field(default_factory=dict)
     fit_rows: dict[str, int] = field(default_factory=dict)
     devices: set[str] = field(default_factory=set)   # where the transforms ran
+    oracle: Scores | None = None                     # the true directions as a dictionary
 
     @property
     def probability(self) -> float:
@@ -60,7 +62,10 @@ class Evaluation:
     methods: list[str]                           # every scored method, in registry order
 
     def records(self) -> list[dict]:
-        """One record per instance x method x metric (x feature for per-feature metrics)."""
+        """One record per instance x method x metric (x feature for per-feature metrics);
+        the oracle's as method "oracle"; a note as metric "skipped" or "error" (its kind)."""
+        from evaluate.oracle import ORACLE
+
         out = []
         for res in self.results:
             inst = res.instance
@@ -76,13 +81,21 @@ class Evaluation:
                     ("represented", gt[files.GT_REPRESENTED][g]))]
             index = gt[files.GT_FEATURE_INDEX][inst.represented]
             sign = gt[files.GT_SIGN][inst.represented]
-            for method, sc in res.scores.items():
+            scored = dict(res.scores)
+            if res.oracle is not None:
+                scored[ORACLE] = res.oracle
+            for method, sc in scored.items():
                 out += [_record(inst.id, method, k, v) for k, v in sc.scalars.items()]
                 for k, values in sc.per_feature.items():
                     out += [_record(inst.id, method, f"feature_{k}", v, int(f), int(s))
                             for v, f, s in zip(values, index, sign)]
-        out += [_record(n["instance"], n["method"], "skipped", None, note=n["note"])
-                for n in self.notes]
+        # a dictionary that could not be loaded or applied is an "error", anything else left
+        # out (a mismatched dictionary, an instance without represented features) "skipped"
+        for n in self.notes:
+            out.append(_record(n["instance"], n["method"], n.get("kind", "skipped"), None,
+                               note=n["note"]))
+            if n.get("folder"):
+                out[-1]["folder"] = n["folder"]
         return out
 
 
@@ -119,6 +132,7 @@ def toy_model_view(inst: Instance) -> dict[str, float]:
 
 def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config: EvaluateConfig,
                    generate_hash: str, notes: list[dict], bar) -> InstanceResult:
+    from evaluate.oracle import ORACLE, f1_vs_oracle, oracle_k, score_oracle
     from sae import load
 
     res = InstanceResult(inst, toy_model_view(inst))
@@ -131,9 +145,14 @@ def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config:
             f"no evaluation rows (max_rows={config.max_rows}, {inst.candidate_rows} candidate "
             "rows): only the dictionaries' directions are scored")})
     G, true_acts = inst.G, inst.true_activations()
+    ks = []  # the k each dictionary was fitted with, for the oracle
     for method, folder in dictionaries:
         bar.update(1, f"{inst.id} {method}")
         saved, reason = check_dictionary(folder, inst.d, generate_hash)
+        ks.append(saved.get("k") if isinstance(saved, dict) else None)
+        # a damaged file, or one that fails to load or apply, is an error (the run exits 1
+        # unless keep_going); a dictionary fitted to other activations is only skipped
+        error = reason is not None and reason.startswith("unreadable")
         if reason is None:
             try:
                 est = load(folder)
@@ -145,6 +164,11 @@ def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config:
                     codes, H_hat = np.zeros((0, len(A)), np.float32), inst.H
             except Exception as err:  # noqa: BLE001  (one broken dictionary must not stop the rest)
                 reason = f"could not be loaded or applied: {type(err).__name__}: {err}"
+                error = True
+        if error:
+            notes.append({"instance": inst.id, "method": method, "kind": "error",
+                          "folder": str(folder), "note": f"{folder}: {reason}"})
+            continue
         if reason is not None:
             notes.append({"instance": inst.id, "method": method, "note": f"{folder}: skipped: {reason}"})
             continue
@@ -155,6 +179,16 @@ def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config:
         res.scores[method], res.atoms[method] = sc, A
         res.fit_rows[method] = saved.get("rows")
         res.devices.add(str(getattr(est, "device", "cpu")))
+    k, note = oracle_k(ks)
+    if note is not None and dictionaries:
+        notes.append({"instance": inst.id, "method": ORACLE, "note": note})
+    if k is not None and len(G):
+        res.oracle = score_oracle(G, inst.H, true_acts, k, config.thresholds,
+                                  config.duplicate_cosine)
+        for sc in res.scores.values():
+            if "f1" in sc.scalars:
+                sc.scalars["f1_vs_oracle"] = f1_vs_oracle(sc.scalars["f1"],
+                                                          res.oracle.scalars.get("f1"))
     return res
 
 
@@ -183,7 +217,16 @@ def evaluate_run(config: EvaluateConfig, run_dir: str | Path,
     with progress("scoring dictionaries", sum(map(len, found.values()))) as bar:
         for instance_id in ids:
             inst = read_instance(run_dir, instance_id, config.max_rows, config.drop_zero_rows,
-                                 config.seed)
+                                 config.seed, config.on_nonfinite)
+            if inst.split != "heldout":
+                notes.append({"instance": instance_id, "method": None, "note": (
+                    "WARNING: this run was generated without a held-out split, so it is scored "
+                    "on the rows the dictionaries were fitted on (training-set numbers); "
+                    "rerun `generate` to get one")})
+            for shard, count in inst.nonfinite_dropped.items():
+                notes.append({"instance": instance_id, "method": None, "note": (
+                    f"{count} evaluation rows with NaN or inf left out of {shard} "
+                    f"(--on-nonfinite drop)")})
             results.append(score_instance(inst, found[instance_id], config, generate_hash,
                                           notes, bar))
     methods = registry_order({m for r in results for m in r.scores}, tuple(METHODS))
@@ -206,9 +249,11 @@ def run_evaluate(config: EvaluateConfig, run_dir: str | Path, progress: Callable
     from evaluate.report import render_report
 
     started = time.perf_counter()
-    ev = evaluate_run(config, run_dir, progress)
-    out = files.evaluate_dir(ev.run_dir)
-    with files.StagingDir(out) as stage:
+    out = files.evaluate_dir(run_dir)
+    with stage_transaction(run_dir, files.EVALUATE_DIR, f"evaluate --run-dir {run_dir}",
+                           echo) as stage:
+        ev = evaluate_run(config, run_dir, progress)
+        sae_config = sae_stage_config(ev.run_dir)
         figures = save_figures(ev, stage / FIGURES_DIR) if config.figures else {}
         records = ev.records()
         files.atomic_write_json(stage / METRICS_FILE, {
@@ -218,7 +263,11 @@ def run_evaluate(config: EvaluateConfig, run_dir: str | Path, progress: Callable
         files.atomic_write_bytes(stage / METRICS_CSV, write_csv(records).encode())
         (stage / REPORT_FILE).write_text(render_report(ev, figures))
         files.atomic_write_json(stage / files.CONFIG_FILE, {
-            "stage": "evaluate", "config": config.to_dict(), "run_dir": str(ev.run_dir),
+            "stage": "evaluate", "config": config.to_dict(),
+            "config_sha256": files.config_sha256(config.to_dict()), "run_dir": str(ev.run_dir),
+            "generate_config_sha256": sae_config.get("generate_config_sha256"),
+            "sae_config_sha256": files.config_sha256(sae_config["config"]),
+            "splits": {r.instance.id: r.instance.split for r in ev.results},
             "instances": [r.instance.id for r in ev.results], "methods": ev.methods,
             "environment": environment("cpu"),
             "transform_devices": sorted(set().union(*(r.devices for r in ev.results))),

@@ -1,4 +1,7 @@
-"""report.md: a summary, the method comparison, each instance, then the notes."""
+"""report.md: a summary, the method comparison, each instance, the errors, then the notes.
+
+Every table ends with the oracle's row (the true directions coded by nonnegative OMP at the
+dictionaries' k, see evaluate/oracle.py), in italics: a reference, never ranked or bold."""
 from __future__ import annotations
 
 import math
@@ -6,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from evaluate.oracle import ORACLE
 from evaluate.scoring import metric_info, recovered_key
 
 if TYPE_CHECKING:
@@ -13,8 +17,8 @@ if TYPE_CHECKING:
 
 # the columns of the comparison and instance tables (every metric is in metrics.csv)
 TABLE_METRICS = ("mmcs", "mmcs_abs", "matched_cos", "{recovered}", "mcc", "uniqueness", "f1",
-                 "code_correlation", "fvu", "l0", "dead_fraction", "duplicate_fraction",
-                 "fit_seconds")
+                 "f1_vs_oracle", "code_correlation", "fvu", "l0", "dead_fraction",
+                 "duplicate_fraction", "fit_seconds")
 DEFINITIONS = """\
 - **MMCS** (Sharkey et al. 2022): mean over represented true directions of the best cosine
   with any atom; **abs** uses |cos|, so a sign-flipped atom counts.
@@ -34,6 +38,12 @@ DEFINITIONS = """\
   feature's value. **FVU**: Σ‖h − ĥ‖² / Σ‖h − h̄‖². **L0**: nonzero codes per row.
   **dead frac**: atoms that never fire on the evaluation rows. **dup frac**: atoms with
   another atom at cos > {dup:g}. **fit s**: stage-2 fit time.
+- *oracle* (the last row of every table, in italics; a reference, not ranked): the
+  represented true directions themselves, scaled to unit norm, as the dictionary, each row
+  coded by nonnegative OMP with at most k atoms, the k the dictionaries were fitted with. Its
+  FVU, L0, F1 and code r are what a perfect dictionary reaches at that sparsity (up to OMP
+  being greedy); its direction metrics are 1 by construction. **F1/oracle**: a method's F1
+  over the oracle's on the same instance and rows.
 """
 
 
@@ -47,8 +57,10 @@ def fmt(metric: str, value) -> str:
     return f"{value:.3f}"
 
 
-def table(rows: dict[str, dict[str, float]], metrics: list[str], bold_best: bool = True) -> str:
-    """A markdown table, methods as rows; the best value of each scored column in bold."""
+def table(rows: dict[str, dict[str, float]], metrics: list[str], bold_best: bool = True,
+          reference: dict[str, dict[str, float]] | None = None) -> str:
+    """A markdown table, methods as rows; the best value of each scored column in bold.
+    `reference` rows (the oracle) come last, in italics, and take no part in the bolding."""
     header = "| method | " + " | ".join(metric_info(m)[1] for m in metrics) + " |"
     lines = [header, "|---|" + "---:|" * len(metrics)]
     best = {}
@@ -63,15 +75,25 @@ def table(rows: dict[str, dict[str, float]], metrics: list[str], bold_best: bool
         cells = [f"**{fmt(m, v.get(m))}**" if meth in best.get(m, ()) else fmt(m, v.get(m))
                  for m in metrics]
         lines.append(f"| {meth} | " + " | ".join(cells) + " |")
+    for meth, v in (reference or {}).items():
+        cells = [_italic(fmt(m, v.get(m))) for m in metrics]
+        lines.append(f"| *{meth} (reference)* | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _italic(cell: str) -> str:
+    return cell if cell == "–" else f"*{cell}*"
 
 
 def method_means(ev: "Evaluation", metrics: list[str]) -> tuple[dict, dict]:
     """Per method, the mean over instances of each metric (NaN-skipping), and how many
-    instances each method was scored on."""
+    instances each method was scored on; the oracle (when scored) under ORACLE, last."""
     means, counts = {}, {}
-    for method in ev.methods:
-        scored = [r.scores[method].scalars for r in ev.results if method in r.scores]
+    scored_by = {m: [r.scores[m].scalars for r in ev.results if m in r.scores] for m in ev.methods}
+    oracle = [r.oracle.scalars for r in ev.results if r.oracle is not None]
+    if oracle:
+        scored_by[ORACLE] = oracle
+    for method, scored in scored_by.items():
         counts[method] = len(scored)
         means[method] = {}
         for m in metrics:
@@ -86,6 +108,9 @@ def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
     if len(ev.config.thresholds) > 1:
         metrics.insert(metrics.index(recovered_key(threshold)), recovered_key(min(ev.config.thresholds)))
     means, counts = method_means(ev, metrics)
+    oracle_mean = {ORACLE: means.pop(ORACLE)} if ORACLE in means else {}
+    errors = [n for n in ev.notes if n.get("kind") == "error"]
+    notes = [n for n in ev.notes if n.get("kind") != "error"]
     fig = lambda key: f"figures/{figures[key]}"  # noqa: E731
     out = [f"# Evaluation of `{ev.run_dir}`", ""]
 
@@ -106,13 +131,22 @@ def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
                 f"represented features at matched cos ≥ {threshold:g} on average (mcc "
                 f"{fmt('mcc', means[top]['mcc'])}, FVU {fmt('fvu', means[top]['fvu'])}); "
                 f"worst: {ranked[-1]} ({means[ranked[-1]][key]:.0%})."]
-    if ev.notes:
-        out += ["", f"{len(ev.notes)} note(s) at the end: something was skipped."]
+    o = oracle_mean.get(ORACLE)
+    if o is not None and np.isfinite(o["fvu"]):
+        out += ["", f"Oracle (the true directions coded at the dictionaries' k): FVU "
+                f"{fmt('fvu', o['fvu'])}, L0 {fmt('l0', o['l0'])}, F1 {fmt('f1', o['f1'])}, "
+                f"code r {fmt('code_correlation', o['code_correlation'])}: the best a "
+                f"dictionary can do at that sparsity."]
+    if errors:
+        out += ["", f"**{len(errors)} dictionar{'y' if len(errors) == 1 else 'ies'} could not "
+                f"be loaded or applied**: see Errors."]
+    if notes:
+        out += ["", f"{len(notes)} note(s) at the end: something was skipped."]
 
     # ---- method comparison --------------------------------------------------------------
     out += ["", f"## Method comparison (mean over instances)", ""]
     if ev.methods:
-        out += [table(means, metrics)]
+        out += [table(means, metrics, reference=oracle_mean)]
         partial = [f"{m} ({counts[m]} of {len(res)})" for m in ev.methods if counts[m] < len(res)]
         if partial:
             out += ["", "Scored on fewer instances: " + ", ".join(partial) + "."]
@@ -138,17 +172,24 @@ def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
                 + (f" (stage 2 fitted on {', '.join(map(str, fit_rows))} of them)." if fit_rows else "."),
                 ""]
         if r.scores:
-            out += [table({m: r.scores[m].scalars for m in ev.methods if m in r.scores}, metrics), ""]
+            reference = {ORACLE: r.oracle.scalars} if r.oracle is not None else {}
+            out += [table({m: r.scores[m].scalars for m in ev.methods if m in r.scores}, metrics,
+                          reference=reference), ""]
         for key, alt in ((f"{iid}/toy_model", "W^T W, bias and feature norms"),
                          (f"{iid}/cosine", "cosine of true directions and matched atoms")):
             if key in figures:
                 out += [f"![{iid}: {alt}]({fig(key)})", ""]
 
-    # ---- notes --------------------------------------------------------------------------
+    # ---- errors and notes -----------------------------------------------------------
+    def line(n):
+        return f"- `{n['instance']}`{' / ' + n['method'] if n['method'] else ''}: {n['note']}"
+
+    if errors:
+        out += ["## Errors", "", "These dictionaries could not be loaded or applied, and are "
+                "missing from every table above:", ""] + [line(n) for n in errors] + [""]
     out += ["## Notes", ""]
-    if ev.notes:
-        out += [f"- `{n['instance']}`{' / ' + n['method'] if n['method'] else ''}: {n['note']}"
-                for n in ev.notes]
+    if notes:
+        out += [line(n) for n in notes]
     else:
         out += ["Nothing was skipped."]
     return "\n".join(out) + "\n"

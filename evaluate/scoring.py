@@ -25,6 +25,7 @@ METRICS = {
     "precision": (True, "precision"),
     "recall": (True, "recall"),
     "f1": (True, "F1"),
+    "f1_vs_oracle": (True, "F1/oracle"),
     "code_correlation": (True, "code r"),
     "explained_variance": (True, "EV"),
     "fvu": (False, "FVU"),
@@ -37,6 +38,7 @@ METRICS = {
     "fit_seconds": (False, "fit s"),
     "n_components": (None, "atoms"),
     "n_represented": (None, "true dirs"),
+    "k": (None, "k"),
 }
 
 

@@ -28,6 +28,7 @@ _OPTIONS = [
     ("--batch-size", int, "Training batch size."),
     ("--lr", float, "Adam learning rate."),
     ("--rows", int, "Activation rows written per instance."),
+    ("--heldout-rows", int, "Held-out rows per instance (own shards, own seed stream); evaluate scores on them."),
     ("--rows-per-shard", int, "Rows per shard file."),
     ("--represented-threshold", float, "Norm above which a true direction counts as represented."),
     ("--noise-std", float, "Synthetic source: Gaussian noise on the activations."),
@@ -98,7 +99,12 @@ def main(run_dir: Path, config_file: Path | None, threads: int | None, **options
         raise click.BadParameter(str(err), param_hint="--device") from None
 
     click.echo(f"generate: {len(config.instance_ids)} instance(s) -> {run_dir / 'generate'}")
-    out = run_generate(config, run_dir, progress=click_progress)
+    from data.staging import StageWriteError
+
+    try:
+        out = run_generate(config, run_dir, progress=click_progress, echo=click.echo)
+    except StageWriteError as err:
+        raise click.ClickException(err.strerror or str(err)) from None
     click.echo(f"wrote {out}")
 
 

@@ -46,6 +46,9 @@ class GenerateConfig(JSONConfig, WorldFields):
     """Adam learning rate (cosine decay to 5% over the run)."""
     rows: int = 262144
     """Activation rows written per instance."""
+    heldout_rows: int = 32768
+    """Held-out rows per instance, written to their own shards (heldout/) from a separate
+    random stream: `sae` never reads them, `evaluate` scores on them only."""
     rows_per_shard: int = 65536
     """Rows per safetensors shard."""
     represented_threshold: float = 0.5
@@ -82,6 +85,7 @@ class GenerateConfig(JSONConfig, WorldFields):
             ("batch_size", self.batch_size >= 1, f"must be >= 1, got {self.batch_size}"),
             ("lr", self.lr > 0, f"must be > 0, got {self.lr}"),
             ("rows", self.rows >= 1, f"must be >= 1, got {self.rows}"),
+            ("heldout_rows", self.heldout_rows >= 0, f"must be >= 0, got {self.heldout_rows}"),
             ("rows_per_shard", self.rows_per_shard >= 1, f"must be >= 1, got {self.rows_per_shard}"),
             ("represented_threshold", self.represented_threshold >= 0,
              f"must be >= 0, got {self.represented_threshold}"),

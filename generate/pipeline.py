@@ -5,19 +5,20 @@ complete, so an interrupted run leaves the previous one as it was.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import save
 
 from data import files
 from data.cli import silent_progress
 from data.distributions import FeatureDistribution
 from data.environment import environment, resolve_device
-from data.shards import ShardWriter
+from data.staging import stage_transaction
+from data.shards import ShardWriter, file_entry, safetensors_bytes, write_manifest
 from data.worlds import WorldDistribution
 from generate.config import GenerateConfig
 from generate.train import train_toy_models
@@ -76,11 +77,12 @@ def ground_truth_tensors(directions: torch.Tensor, feature_index: torch.Tensor, 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    files.atomic_write_bytes(path, save(tensors, metadata=metadata))
+    files.atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
 
 
 def run_generate(config: GenerateConfig, run_dir: str | Path,
-                 progress: Callable | None = None) -> Path:
+                 progress: Callable | None = None,
+                 echo: Callable[[str], None] = lambda s: None) -> Path:
     """Write `<run_dir>/generate/`; returns that folder.
 
     progress(label, total) must return a context manager whose `.update(n, info)` advances
@@ -108,12 +110,12 @@ def run_generate(config: GenerateConfig, run_dir: str | Path,
             if config.steps:
                 train_log = train_toy_models(model, dist, config.steps, config.batch_size,
                                              config.lr, gen, on_step=on_step)
-        hidden = model.hidden
+        hidden = lambda x, _gen: model.hidden(x)  # noqa: E731
         directions, feature_index, sign = hidden_responses(model, dist.signed)
     else:
         model = SyntheticGenerator(n_inst, config.n_features, config.d_hidden, config.noise_std,
                                    gen, device)
-        hidden = lambda x: model.hidden(x, gen)  # noqa: E731
+        hidden = model.hidden
         world = config.world_spec
         dist = (distribution(config) if world.first_world_field is None  # the plain case
                 else WorldDistribution(world, config.n_features, config.feature_probability, gen, device))
@@ -123,41 +125,40 @@ def run_generate(config: GenerateConfig, run_dir: str | Path,
     train_seconds = time.time() - started
 
     root = files.generate_dir(run_dir)
-    with files.StagingDir(root) as stage:
+    with stage_transaction(run_dir, files.GENERATE_DIR, f"generate --run-dir {run_dir}",
+                           echo) as stage:
         inst_root = stage / files.INSTANCES_DIR
-        writers = [ShardWriter(inst_root / i, config.d_hidden, config.n_features, config.rows_per_shard)
-                   for i in ids]
         probability = dist.probability(device)  # [inst, n]
         importance = dist.importance(device)
-        with torch.no_grad(), progress(f"dumping {config.rows} rows x {n_inst} instances",
-                                       config.rows) as bar:
-            done = 0
-            batch_rows = max(1, min(DUMP_BATCH, DUMP_ELEMENTS // (n_inst * config.n_features)))
-            while done < config.rows:
-                rows = min(batch_rows, config.rows - done)
-                x = dist.sample(rows, gen, device)  # [rows, inst, n]
-                h = hidden(x)  # [rows, inst, d]
-                for j, writer in enumerate(writers):
-                    writer.add(h[:, j], x[:, j])
-                done += rows
-                bar.update(rows, "")
-        for j, (instance_id, writer) in enumerate(zip(ids, writers)):
-            meta = {"instance_id": instance_id, "source": config.source,
-                    "model_kind": config.model_kind if config.source == "toy" else "synthetic"}
-            writer.close(instance_id=instance_id, source=config.source,
-                         model_kind=meta["model_kind"],
-                         distribution={**dist.to_dict(),
-                                       "feature_probability": dist.feature_probability[j]},
-                         seed=config.seed)
+        train = _dump(ids, inst_root, config, dist, hidden, gen, device, progress,
+                      config.rows, files.ACTIVATIONS_DIR, "dumping")
+        # the held-out rows come from a generator of their own, so the training rows are the
+        # same whatever heldout_rows is, and no held-out row repeats a training row's draw
+        held_gen = torch.Generator(device=device).manual_seed(heldout_seed(config.seed))
+        heldout = _dump(ids, inst_root, config, dist, hidden, held_gen, device, progress,
+                        config.heldout_rows, files.HELDOUT_DIR, "held-out")
+        for j, instance_id in enumerate(ids):
+            folder = inst_root / instance_id
+            model_kind = config.model_kind if config.source == "toy" else "synthetic"
+            meta = {"instance_id": instance_id, "source": config.source, "model_kind": model_kind}
             gt = ground_truth_tensors(directions[j], feature_index, sign, importance,
                                       probability[j], config.represented_threshold)
-            _save(inst_root / instance_id / files.GROUND_TRUTH_FILE, gt, meta)
+            _save(folder / files.GROUND_TRUTH_FILE, gt, meta)
             weights = (model.instance_state(j) if config.source == "toy"
                        else {"W": directions[j].T.contiguous()})  # h = W x, W: [d, n]
-            _save(inst_root / instance_id / files.MODEL_FILE, weights, meta)
+            _save(folder / files.MODEL_FILE, weights, meta)
+            write_manifest(
+                folder, config.d_hidden, config.n_features, train[j].finish(),
+                heldout=heldout[j].finish(), instance_id=instance_id, source=config.source,
+                model_kind=model_kind,
+                distribution={**dist.to_dict(), "feature_probability": dist.feature_probability[j]},
+                seed=config.seed, heldout_seed=heldout_seed(config.seed),
+                files={name: file_entry(folder / name)
+                       for name in (files.GROUND_TRUTH_FILE, files.MODEL_FILE)})
         files.atomic_write_json(stage / files.CONFIG_FILE, {
             "stage": "generate",
             "config": config.to_dict(),
+            "config_sha256": files.config_sha256(config.to_dict()),
             "instances": ids,
             "environment": environment(str(device)),
             "train_seconds": round(train_seconds, 3),
@@ -165,6 +166,31 @@ def run_generate(config: GenerateConfig, run_dir: str | Path,
             "final_loss_per_instance": train_log[-1]["loss_per_instance"] if train_log else None,
         })
         if train_log:
-            (stage / "train_log.jsonl").write_text("".join(
+            (stage / files.TRAIN_LOG_FILE).write_text("".join(
                 json.dumps(r) + "\n" for r in train_log))
     return root
+
+
+def heldout_seed(seed: int) -> int:
+    """The seed of the held-out rows' generator: derived from the run's seed, but a stream of
+    its own (sha256, so no small offset makes it collide with another run's seed)."""
+    return int.from_bytes(hashlib.sha256(f"heldout:{seed}".encode()).digest()[:7], "little")
+
+
+def _dump(ids, inst_root: Path, config: GenerateConfig, dist, hidden, gen, device, progress,
+          rows: int, subdir: str, label: str) -> list[ShardWriter]:
+    """Draw `rows` rows per instance into shards under <instance>/<subdir>/."""
+    writers = [ShardWriter(inst_root / i, config.d_hidden, config.n_features,
+                           config.rows_per_shard, subdir=subdir) for i in ids]
+    with torch.no_grad(), progress(f"{label} {rows} rows x {len(ids)} instances", rows) as bar:
+        done = 0
+        batch_rows = max(1, min(DUMP_BATCH, DUMP_ELEMENTS // (len(ids) * config.n_features)))
+        while done < rows:
+            n = min(batch_rows, rows - done)
+            x = dist.sample(n, gen, device)  # [n, inst, n_features]
+            h = hidden(x, gen)  # [n, inst, d]
+            for j, writer in enumerate(writers):
+                writer.add(h[:, j], x[:, j])
+            done += n
+            bar.update(n, "")
+    return writers

@@ -19,11 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
-import numpy as np
 import torch
 
-from sae.base import (ArrayLike, DictionaryEstimator, as_tensor_2d, resolve_device,
-                      torch_generator, unit_norm_rows)
+from sae.base import (ArrayLike, DictionaryEstimator, as_tensor_2d, check_number,
+                      resolve_device, torch_generator, unit_norm_rows)
 from sae.omp import omp_encode, sparse_reconstruct, sparse_to_dense
 
 INITS = ("data", "random")
@@ -78,44 +77,33 @@ class SparseCodingConfig:
     """'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."""
 
     def __post_init__(self):
-        _check_int("n_components", self.n_components, 1)
-        _check_int("k", self.k, 1)
+        check_number("n_components", self.n_components, low=1, integer=True)
+        check_number("k", self.k, low=1, integer=True)
         if self.k > self.n_components:
             raise ValueError(f"k={self.k} nonzeros per sample exceeds "
                              f"n_components={self.n_components}")
-        if self.tol is not None and (isinstance(self.tol, bool) or not self.tol >= 0):
-            raise ValueError(f"tol must be None or a number >= 0, got {self.tol!r}")
-        _check_int("n_iter", self.n_iter, 1)
+        check_number("tol", self.tol, low=0, optional=True)
+        check_number("n_iter", self.n_iter, low=1, integer=True)
         if not isinstance(self.nonnegative, bool):
             raise ValueError(f"nonnegative must be True or False, got {self.nonnegative!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if isinstance(self.max_coherence, bool) or not 0 < self.max_coherence <= 1:
-            raise ValueError(f"max_coherence must be in (0, 1] (1 keeps near-copies), "
-                             f"got {self.max_coherence!r}")
-        _check_int("n_swaps", self.n_swaps, 0)
-        if isinstance(self.overcomplete, bool) or not 0 <= self.overcomplete <= 4:
-            raise ValueError(f"overcomplete must be a number in [0, 4], got {self.overcomplete!r}")
-        if isinstance(self.swap_gain_factor, bool) or not self.swap_gain_factor >= 0:
-            raise ValueError(f"swap_gain_factor must be a number >= 0, "
-                             f"got {self.swap_gain_factor!r}")
+        check_number("max_coherence", self.max_coherence, low=0, high=1, low_open=True)
+        check_number("n_swaps", self.n_swaps, low=0, integer=True)
+        check_number("overcomplete", self.overcomplete, low=0, high=4)
+        check_number("swap_gain_factor", self.swap_gain_factor, low=0)
         if self.reseed not in RESEEDS:
             raise ValueError(f"reseed must be one of {RESEEDS}, got {self.reseed!r}")
-        if self.batch_size is not None:
-            _check_int("batch_size", self.batch_size, 1)
-        if self.random_state is not None:
-            _check_int("random_state", self.random_state, 0)
+        check_number("batch_size", self.batch_size, low=1, integer=True, optional=True)
+        check_number("random_state", self.random_state, low=0, integer=True, optional=True)
+        if not isinstance(self.purify, bool):
+            raise ValueError(f"purify must be True or False, got {self.purify!r}")
         if self.device != "auto":
             try:
                 torch.device(self.device)
             except (RuntimeError, TypeError):
                 raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
                                  f"got {self.device!r}") from None
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 Progress = Callable[[dict], None]
@@ -199,6 +187,7 @@ class SparseCodingDictionary(DictionaryEstimator):
             if progress is not None:
                 progress(entry)
         self.components_ = D.to("cpu", torch.float32).numpy()
+        self.fitted_device_ = str(device)
         return self
 
     @abc.abstractmethod

@@ -4,7 +4,9 @@ scikit-learn's conventions: `__init__` only stores parameters, `fit(H) -> self`,
 `transform(H) -> codes`, `inverse_transform(codes) -> H`, fitted atoms in `components_`
 as unit-norm **rows** [n_components, d], `random_state` turned into a generator once in `fit`.
 Each method also has a frozen config dataclass (`config_class`) with one field per
-`__init__` parameter; it validates in `__post_init__` and is what `save` writes to config.json.
+`__init__` parameter; it validates in `__post_init__` (numbers through `check_number`, so
+nan, inf and out-of-range values are refused alike, by name) and is what `save` writes to
+config.json.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import abc
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,9 +24,65 @@ import numpy as np
 import torch
 
 from data import files
-from data.environment import resolve_device  # noqa: F401 (re-exported for the estimators)
+from data.shards import safetensors_bytes
+from data.configs import ConfigError
+from data.environment import load_device, resolve_device  # noqa: F401 (re-exported)
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
+
+
+def _shown(value) -> str:
+    """A refused value as the message shows it: nan, inf, 0.5, 3, 'abc'."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                return repr(value)
+            return repr(value) if math.isfinite(number) else str(number)
+        return repr(value)
+    return str(int(value)) if isinstance(value, numbers.Integral) else str(float(value))
+
+
+def _bound(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_number(name: str, value, *, low=None, high=None, low_open: bool = False,
+                 high_open: bool = False, integer: bool = False, optional: bool = False) -> None:
+    """Refuse, with a ConfigError naming `name`, a hyperparameter that is not a number in the
+    range: nan and inf always (also as the strings a command line gives), bools, strings,
+    an int field given 2.5; low/high bound the range, open at an end when *_open is set.
+
+        check_number("lr", nan, low=0, low_open=True)
+        -> ConfigError("lr: must be finite and > 0, got nan")
+    """
+    if optional and value is None:
+        return
+    if low is not None and high is not None:
+        where = (f"in {'(' if low_open else '['}{_bound(low)}, "
+                 f"{_bound(high)}{')' if high_open else ']'}")
+    elif low is not None:
+        where = f"{'>' if low_open else '>='} {_bound(low)}"
+    elif high is not None:
+        where = f"{'<' if high_open else '<='} {_bound(high)}"
+    else:
+        where = ""
+    kind = "an integer" if integer else "finite"
+    rule = f"{kind} and {where}" if where and not integer else f"{kind} {where}".strip()
+    rule = f"None or {rule}" if optional else rule
+    numeric = (not isinstance(value, bool)
+               and isinstance(value, numbers.Integral if integer else numbers.Real))
+    ok = numeric and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        shown = _shown(value)
+        if not numeric and shown.startswith("'") or isinstance(value, bool):
+            shown += f" (a {type(value).__name__})"
+        raise ConfigError(name, f"must be {rule}, got {shown}")
 
 
 def torch_generator(random_state: int | None, device: torch.device) -> torch.Generator:
@@ -136,10 +196,35 @@ class DictionaryEstimator(abc.ABC):
     def _load_extra(self, tensors: dict[str, torch.Tensor]) -> None:
         pass
 
-    def save(self, directory: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-        """Write dictionary.safetensors + config.json into `directory` (atomically)."""
-        from safetensors.torch import save
+    def _move_fitted(self, device: torch.device) -> None:
+        """Move fitted tensors kept on a device (an SAE's module) to `device`."""
 
+    def to(self, device: str | torch.device) -> "DictionaryEstimator":
+        """Compute transform / inverse_transform on `device` from now on (checked by
+        `resolve_device`; a method that computes on CPU only keeps doing so)."""
+        dev = resolve_device(str(device))
+        if "device" in {f.name for f in dataclasses.fields(self.config_class)}:
+            self.device = str(dev)
+        self._move_fitted(dev)
+        return self
+
+    def _fitted_device(self) -> str:
+        fitted = getattr(self, "fitted_device_", None)
+        if fitted is not None:
+            return str(fitted)
+        device = getattr(self, "device", "cpu")
+        try:
+            return str(resolve_device(device))
+        except ValueError:
+            return str(device)
+
+    def save(self, directory: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+        """Write dictionary.safetensors + config.json into `directory` (atomically).
+
+        The same fitted state and metadata always give the same dictionary.safetensors bytes
+        (`safetensors_bytes`). config.json records the config and, beside it, the device the
+        fit ran on (`fitted_device`): a record, not a constraint on where `load` puts it.
+        """
         self._check_fitted()
         directory = Path(directory)
         config = dataclasses.asdict(self.get_config())
@@ -149,13 +234,23 @@ class DictionaryEstimator(abc.ABC):
             tensors[key] = value.detach().to("cpu").contiguous()
         meta = {"method": self.method, "config_hash": config_hash(config),
                 "format_version": str(files.FORMAT_VERSION), **(metadata or {})}
-        files.atomic_write_bytes(directory / files.DICTIONARY_FILE, save(tensors, metadata=meta))
+        files.atomic_write_bytes(directory / files.DICTIONARY_FILE,
+                                 safetensors_bytes(tensors, meta))
         files.atomic_write_json(directory / files.CONFIG_FILE,
-                                {"method": self.method, "config": config, **(metadata or {})})
+                                {"method": self.method, "config": config,
+                                 "fitted_device": self._fitted_device(), **(metadata or {})})
         return directory
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "DictionaryEstimator":
+    def load(cls, directory: str | os.PathLike,
+             device: str | None = None) -> "DictionaryEstimator":
+        """The estimator saved in `directory`, ready to transform on `device`.
+
+        device: None = where it was fitted (config.json's `fitted_device`) when this machine
+        has that device, else cpu, so a dictionary fitted on cuda loads anywhere; a string
+        (cpu, cuda, cuda:1, auto) is resolved strictly and refused if missing. The loaded
+        estimator's `device` parameter is the device chosen; `fitted_device_` keeps the record.
+        """
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -166,8 +261,22 @@ class DictionaryEstimator(abc.ABC):
         if saved.get("method") != cls.method:
             raise ValueError(f"{directory / files.CONFIG_FILE}: method is "
                              f"{saved.get('method')!r}, expected {cls.method!r}")
-        est = cls.from_config(saved["config"])
+        config = dict(saved["config"])
+        fitted = saved.get("fitted_device") or config.get("device")
+        chosen = load_device(device, fitted)
+        if "device" in config and not (device is None and _names(config["device"], chosen)):
+            config["device"] = str(chosen)  # kept as saved when it still means `chosen`
+        est = cls.from_config(config)
+        est.fitted_device_ = fitted if fitted is not None else "cpu"
         tensors = load_file(str(path))
         est.components_ = tensors.pop(files.COMPONENTS).numpy()
         est._load_extra(tensors)
         return est
+
+
+def _names(device: str, target: torch.device) -> bool:
+    """Whether the device string `device` resolves to `target` on this machine."""
+    try:
+        return resolve_device(device) == target
+    except ValueError:
+        return False

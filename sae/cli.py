@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from data.cli import click_progress, optional_options, set_cpu_threads
+from data.cli import click_progress, optional_options, read_config_file, set_cpu_threads
 from sae.config import DEFAULT_METHODS, ConfigError, SAEStageConfig
 
 # options that set one hyperparameter of every method that has it
@@ -18,6 +18,22 @@ _SHARED_PARAMS = [
     ("--n-iter", int, "k-SVD/MOD: coding + update iterations."),
     ("--alpha", float, "sklearn: lasso weight while fitting."),
 ]
+
+
+class _MaxRows(click.ParamType):
+    """An integer >= 0, or none/all (every row)."""
+
+    name = "INTEGER|none"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value is None:
+            return value
+        if str(value).strip().lower() in ("none", "all"):
+            return 0
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an integer or none", param, ctx)
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
@@ -39,7 +55,12 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
 @click.option("--n-components", type=int, default=None, help="Absolute dictionary size.")
 @click.option("--k", type=int, default=None,
               help="Active atoms per row [expected active features, rounded up].")
-@click.option("--max-rows", type=int, default=None, help="Fit on at most this many rows [32768].")
+@click.option("--max-rows", type=_MaxRows(), default=None,
+              help="Fit on at most this many rows; 0 or none: every row (SAEs stream) [32768].")
+@click.option("--on-nonfinite", type=click.Choice(["error", "drop"]), default=None,
+              help="A row with NaN/inf: stop naming shard and row, or drop and count it [error].")
+@click.option("--target-l0", type=float, default=None,
+              help="L0 the L1 SAE's coefficient is calibrated to [the k TopK gets].")
 @click.option("--drop-zero-rows/--keep-zero-rows", default=None,
               help="Leave out rows where no feature fired [drop].")
 @click.option("--seed", type=int, default=None, help="random_state of every method [0].")
@@ -53,27 +74,26 @@ def main(run_dir, config_file, methods, instances, raw_params, threads, **option
     RUN_DIR/sae/<instance>/<method>/."""
     from data.environment import resolve_device
     from data.shards import ShardError
+    from data.staging import StageWriteError
     from sae.pipeline import StageInputError, run_sae
 
     set_cpu_threads(threads)
 
-    values = {}
-    if config_file is not None:
-        if not config_file.is_file():
-            raise click.BadParameter(f"{config_file}: file not found", param_hint="--config")
-        from data.files import read_json
-        saved = read_json(config_file)
-        values = saved.get("config", saved) if isinstance(saved, dict) else saved
+    values = read_config_file(config_file) if config_file is not None else {}
     shared = {flag[2:].replace("-", "_"): options.pop(flag[2:].replace("-", "_"))
               for flag, _, _ in _SHARED_PARAMS}
     for key in ("dict_ratio", "size_basis", "n_components", "k", "max_rows", "drop_zero_rows",
-                "seed", "device"):
+                "seed", "device", "on_nonfinite", "target_l0"):
         if options.get(key) is not None:
             values[key] = options[key]
     if methods is not None:
         values["methods"] = _csv(methods)
     if instances is not None:
         values["instances"] = _csv(instances)
+    if not isinstance(values.get("params", {}), dict) or not all(
+            isinstance(p, dict) for p in values.get("params", {}).values()):
+        raise click.BadParameter("params must map a method to an object of parameters",
+                                 param_hint="--config")
     params = {m: dict(p) for m, p in values.get("params", {}).items()}
     star = params.setdefault("*", {})
     star.update({k: v for k, v in shared.items() if v is not None})
@@ -90,21 +110,30 @@ def main(run_dir, config_file, methods, instances, raw_params, threads, **option
         params.setdefault(method, {})[key] = parsed
     values["params"] = {m: p for m, p in params.items() if p}
     try:
-        config = SAEStageConfig.from_dict(values)
+        config = SAEStageConfig.from_dict(values, source=str(config_file or "options"))
     except ConfigError as err:
-        hint = "--param" if err.field == "params" else f"--{err.field.replace('_', '-')}"
-        raise click.BadParameter(err.message, param_hint=hint) from None
+        raise click.BadParameter(err.message, param_hint=_hint(err.field)) from None
+    except (TypeError, ValueError) as err:
+        raise click.BadParameter(str(err), param_hint="--config") from None
     try:
         resolve_device(config.device)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--device") from None
     try:
         out = run_sae(config, run_dir, progress=click_progress, echo=click.echo)
+    except ConfigError as err:
+        raise click.BadParameter(err.message, param_hint=_hint(err.field)) from None
+    except StageWriteError as err:
+        raise click.ClickException(err.strerror or str(err)) from None
     except (StageInputError, ShardError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
-    except ValueError as err:  # a method refused its hyperparameters or the data
+    except ValueError as err:  # a method refused the data while fitting
         raise click.ClickException(f"{err}") from None
     click.echo(f"wrote {out}")
+
+
+def _hint(field: str) -> str:
+    return "--param" if field == "params" else f"--{field.replace('_', '-')}"
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """The resolved configuration of stage 2; what `sae/config.json` records."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from data.configs import ConfigError, JSONConfig  # noqa: F401 (re-exported)
 
 SIZE_BASES = ("represented", "features")
+NONFINITE_POLICIES = ("error", "drop")
 DEFAULT_METHODS = ("l1", "topk", "batchtopk", "ksvd", "ksvd_nn", "mod", "mod_nn", "sklearn")
 
 
@@ -14,6 +16,17 @@ DEFAULT_METHODS = ("l1", "topk", "batchtopk", "ksvd", "ksvd_nn", "mod", "mod_nn"
 STAGE_METHOD_DEFAULTS = {"l1": {"l1_coefficient": 0.03},
                          # the baseline at 10 passes took 60 s of a 3-minute default run
                          "sklearn": {"max_iter": 3}}
+
+
+def _number(name: str, value, ok, expected: str) -> None:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not ok(value)):
+        raise ConfigError(name, f"must be {expected}, got {value!r}")
+
+
+def _integer(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -32,10 +45,19 @@ class SAEStageConfig(JSONConfig):
     """Active atoms per row for topk/batchtopk/ksvd/mod/sklearn; None: the expected number of
     active represented features per row of the instance, rounded up (at most d)."""
     max_rows: int | None = 32768
-    """Fit on at most this many rows of each instance, after dropping zero rows (None: all)."""
+    """Fit on at most this many rows of each instance (the first ones in file order, after
+    dropping zero rows); 0 or None: every row. The SAEs then stream the shards through
+    `datasets` (one shard in memory at a time); k-SVD, MOD and sklearn read them all."""
     drop_zero_rows: bool = True
     """Leave out rows where no feature fired (h = 0): they hold no direction to learn, and at
     feature probability 0.003 they are 88% of the rows."""
+    on_nonfinite: str = "error"
+    """A row holding NaN or inf: "error" (stop, naming the shard and the row) or "drop" (leave
+    it out; the count per shard goes into config.json and the evaluation report)."""
+    target_l0: float | None = None
+    """The L0 (active latents per row) that the L1 SAE's coefficient is calibrated to, by
+    bisection over short fits, so every method is compared at the same sparsity; None: the
+    k that TopK gets on the instance. Set l1.l1_coefficient to fix the coefficient instead."""
     seed: int = 0
     """random_state of every method."""
     device: str = "auto"
@@ -53,16 +75,24 @@ class SAEStageConfig(JSONConfig):
         for m in self.methods:
             if m not in METHODS:
                 raise ConfigError("methods", f"unknown method {m!r}; valid: {', '.join(METHODS)}")
-        if self.dict_ratio <= 0:
-            raise ConfigError("dict_ratio", f"must be > 0, got {self.dict_ratio}")
+        if self.max_rows == 0:
+            object.__setattr__(self, "max_rows", None)
+        _number("dict_ratio", self.dict_ratio, lambda v: v > 0, "finite and > 0")
+        if self.target_l0 is not None:
+            _number("target_l0", self.target_l0, lambda v: v > 0, "finite and > 0")
+        _integer("seed", self.seed, 0)
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError("on_nonfinite", f"must be one of {', '.join(NONFINITE_POLICIES)}, "
+                                              f"got {self.on_nonfinite!r}")
         if self.size_basis not in SIZE_BASES:
             raise ConfigError("size_basis", f"must be one of {', '.join(SIZE_BASES)}, got {self.size_basis!r}")
-        if self.n_components is not None and self.n_components < 1:
-            raise ConfigError("n_components", f"must be >= 1, got {self.n_components}")
-        if self.k is not None and self.k < 1:
-            raise ConfigError("k", f"must be >= 1, got {self.k}")
-        if self.max_rows is not None and self.max_rows < 1:
-            raise ConfigError("max_rows", f"must be >= 1, got {self.max_rows}")
+        for name in ("n_components", "k", "max_rows"):
+            if getattr(self, name) is not None:
+                _integer(name, getattr(self, name), 1)
+        if not isinstance(self.drop_zero_rows, bool):
+            raise ConfigError("drop_zero_rows", f"must be true or false, got {self.drop_zero_rows!r}")
+        if not isinstance(self.params, dict) or not all(isinstance(v, dict) for v in self.params.values()):
+            raise ConfigError("params", "must map a method (or *) to a dict of parameters")
         for method, values in self.params.items():
             if method != "*" and method not in METHODS:
                 raise ConfigError("params", f"unknown method {method!r}; valid: *, {', '.join(METHODS)}")

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from data import files
+from data.configs import ConfigError
 from sae.ksvd import KSVD
 from sae.mod import MOD
 from sae.sklearn_baseline import SklearnDictionary
@@ -32,22 +33,34 @@ def param_names(method: str) -> set[str]:
 
 
 def build(method: str, params: dict):
-    """An unfitted estimator of `method` with `params` (only the ones it accepts are used)."""
+    """An unfitted estimator of `method` with `params` (only the ones it accepts are used),
+    validated now: a bad value is refused before any fit, named as `method.param`
+    (ConfigError "topk.lr: must be finite and > 0, got nan")."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     cls, fixed = METHODS[method]
     accepted = param_names(method)
     kwargs = {k: v for k, v in params.items() if k in accepted}
-    return cls(**{**kwargs, **fixed})
+    try:
+        est = cls(**{**kwargs, **fixed})
+        est.get_config()  # k-SVD, MOD and sklearn store their parameters unchecked
+    except ConfigError as err:
+        raise ConfigError(f"{method}.{err.field}", err.message) from None
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{method}: {err}") from None
+    return est
 
 
-def load(directory: str | os.PathLike):
+def load(directory: str | os.PathLike, device: str | None = None):
     """The fitted estimator saved in `directory` (dictionary.safetensors + config.json), of
-    whichever class the saved config names; errors name the file and the valid methods."""
+    whichever class the saved config names; errors name the file and the valid methods.
+
+    device: None = where it was fitted when this machine has that device, else cpu; a
+    string is resolved strictly (see `DictionaryEstimator.load`)."""
     path = Path(directory) / files.CONFIG_FILE
     saved = files.read_json(path)
     method = saved.get("method") if isinstance(saved, dict) else None
     classes = {cls.method: cls for cls, _ in METHODS.values()}
     if method not in classes:
         raise ValueError(f"{path}: method {method!r} is none of {', '.join(classes)}")
-    return classes[method].load(directory)
+    return classes[method].load(directory, device=device)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sae.base import check_number
 from sae._sparse_coding_dictionary import (SparseCodingConfig, SparseCodingDictionary,
                                            sparse_codes_as_matrix)
 
@@ -25,8 +26,7 @@ class MODConfig(SparseCodingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.ridge, bool) or not self.ridge >= 0:
-            raise ValueError(f"ridge must be a number >= 0, got {self.ridge!r}")
+        check_number("ridge", self.ridge, low=0)
 
 
 class MOD(SparseCodingDictionary):

@@ -1,25 +1,31 @@
 """Stage 2 end to end: fit every chosen method to every chosen instance of a run.
 
-Reads only what stage 1 wrote (shards, manifest, ground truth); writes
-`sae/<instance>/<method>/` per DESIGN.md, each folder swapped in atomically when complete.
+Reads only what stage 1 wrote for training (the training shards, manifest, ground truth;
+never the held-out split) and writes `sae/` as one stage: everything that can be refused
+(every instance's inputs, every method's config, k <= d) is checked before the first fit,
+every dictionary is written into a staging folder, and the folder replaces the old `sae/`
+in one step at the end. A failure or a kill at any point leaves the previous `sae/` whole.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from data import files
 from data.cli import silent_progress
-from data.shards import read_all
 from data.environment import environment, resolve_device
-from sae.config import SAEStageConfig
+from data.instance_files import read_ground_truth
+from data.loader import RowFilter, stream_activations
+from data.shards import ShardError, take_rows, usable_rows, read_shard, shard_entries, verify_instance
+from data.staging import stage_transaction
+from sae.config import ConfigError, SAEStageConfig
 from sae.methods import SAE_METHODS, build
 
 
@@ -27,23 +33,19 @@ class StageInputError(ValueError):
     """Stage 1's output is missing or does not fit the request."""
 
 
-def instance_facts(instance_path: Path) -> dict:
+def instance_facts(gt: dict[str, np.ndarray]) -> dict:
     """What the dictionary size and k are derived from: counts from the ground truth."""
-    path = instance_path / files.GROUND_TRUTH_FILE
-    if not path.is_file():
-        raise StageInputError(f"{path}: ground truth missing; rerun `generate`")
-    gt = load_file(str(path))
-    represented = gt[files.GT_REPRESENTED]
+    represented = gt[files.GT_REPRESENTED].astype(bool)
     probability = gt[files.GT_PROBABILITY][gt[files.GT_FEATURE_INDEX]]  # [n_gt]
     # a signed feature fires with p; each of its +e_i, -e_i directions is active half of that
     share = 0.5 if bool((gt[files.GT_SIGN] < 0).any()) else 1.0
     active = float(probability[represented].sum()) * share
-    return {"n_gt": int(represented.numel()), "n_represented": int(represented.sum()),
+    return {"n_gt": int(represented.size), "n_represented": int(represented.sum()),
             "expected_active": active, "d": int(gt[files.GT_DIRECTIONS].shape[1])}
 
 
 def resolve_sizes(config: SAEStageConfig, facts: dict) -> tuple[int, int]:
-    """(n_components, k) for one instance."""
+    """(n_components, k) for one instance; an explicit k above d is refused here."""
     if config.n_components is not None:
         n_components = config.n_components
     else:
@@ -53,7 +55,10 @@ def resolve_sizes(config: SAEStageConfig, facts: dict) -> tuple[int, int]:
                                   "norm below the threshold): use --size-basis features or "
                                   "--n-components")
         n_components = max(1, round(config.dict_ratio * basis))
-    if config.k is not None:  # asked for explicitly: a k > d is refused by the method itself
+    if config.k is not None:
+        if config.k > facts["d"]:
+            raise ConfigError("k", f"k={config.k} exceeds the activation width d={facts['d']}: "
+                                   "more active atoms than dimensions has no unique sparse code")
         return n_components, config.k
     k = max(1, math.ceil(facts["expected_active"] - 1e-9))
     return n_components, min(k, facts["d"], n_components)
@@ -65,68 +70,166 @@ def expected_steps(method: str, est, n_rows: int) -> int:
     return getattr(est, "n_iter", 1) if method != "sklearn" else 1
 
 
+@dataclass
+class InstancePlan:
+    """One instance, checked and ready to fit: its rows (in memory, or a stream), sizes, the
+    estimators to fit, and what the stage records about it."""
+
+    instance_id: str
+    facts: dict
+    n_components: int
+    k: int
+    n_rows: int                                   # rows fitted (per epoch)
+    nonfinite_dropped: dict[str, int]             # shard file -> rows left out
+    upstream_files: dict[str, str]                # file -> sha256, from the manifest
+    H: torch.Tensor | None = None                 # [rows, d], or None when streamed
+    stream: object | None = None                  # a datasets IterableDataset of the rows
+    methods: dict[str, object] = field(default_factory=dict)   # name -> unfitted estimator
+
+
+def upstream_files(manifest: dict) -> dict[str, str]:
+    """sha256 of every training shard and listed file of an instance, by its relative path."""
+    out = {e["file"]: e["sha256"] for e in shard_entries(manifest, "train")}
+    out.update({name: e["sha256"] for name, e in manifest.get("files", {}).items()})
+    return out
+
+
+def _count_rows(inst: Path, manifest: dict, config: SAEStageConfig) -> tuple[int, dict[str, int]]:
+    """Usable rows of the training split and non-finite rows dropped per shard (a full pass,
+    one shard at a time, which also refuses a non-finite row before anything is fitted)."""
+    total, dropped = 0, {}
+    for entry in shard_entries(manifest, "train"):
+        path = inst / entry["file"]
+        keep, bad = usable_rows(path, read_shard(path, d=manifest["d"])[files.H],
+                                config.drop_zero_rows, config.on_nonfinite)
+        total += int(keep.sum())
+        if bad:
+            dropped[entry["file"]] = bad
+    return total, dropped
+
+
+def plan_instance(run_dir: Path, instance_id: str, config: SAEStageConfig,
+                  device: torch.device) -> InstancePlan:
+    """Check one instance's inputs and every method's config; read the rows to fit."""
+    inst = files.instance_dir(run_dir, instance_id)
+    manifest = verify_instance(inst, splits=("train",))  # sizes, sha256, shapes, unlisted shards
+    facts = instance_facts(read_ground_truth(inst, manifest))
+    try:
+        n_components, k = resolve_sizes(config, facts)
+    except StageInputError as err:
+        raise StageInputError(f"{inst}: {err}") from None
+    streamed = config.max_rows is None and any(m in SAE_METHODS for m in config.methods)
+    if streamed:
+        n_rows, dropped = _count_rows(inst, manifest, config)
+        H = None
+        if any(m not in SAE_METHODS for m in config.methods):  # full-batch methods need them all
+            H_np, _ = take_rows(inst, manifest, None, config.drop_zero_rows, config.on_nonfinite)
+            H = torch.from_numpy(H_np)
+    else:
+        H_np, dropped = take_rows(inst, manifest, config.max_rows, config.drop_zero_rows,
+                                  config.on_nonfinite)
+        n_rows, H = len(H_np), torch.from_numpy(H_np)
+    if n_rows == 0:
+        raise StageInputError(f"{inst}: no nonzero activation row to fit")
+    plan = InstancePlan(instance_id, facts, n_components, k, n_rows, dropped,
+                        upstream_files(manifest), H=H)
+    if streamed:
+        plan.stream = stream_activations(inst, verify=False, rows=RowFilter(
+            config.drop_zero_rows, config.on_nonfinite)).shuffle(seed=config.seed, buffer_size=8192)
+    for method in config.methods:
+        params = {"n_components": n_components, "k": k, "random_state": config.seed,
+                  "device": str(device), **config.method_params(method)}
+        if streamed and method in SAE_METHODS and params.get("n_steps") is None:
+            # a stream has no length: the steps of n_epochs passes over the counted rows
+            plain = build(method, params)
+            params["n_steps"] = math.ceil(n_rows / plain.batch_size) * plain.n_epochs
+        try:
+            est = build(method, params)
+            est.get_config()  # validates every hyperparameter now, not after the first fits
+        except (ValueError, TypeError) as err:
+            raise ConfigError("params", f"{method}: {err}") from None
+        plan.methods[method] = est
+    return plan
+
+
+def _fit_one(plan: InstancePlan, method: str, est, device, progress) -> float:
+    data = plan.H.to(device) if plan.H is not None and (
+        plan.stream is None or method not in SAE_METHODS) else plan.stream
+    label = f"{plan.instance_id} {method:9s} n={est.n_components}"
+    started = time.perf_counter()
+    with progress(label, expected_steps(method, est, plan.n_rows)) as bar:
+        est.fit(data, progress=_progress_adapter(bar))
+    return time.perf_counter() - started
+
+
 def run_sae(config: SAEStageConfig, run_dir: str | Path,
             progress: Callable | None = None, echo: Callable[[str], None] = lambda s: None) -> Path:
-    """Fit and write every (instance, method); returns `<run_dir>/sae`."""
+    """Fit every (instance, method) and write `<run_dir>/sae` whole; returns that folder."""
     progress = progress or silent_progress
     run_dir = Path(run_dir)
-    gen_config_path = files.generate_dir(run_dir) / files.CONFIG_FILE
-    if not gen_config_path.is_file():
-        raise StageInputError(f"{gen_config_path}: not found; run `generate --run-dir {run_dir}` first")
-    generate_hash = files.sha256_file(gen_config_path)[:16]
-    available = files.list_instances(run_dir)
-    instances = list(config.instances) or available
-    missing = [i for i in instances if i not in available]
-    if missing:
-        raise StageInputError(f"{files.instances_dir(run_dir)}: no instance {missing[0]!r}; "
-                              f"valid: {', '.join(available)}")
-    device = resolve_device(config.device)
-    env = environment(str(device))
-    summary = []
-    for instance_id in instances:
-        inst = files.instance_dir(run_dir, instance_id)
-        facts = instance_facts(inst)
-        n_components, k = resolve_sizes(config, facts)
-        H, _ = read_all(inst)  # verifies every shard against the manifest
-        if config.drop_zero_rows:
-            H = H[np.abs(H).max(axis=1) > 0]
-        if len(H) == 0:
-            raise StageInputError(f"{inst}: no nonzero activation row to fit")
-        if config.max_rows is not None:
-            H = H[: config.max_rows]
-        H = torch.from_numpy(np.ascontiguousarray(H)).to(device)  # [rows, d]
-        for method in config.methods:
-            params = {"n_components": n_components, "k": k, "random_state": config.seed,
-                      "device": str(device), **config.method_params(method)}
-            est = build(method, params)
-            label = f"{instance_id} {method:9s} n={est.n_components}"
-            started = time.perf_counter()
-            with progress(label, expected_steps(method, est, len(H))) as bar:
-                est.fit(H, progress=_progress_adapter(bar))
-            seconds = time.perf_counter() - started
-            out = files.sae_dir(run_dir, instance_id, method)
-            with files.StagingDir(out) as stage:
-                est.save(stage, metadata={"instance_id": instance_id, "method_name": method,
-                                          "generate_config_hash": generate_hash})
-                saved = json.loads((stage / files.CONFIG_FILE).read_text())
-                files.atomic_write_json(stage / files.CONFIG_FILE, {
-                    **saved, "method": est.method, "method_name": method,
-                    "instance_id": instance_id, "stage_config": config.to_dict(),
-                    "n_components": int(est.n_components), "k": k, "rows": len(H),
-                    "fit_seconds": round(seconds, 3), "device": str(device), "environment": env,
-                    "generate_config_hash": generate_hash, "instance_facts": facts})
-                (stage / files.TRAIN_LOG_FILE).write_text(
-                    "".join(json.dumps(_jsonable(r)) + "\n" for r in getattr(est, "log_", [])))
-            last = (getattr(est, "log_", None) or [{}])[-1]
-            summary.append({"instance": instance_id, "method": method, "seconds": seconds,
-                            "fvu": last.get("fvu"), "l0": last.get("l0")})
-            echo(f"  {instance_id} {method}: {seconds:.1f} s, FVU {_fmt(last.get('fvu'))}, "
-                 f"L0 {_fmt(last.get('l0'))}")
-    root = run_dir / files.SAE_DIR
-    files.atomic_write_json(root / files.CONFIG_FILE, {
-        "stage": "sae", "config": config.to_dict(), "device": str(device), "environment": env,
-        "generate_config_hash": generate_hash, "fits": summary})
-    return root
+    with stage_transaction(run_dir, files.SAE_DIR, f"sae --run-dir {run_dir}", echo) as stage:
+        generate = read_generate_config(run_dir)
+        try:
+            instances = files.select_instances(run_dir, config.instances)
+        except ValueError as err:
+            raise StageInputError(str(err)) from None
+        device = resolve_device(config.device)
+        env = environment(str(device))
+        plans = [plan_instance(run_dir, i, config, device) for i in instances]
+        summary = []
+        for plan in plans:
+            for method, est in plan.methods.items():
+                seconds = _fit_one(plan, method, est, device, progress)
+                _write_dictionary(stage / plan.instance_id / method, plan, method, est, seconds,
+                                  config, generate, env)
+                last = (getattr(est, "log_", None) or [{}])[-1]
+                summary.append({"instance": plan.instance_id, "method": method,
+                                "seconds": round(seconds, 3), "fvu": last.get("fvu"),
+                                "l0": last.get("l0")})
+                echo(f"  {plan.instance_id} {method}: {seconds:.1f} s, FVU {_fmt(last.get('fvu'))}, "
+                     f"L0 {_fmt(last.get('l0'))}")
+        files.atomic_write_json(stage / files.CONFIG_FILE, {
+            "stage": "sae", "config": config.to_dict(),
+            "config_sha256": files.config_sha256(config.to_dict()),
+            "device": str(device), "environment": env,
+            "generate_config_sha256": generate["config_sha256"],
+            "instances": {p.instance_id: {"rows": p.n_rows, "n_components": p.n_components,
+                                          "k": p.k, "nonfinite_dropped": p.nonfinite_dropped,
+                                          "upstream_files": p.upstream_files} for p in plans},
+            "fits": summary})
+    return run_dir / files.SAE_DIR
+
+
+def read_generate_config(run_dir: Path) -> dict:
+    """generate/config.json and the sha256 of its resolved config (not of the file, which
+    holds timings): the identity every sae/ records of the generate/ it was fitted on."""
+    path = files.generate_dir(run_dir) / files.CONFIG_FILE
+    if not path.is_file():
+        raise StageInputError(f"{path}: not found; run `generate --run-dir {run_dir}` first")
+    try:
+        saved = files.read_json(path)
+    except ValueError as err:
+        raise StageInputError(str(err)) from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise StageInputError(f"{path}: holds no 'config' object; rerun `generate`")
+    return {**saved, "config_sha256": files.config_sha256(saved["config"])}
+
+
+def _write_dictionary(out: Path, plan: InstancePlan, method: str, est, seconds: float,
+                      config: SAEStageConfig, generate: dict, env: dict) -> None:
+    est.save(out, metadata={"instance_id": plan.instance_id, "method_name": method,
+                            "generate_config_sha256": generate["config_sha256"]})
+    saved = files.read_json(out / files.CONFIG_FILE)
+    files.atomic_write_json(out / files.CONFIG_FILE, {
+        **saved, "method": est.method, "method_name": method,
+        "instance_id": plan.instance_id, "stage_config": config.to_dict(),
+        "n_components": int(est.n_components), "k": plan.k, "rows": plan.n_rows,
+        "nonfinite_dropped": plan.nonfinite_dropped,
+        "fit_seconds": round(seconds, 3), "environment": env,
+        "generate_config_sha256": generate["config_sha256"], "instance_facts": plan.facts,
+        **({"calibration": est.calibration_} if hasattr(est, "calibration_") else {})})
+    (out / files.TRAIN_LOG_FILE).write_text(
+        "".join(json.dumps(_jsonable(r)) + "\n" for r in getattr(est, "log_", [])))
 
 
 def _progress_adapter(bar):
@@ -150,3 +253,6 @@ def _jsonable(row: dict) -> dict:
 
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3g}"
+
+
+__all__ = ["StageInputError", "ShardError", "run_sae", "instance_facts", "resolve_sizes"]

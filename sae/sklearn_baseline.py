@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sae.base import ArrayLike, DictionaryEstimator, as_tensor_2d
+from sae.base import ArrayLike, DictionaryEstimator, as_tensor_2d, check_number
 
 FIT_ALGORITHMS = ("lars", "cd")
 
@@ -38,14 +38,14 @@ class SklearnDictionaryConfig:
     """seed passed to scikit-learn"""
 
     def __post_init__(self):
-        if self.n_components < 1:
-            raise ValueError(f"n_components={self.n_components}: expected an integer >= 1")
-        if self.k < 1:
-            raise ValueError(f"k={self.k}: expected an integer >= 1")
-        if self.alpha < 0:
-            raise ValueError(f"alpha={self.alpha}: expected >= 0")
-        if self.batch_size < 1 or self.max_iter < 1:
-            raise ValueError(f"batch_size={self.batch_size}, max_iter={self.max_iter}: expected >= 1")
+        check_number("n_components", self.n_components, low=1, integer=True)
+        check_number("k", self.k, low=1, integer=True)
+        check_number("alpha", self.alpha, low=0)
+        check_number("batch_size", self.batch_size, low=1, integer=True)
+        check_number("max_iter", self.max_iter, low=1, integer=True)
+        check_number("random_state", self.random_state, low=0, integer=True, optional=True)
+        if not isinstance(self.positive_code, bool):
+            raise ValueError(f"positive_code must be True or False, got {self.positive_code!r}")
         if self.fit_algorithm not in FIT_ALGORITHMS:
             raise ValueError(f"fit_algorithm={self.fit_algorithm!r}: expected one of {FIT_ALGORITHMS}")
         if self.positive_code and self.fit_algorithm == "lars":
@@ -86,6 +86,7 @@ class SklearnDictionary(DictionaryEstimator):
         atoms = learner.components_.astype(np.float32)
         self.components_ = atoms / np.maximum(np.linalg.norm(atoms, axis=1, keepdims=True), 1e-12)
         self.n_iter_ = int(learner.n_iter_)
+        self.fitted_device_ = "cpu"
         codes = self._encode(X)
         residual = X - codes @ self.components_
         self.log_ = [{"iteration": self.n_iter_, "seconds": time.perf_counter() - started,

@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from data import files
-from sae.base import (ArrayLike, DictionaryEstimator, as_tensor_2d, resolve_device,
-                      rows_to_columns, torch_generator, unit_norm_rows)
+from sae.base import (ArrayLike, ConfigError, DictionaryEstimator, as_tensor_2d,
+                      check_number, resolve_device, rows_to_columns, torch_generator,
+                      unit_norm_rows)
 from sae.losses import auxk_loss, decoder_weighted_l1, reconstruction_mse
 
 ACTIVATIONS = ("relu", "topk", "batchtopk")
@@ -227,8 +228,9 @@ def _batch_tensor(batch, d: int | None, device: torch.device) -> torch.Tensor:
 
 # ---- configs -------------------------------------------------------------------------------
 def _check(ok: bool, field: str, value, expected: str) -> None:
+    """For the fields that are not numbers (numbers go through `check_number`)."""
     if not ok:
-        raise ValueError(f"{field}={value!r}: expected {expected}")
+        raise ConfigError(field, f"must be {expected}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -254,28 +256,22 @@ class SAEConfig:
     log_every: int = 100                # append a row to log_ every this many steps
 
     def __post_init__(self):
-        _check(self.n_components >= 1, "n_components", self.n_components, "an integer >= 1")
-        _check(self.lr > 0, "lr", self.lr, "> 0")
-        _check(self.lr_warmup_steps >= 0, "lr_warmup_steps", self.lr_warmup_steps, ">= 0")
-        _check(0 <= self.lr_decay_fraction <= 1, "lr_decay_fraction", self.lr_decay_fraction,
-               "in [0, 1]")
-        _check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "grad_clip_norm",
-               self.grad_clip_norm, "> 0 or None")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _check(self.n_epochs >= 1, "n_epochs", self.n_epochs, "an integer >= 1")
-        _check(self.n_steps is None or self.n_steps >= 1, "n_steps", self.n_steps,
-               "an integer >= 1 or None")
+        check_number("n_components", self.n_components, low=1, integer=True)
+        check_number("lr", self.lr, low=0, low_open=True)
+        check_number("lr_warmup_steps", self.lr_warmup_steps, low=0, integer=True)
+        check_number("lr_decay_fraction", self.lr_decay_fraction, low=0, high=1)
+        check_number("grad_clip_norm", self.grad_clip_norm, low=0, low_open=True, optional=True)
+        check_number("batch_size", self.batch_size, low=1, integer=True)
+        check_number("n_epochs", self.n_epochs, low=1, integer=True)
+        check_number("n_steps", self.n_steps, low=1, integer=True, optional=True)
         _check(self.init in INITS, "init", self.init, f"one of {list(INITS)}")
+        _check(isinstance(self.tied_init, bool), "tied_init", self.tied_init, "True or False")
         _check(self.b_dec_init in B_DEC_INITS, "b_dec_init", self.b_dec_init,
                f"one of {list(B_DEC_INITS)}")
-        _check(self.dead_steps_threshold >= 1, "dead_steps_threshold",
-               self.dead_steps_threshold, "an integer >= 1")
-        _check(self.log_every >= 1, "log_every", self.log_every, "an integer >= 1")
-        try:
-            resolve_device(self.device)
-        except RuntimeError:
-            raise ValueError(f"device={self.device!r}: expected 'auto', 'cpu', 'cuda', "
-                             f"'cuda:N' or another torch device") from None
+        check_number("dead_steps_threshold", self.dead_steps_threshold, low=1, integer=True)
+        check_number("random_state", self.random_state, low=0, integer=True, optional=True)
+        check_number("log_every", self.log_every, low=1, integer=True)
+        resolve_device(self.device)  # a ValueError that names the device
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -285,8 +281,8 @@ class L1SAEConfig(SAEConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(self.l1_coefficient >= 0, "l1_coefficient", self.l1_coefficient, ">= 0")
-        _check(self.l1_warmup_steps >= 0, "l1_warmup_steps", self.l1_warmup_steps, ">= 0")
+        check_number("l1_coefficient", self.l1_coefficient, low=0)
+        check_number("l1_warmup_steps", self.l1_warmup_steps, low=0, integer=True)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -299,10 +295,11 @@ class TopKSAEConfig(SAEConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(1 <= self.k <= self.n_components, "k", self.k,
-               f"an integer in [1, n_components={self.n_components}]")
-        _check(self.aux_k is None or self.aux_k >= 0, "aux_k", self.aux_k, ">= 0 or None")
-        _check(self.aux_coefficient >= 0, "aux_coefficient", self.aux_coefficient, ">= 0")
+        check_number("k", self.k, low=1, integer=True)
+        _check(self.k <= self.n_components, "k", self.k,
+               f"<= n_components={self.n_components}")
+        check_number("aux_k", self.aux_k, low=0, integer=True, optional=True)
+        check_number("aux_coefficient", self.aux_coefficient, low=0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -311,7 +308,7 @@ class BatchTopKSAEConfig(TopKSAEConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(0 < self.threshold_rate <= 1, "threshold_rate", self.threshold_rate, "in (0, 1]")
+        check_number("threshold_rate", self.threshold_rate, low=0, high=1, low_open=True)
 
 
 # ---- estimators ----------------------------------------------------------------------------
@@ -474,6 +471,7 @@ class _SAEEstimator(DictionaryEstimator):
                 progress(step + 1, total)
         self.components_ = sae.components().cpu().numpy()
         self.n_steps_, self.n_samples_seen_ = step + 1, samples
+        self.fitted_device_ = str(device)
         return self
 
     @torch.no_grad()
@@ -520,6 +518,10 @@ class _SAEEstimator(DictionaryEstimator):
         sae = self.sae_
         return {W_ENC: sae.W_enc.detach(), B_ENC: sae.b_enc.detach(),
                 B_DEC: sae.b_dec.detach(), THRESHOLD: sae.threshold}
+
+    def _move_fitted(self, device: torch.device) -> None:
+        if getattr(self, "sae_", None) is not None:
+            self.sae_ = self.sae_.to(device)
 
     def _load_extra(self, tensors: dict[str, torch.Tensor]) -> None:
         missing = {W_ENC, B_ENC, B_DEC, THRESHOLD} - set(tensors)

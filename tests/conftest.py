@@ -20,7 +20,8 @@ def _one_thread():
 
 def tiny_config(**overrides) -> GenerateConfig:
     values = dict(n_features=12, d_hidden=4, feature_probability=(0.2, 0.05), steps=300,
-                  batch_size=256, lr=1e-2, rows=5000, rows_per_shard=2000, seed=0, device="cpu")
+                  batch_size=256, lr=1e-2, rows=5000, rows_per_shard=2000, heldout_rows=2000, seed=0,
+                  device="cpu")
     values.update(overrides)
     return GenerateConfig(**values)
 

@@ -79,7 +79,7 @@ def test_metrics_hold_one_record_per_instance_method_metric(evaluated):
     assert len(scalars) == len({k for k in scalars})  # no metric twice
     per_feature = [r for r in records if r["metric"] == "feature_best_cos"]
     n_represented = {i: scalars[i, "topk", "n_represented"] for i in ("00-p0.2", "01-p0.05")}
-    assert len(per_feature) == len(METHODS) * sum(n_represented.values())
+    assert len(per_feature) == (len(METHODS) + 1) * sum(n_represented.values())  # + oracle
     with open(evaluated / METRICS_CSV) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(records) and rows[0].keys() >= {"instance", "method", "metric", "value"}
@@ -91,13 +91,15 @@ def test_a_run_without_stage_2_is_refused_naming_the_path(tiny_run):
     assert re.search(r"sae: not found.*run `sae --run-dir", result.output.replace("\n", " "))
 
 
-def test_wrong_d_and_no_represented_feature_become_notes(fitted_run, tmp_path):
+def test_wrong_d_and_no_represented_feature_become_notes(fitted_run, tmp_path, monkeypatch):
+    from evaluate.inputs import Instance
+
     run = _copy(fitted_run, tmp_path)
-    # instance 00: the ground truth says no direction is represented
-    gt_path = files.instance_dir(run, "00-p0.2") / files.GROUND_TRUTH_FILE
-    gt = load_file(str(gt_path))
-    gt[files.GT_REPRESENTED][:] = False
-    save_file(gt, str(gt_path))
+    # instance 00: the ground truth says no direction is represented (patched as read: the
+    # sae stage refuses a run whose ground truth changed after the fit)
+    represented = Instance.represented.fget
+    monkeypatch.setattr(Instance, "represented", property(
+        lambda self: represented(self) & (self.id != "00-p0.2")))
     # instance 01: one dictionary has atoms of the wrong width
     dict_path = files.sae_dir(run, "01-p0.05", "mod") / files.DICTIONARY_FILE
     save_file({files.COMPONENTS: np.eye(3, 5, dtype=np.float32)}, str(dict_path))
@@ -114,6 +116,10 @@ def test_wrong_d_and_no_represented_feature_become_notes(fitted_run, tmp_path):
     metrics = {(r["instance"], r["method"], r["metric"]) for r in records}
     assert ("00-p0.2", "topk", "fvu") in metrics and ("00-p0.2", "topk", "mmcs") not in metrics
     assert ("01-p0.05", "topk", "mmcs") in metrics and ("01-p0.05", "mod", "mmcs") not in metrics
+    # no represented direction, no oracle; the other instance keeps its oracle
+    assert not {m for m in metrics if m[:2] == ("00-p0.2", "oracle")}
+    assert ("01-p0.05", "oracle", "fvu") in metrics
+    assert ("01-p0.05", "topk", "f1_vs_oracle") in metrics
 
 
 def test_a_failed_evaluation_keeps_the_previous_output(evaluated, fitted_run, monkeypatch):
@@ -135,9 +141,176 @@ def test_a_failed_evaluation_keeps_the_previous_output(evaluated, fitted_run, mo
 @pytest.mark.parametrize("args, message", [
     (["--methods", "pca"], "unknown method 'pca'; valid: l1, topk"),
     (["--thresholds", "0.9,1.5"], "--thresholds.*values in \\(0, 1\\]"),
-    (["--max-rows", "-1"], "--max-rows.*must be >= 0"),
+    (["--max-rows", "-1"], "--max-rows.*must be an integer >= 0"),
     (["--instance", "nope"], "no instance 'nope'; valid: 00-p0.2, 01-p0.05"),
 ])
 def test_invalid_options_give_a_clear_error(fitted_run, args, message):
     result = CliRunner().invoke(main, ["--run-dir", str(fitted_run)] + args)
     assert result.exit_code == 2 and re.search(message, result.output, re.S), result.output
+
+
+# ---- the oracle row ---------------------------------------------------------------------------
+
+def _scalars(evaluate_dir):
+    records = json.loads((evaluate_dir / METRICS_FILE).read_text())["records"]
+    return {(r["instance"], r["method"], r["metric"]): r["value"] for r in records
+            if r["method"] and "feature" not in r and r["metric"] not in ("skipped", "error")}
+
+
+def test_the_oracle_is_scored_at_the_dictionaries_k_and_bounds_them(evaluated, fitted_run):
+    scalars = _scalars(evaluated)
+    for inst, k in (("00-p0.2", 3), ("01-p0.05", 1)):  # k as stage 2 recorded it
+        assert json.loads((files.sae_dir(fitted_run, inst, "topk") / files.CONFIG_FILE)
+                          .read_text())["k"] == k
+        oracle = {m: v for (i, meth, m), v in scalars.items() if (i, meth) == (inst, "oracle")}
+        assert oracle["k"] == k and oracle["l0"] <= k + 1e-9
+        # the true directions themselves: every direction metric is exactly 1
+        for m in ("mmcs", "matched_cos", "mcc", "uniqueness", "recovered_0.99"):
+            assert oracle[m] == pytest.approx(1.0), m
+        assert oracle["f1_vs_oracle"] == 1.0
+        for method in METHODS:
+            assert scalars[inst, method, "fvu"] > oracle["fvu"] - 1e-3, (inst, method)
+            assert scalars[inst, method, "f1_vs_oracle"] == pytest.approx(
+                scalars[inst, method, "f1"] / oracle["f1"], rel=1e-12)
+    # the tiny fixture's oracle (n = 12 in d = 4): k = 3 nearly reconstructs, k = 1 cannot
+    assert scalars["00-p0.2", "oracle", "fvu"] == pytest.approx(0.004, abs=0.002)
+    assert scalars["01-p0.05", "oracle", "fvu"] == pytest.approx(0.089, abs=0.01)
+    assert scalars["01-p0.05", "oracle", "l0"] == 1.0
+    config = json.loads((evaluated / files.CONFIG_FILE).read_text())
+    assert "oracle" not in config["methods"]  # a reference, not a scored method
+
+
+def test_the_oracle_is_the_last_row_of_every_table_in_italics_and_never_bold(evaluated):
+    report = (evaluated / REPORT_FILE).read_text()
+    tables = [block for block in report.split("\n\n") if block.startswith("| method |")]
+    assert len(tables) == 3  # comparison + one per instance
+    for block in tables:
+        rows = block.splitlines()
+        assert [r.split(" | ")[0] for r in rows[2:]] == ["| " + m for m in METHODS] + [
+            "| *oracle (reference)*"]
+        cells = rows[-1].strip("| ").split(" | ")[1:]
+        assert all(c == "–" or re.fullmatch(r"\*[0-9.]+\*", c) for c in cells), cells
+        assert "**" not in rows[-1]
+        assert "F1/oracle" in rows[0]
+    assert re.search(r"Oracle \(the true directions coded at the dictionaries' k\): FVU 0\.0\d\d",
+                     report)
+    assert "Best one-to-one recovery: **oracle" not in report
+
+
+# ---- dictionaries that cannot be loaded or applied ---------------------------------------------
+
+def _break_config(run, instance, method):
+    """A config.json that sae.load refuses (an unknown estimator key)."""
+    path = files.sae_dir(run, instance, method) / files.CONFIG_FILE
+    saved = json.loads(path.read_text())
+    saved["config"]["no_such_key"] = 1
+    path.write_text(json.dumps(saved))
+    return files.sae_dir(run, instance, method)
+
+
+def _error_lines(output):
+    return [line for line in output.splitlines() if line.startswith("Error:")]
+
+
+def test_an_unloadable_dictionary_is_an_error_and_the_run_exits_1(fitted_run, tmp_path):
+    run = _copy(fitted_run, tmp_path)
+    folder = _break_config(run, "01-p0.05", "mod")
+    result = CliRunner().invoke(main, ["--run-dir", str(run), "--max-rows", "300", "--no-figures"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert _error_lines(result.output) == [
+        f"Error: 1 dictionary could not be loaded or applied: {folder} (reasons under Errors "
+        f"in {files.evaluate_dir(run) / REPORT_FILE}; --keep-going exits 0)"]
+    report = (files.evaluate_dir(run) / REPORT_FILE).read_text()
+    errors = report[report.index("## Errors"):report.index("## Notes")]
+    assert re.search(r"`01-p0.05` / mod: .*mod: could not be loaded or applied: ValueError: "
+                     r"unknown mod config keys \['no_such_key'\]", errors)
+    assert "**1 dictionary could not be loaded or applied**" in report
+    assert "Nothing was skipped." in report  # an error is not a note
+    records = json.loads((files.evaluate_dir(run) / METRICS_FILE).read_text())["records"]
+    (err,) = [r for r in records if r["metric"] == "error"]
+    assert (err["instance"], err["method"], err["folder"]) == ("01-p0.05", "mod", str(folder))
+    scalars = _scalars(files.evaluate_dir(run))
+    assert ("01-p0.05", "mod", "fvu") not in scalars and ("00-p0.2", "mod", "fvu") in scalars
+    assert ("01-p0.05", "oracle", "fvu") in scalars  # k still comes from the loadable ones
+
+
+def test_keep_going_exits_0_and_still_reports_the_error(fitted_run, tmp_path, monkeypatch):
+    from sae.ksvd import KSVD
+
+    run = _copy(fitted_run, tmp_path)
+
+    def out_of_memory(self, H):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(KSVD, "transform", out_of_memory)  # ksvd_nn fails to apply, everywhere
+    args = ["--run-dir", str(run), "--max-rows", "300", "--no-figures"]
+    result = CliRunner().invoke(main, args)
+    folders = [files.sae_dir(run, i, "ksvd_nn") for i in ("00-p0.2", "01-p0.05")]
+    assert result.exit_code == 1
+    assert _error_lines(result.output)[0].startswith(
+        f"Error: 2 dictionaries could not be loaded or applied: {folders[0]}, {folders[1]} (")
+    result = CliRunner().invoke(main, args + ["--keep-going"])
+    assert result.exit_code == 0 and not _error_lines(result.output), result.output
+    report = (files.evaluate_dir(run) / REPORT_FILE).read_text()
+    assert report.count("RuntimeError: CUDA out of memory") == 2
+    assert json.loads((files.evaluate_dir(run) / files.CONFIG_FILE).read_text())[
+        "config"]["keep_going"] is True
+
+
+def test_a_truncated_dictionary_file_is_an_error_a_wrong_width_only_skipped(fitted_run, tmp_path):
+    run = _copy(fitted_run, tmp_path)
+    path = files.sae_dir(run, "00-p0.2", "topk") / files.DICTIONARY_FILE
+    path.write_bytes(path.read_bytes()[:40])
+    save_file({files.COMPONENTS: np.eye(3, 5, dtype=np.float32)},
+              str(files.sae_dir(run, "01-p0.05", "mod") / files.DICTIONARY_FILE))
+    result = CliRunner().invoke(main, ["--run-dir", str(run), "--max-rows", "300", "--no-figures"])
+    assert result.exit_code == 1
+    assert _error_lines(result.output)[0].startswith(
+        f"Error: 1 dictionary could not be loaded or applied: {path.parent} (")
+    records = json.loads((files.evaluate_dir(run) / METRICS_FILE).read_text())["records"]
+    kinds = {(r["instance"], r["method"]): r["metric"] for r in records
+             if r["metric"] in ("error", "skipped")}
+    assert kinds == {("00-p0.2", "topk"): "error", ("01-p0.05", "mod"): "skipped"}
+
+
+# ---- options a user can get wrong ---------------------------------------------------------------
+
+@pytest.mark.parametrize("args, option, message", [
+    (["--seed", "-1"], "--seed", "must be an integer >= 0, got -1"),
+    (["--duplicate-cosine", "nan"], "--duplicate-cosine", "must be a number in [-1, 1], got nan"),
+    (["--duplicate-cosine", "1.5"], "--duplicate-cosine", "must be a number in [-1, 1], got 1.5"),
+    (["--thresholds", "0.9,nan"], "--thresholds", "needs values in (0, 1], got [0.9, nan]"),
+    (["--thresholds", "inf"], "--thresholds", "needs values in (0, 1], got [inf]"),
+    (["--thresholds", "0"], "--thresholds", "needs values in (0, 1], got [0.0]"),
+    (["--max-rows", "-5"], "--max-rows", "must be an integer >= 0, got -5"),
+])
+def test_each_invalid_number_names_its_option(fitted_run, args, option, message):
+    result = CliRunner().invoke(main, ["--run-dir", str(fitted_run)] + args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"Invalid value for {option}: {message}" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("values, option, message", [
+    ({"max_rows": 1.5}, "--max-rows", "must be an integer >= 0, got 1.5"),
+    ({"max_rows": float("inf")}, "--max-rows", "must be an integer >= 0, got inf"),
+    ({"seed": True}, "--seed", "must be an integer >= 0, got True"),
+    ({"thresholds": "0.9"}, "--thresholds", "needs values in (0, 1], got '0.9'"),
+    ({"keep_going": "yes"}, "--keep-going", "must be true or false, got 'yes'"),
+    ({"figures": 1}, "--figures", "must be true or false, got 1"),
+    ({"methods": "topk"}, "--methods", "must be a list of names, got 'topk'"),
+])
+def test_a_config_file_with_a_bad_value_names_the_option(fitted_run, tmp_path, values, option,
+                                                         message):
+    path = tmp_path / "evaluate.json"
+    path.write_text(json.dumps(values))
+    result = CliRunner().invoke(main, ["--run-dir", str(fitted_run), "--config", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"Invalid value for {option}: {message}" in " ".join(result.output.split())
+
+
+def test_every_default_and_a_single_threshold_are_valid():
+    from evaluate.config import EvaluateConfig
+
+    config = EvaluateConfig(thresholds=0.5, seed=np.int64(3))
+    assert config.thresholds == (0.5,) and config.keep_going is False
+    assert EvaluateConfig.from_dict(EvaluateConfig().to_dict()) == EvaluateConfig()

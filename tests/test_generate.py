@@ -124,4 +124,5 @@ def test_interrupted_generate_keeps_the_previous_run(tmp_path, monkeypatch):
         run_generate(tiny_config(steps=20, seed=1), tmp_path)
     after = {p: p.read_bytes() for p in files.generate_dir(tmp_path).rglob("*") if p.is_file()}
     assert after == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["generate"]  # no staging folder left
+    # no staging folder left; the run's lock file stays (an flock is released, not deleted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "generate"]

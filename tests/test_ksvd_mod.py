@@ -231,7 +231,7 @@ def test_bad_input_is_named(small_data, cls):
         cls(n_components=4).fit(bad)
     with pytest.raises(ValueError, match="H is empty"):
         cls(n_components=4).fit(np.empty((0, 8), dtype=np.float32))
-    with pytest.raises(ValueError, match="n_components must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="^n_components: must be an integer >= 1, got 0$"):
         cls(n_components=0).fit(H)
     with pytest.raises(ValueError, match="k=9 nonzeros per sample exceeds d=8"):
         cls(n_components=16, k=9).fit(H)
@@ -250,15 +250,15 @@ def test_bad_input_is_named(small_data, cls):
 
 
 def test_config_validation_messages():
-    with pytest.raises(ValueError, match="tol must be None or a number >= 0"):
+    with pytest.raises(ValueError, match=r"^tol: must be None or finite and >= 0, got -1\.0$"):
         KSVDConfig(n_components=4, tol=-1.0)
     with pytest.raises(ValueError, match="approximate must be True or False"):
         KSVDConfig(n_components=4, approximate="yes")
-    with pytest.raises(ValueError, match="ridge must be a number >= 0"):
+    with pytest.raises(ValueError, match=r"^ridge: must be finite and >= 0, got -0\.001$"):
         MODConfig(n_components=4, ridge=-1e-3)
     with pytest.raises(ValueError, match="device must be 'auto', 'cpu'"):
         MODConfig(n_components=4, device="tpu")
-    with pytest.raises(ValueError, match=r"max_coherence must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"^max_coherence: must be finite and in \(0, 1\], got 1\.5$"):
         MODConfig(n_components=4, max_coherence=1.5)
 
 

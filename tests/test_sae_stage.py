@@ -67,8 +67,8 @@ def test_sklearn_baseline_save_load_gives_the_same_transform(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--methods", "pca"], "unknown method 'pca'; valid: l1, topk"),
-    (["--dict-ratio", "0"], "--dict-ratio.*must be > 0"),
-    (["--k", "0"], "--k.*must be >= 1"),
+    (["--dict-ratio", "0"], "--dict-ratio.*must be finite and > 0, got 0.0"),
+    (["--k", "0"], "--k.*must be an integer >= 1, got 0"),
     (["--param", "topk.beta=1"], "topk has no parameter 'beta'"),
     (["--param", "topk"], "expected METHOD.KEY=VALUE"),
 ])
@@ -95,7 +95,8 @@ def test_k_larger_than_d_is_refused_naming_both(tiny_run, tmp_path):
     shutil.copytree(tiny_run, run)
     result = CliRunner().invoke(main, ["--run-dir", str(run), "--methods", "ksvd", "--k", "9",
                                        "--n-components", "12", "--instance", "00-p0.2"])
-    assert result.exit_code == 1 and "k=9" in result.output and "d=4" in result.output
+    assert result.exit_code == 2 and "--k" in result.output
+    assert "k=9" in result.output and "d=4" in result.output
     assert not (run / "sae" / "00-p0.2" / "ksvd").exists()
 
 

@@ -14,7 +14,7 @@ from data import files
 from evaluate.pipeline import FIGURES_DIR, METRICS_FILE
 from evaluate.sweep.counting import counting_table
 from evaluate.sweep.grid import SEED_AXIS, Grid
-from evaluate.sweep.runner import POINT_MARKER, point_dir
+from evaluate.sweep.runner import POINT_MARKER, is_done, metrics_problem, point_dir
 
 AGGREGATE_CSV = "aggregate.csv"
 SUMMARY_FILE = "summary.md"
@@ -45,13 +45,19 @@ def setting_columns(grid: Grid) -> list[str]:
     return [c for c in grid.columns if c not in replicate_columns(grid)]
 
 
-def point_rows(grid: Grid, sweep_dir: Path) -> list[dict]:
-    """The table's rows for every finished point of `grid`, in grid order."""
+def point_rows(grid: Grid, sweep_dir: Path, notes: list[str] | None = None) -> list[dict]:
+    """The table's rows for every finished point of `grid`, in grid order; a finished point
+    whose metrics cannot be read is left out, with a line in `notes`."""
     rows = []
     metrics = metric_columns(grid)
     for point in grid.points:
         folder = point_dir(sweep_dir, point)
-        if not (folder / POINT_MARKER).is_file():
+        if not is_done(folder, POINT_MARKER):
+            continue
+        problem = metrics_problem(folder)
+        if problem is not None:
+            if notes is not None:
+                notes.append(f"point {folder.name} left out: its metrics are unreadable ({problem})")
             continue
         gen = point.configs["generate"]
         probability = dict(zip(gen.instance_ids, gen.feature_probability))
@@ -62,7 +68,7 @@ def point_rows(grid: Grid, sweep_dir: Path) -> list[dict]:
                 by_key[rec["instance"], rec["method"]][rec["metric"]] = rec["value"]
         for (instance, method), values in by_key.items():
             row = {"point": folder.name, **point.columns, "instance": instance, "method": method,
-                   "feature_probability": probability[instance],
+                   "feature_probability": probability.get(instance),
                    "dict_ratio": point.configs["sae"].dict_ratio}
             row.update({m: values.get(m) for m in metrics})
             rows.append(row)
@@ -126,6 +132,8 @@ def render_summary(grid: Grid, rows: list[dict], figures: list[str], status: dic
              f"averaged (mean ± std over seeds; n = seeds).", ""]
     for key, error in status.get("failed", {}).items():
         lines.append(f"- failed point `{key}`: {error}")
+    for note in status.get("notes", ()):
+        lines.append(f"- note: {note}")
     lines += [f"![{f}](figures/{f})" for f in figures] + [""]
     header = keys + shown + ["n"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -153,14 +161,20 @@ def render_summary(grid: Grid, rows: list[dict], figures: list[str], status: dic
     return "\n".join(lines) + "\n"
 
 
-def write_aggregate(grid: Grid, sweep_dir: str | Path, status: dict | None = None) -> list[dict]:
+def write_aggregate(grid: Grid, sweep_dir: str | Path, status: dict | None = None,
+                    echo=lambda s: None) -> list[dict]:
     """Write `<sweep_dir>/aggregate.csv`, `figures/*.png` and `summary.md` from the finished
-    points of `grid`; returns the table's rows."""
+    points of `grid`; returns the table's rows. The notes of `status` go into summary.md,
+    with those of the aggregate (points left out), which are also echoed."""
     from evaluate.sweep.figures import save_sweep_figures
 
     sweep_dir = Path(sweep_dir)
-    rows = point_rows(grid, sweep_dir)
-    status = {**(status or {}), "finished": len({r["point"] for r in rows})}
+    notes = list((status or {}).get("notes", ()))
+    known = len(notes)
+    rows = point_rows(grid, sweep_dir, notes)
+    for note in notes[known:]:
+        echo(f"aggregate: note: {note}")
+    status = {**(status or {}), "finished": len({r["point"] for r in rows}), "notes": notes}
     files.atomic_write_bytes(sweep_dir / AGGREGATE_CSV, write_csv(rows, table_columns(grid)).encode())
     figures = save_sweep_figures(grid, rows, sweep_dir / FIGURES_DIR)
     counts = counting_table(write_counting(grid, rows, sweep_dir, figures))

@@ -3,6 +3,9 @@ then aggregate every point's metrics into one table, a summary and figures."""
 from __future__ import annotations
 
 import os
+import signal
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -23,14 +26,17 @@ from evaluate.sweep.runner import BACKENDS
               help="torch CPU threads per point (and the CPUs a Ray task asks for).")
 @click.option("--ray-address", default=None,
               help="ray backend: the cluster to join [RAY_ADDRESS, else a local Ray].")
-@click.option("--dry-run", is_flag=True, help="List the points and whether each is done; run nothing.")
+@click.option("--dry-run", is_flag=True, help="List the points and whether each is done (redo: "
+              "finished, but its metrics are unreadable); run nothing.")
 def main(grid_file, sweep_dir, backend, workers, threads, ray_address, dry_run):
     """Run every point of the grid file GRID (its generate, sae and evaluate stages) into
     SWEEP_DIR/points/<hash>/, skipping the points already finished, then write
-    SWEEP_DIR/aggregate.csv, summary.md and figures/."""
+    SWEEP_DIR/aggregate.csv, summary.md and figures/. One sweep at a time works in a
+    SWEEP_DIR; a second one is refused."""
     from evaluate.sweep.aggregate import AGGREGATE_CSV, write_aggregate
     from evaluate.sweep.grid import GridError, load_grid
-    from evaluate.sweep.runner import POINT_MARKER, point_dir, run_sweep
+    from evaluate.sweep.guard import SweepBusy, sweep_lock
+    from evaluate.sweep.runner import POINT_MARKER, is_done, metrics_problem, point_dir, run_sweep
 
     try:
         grid = load_grid(grid_file)
@@ -46,7 +52,8 @@ def main(grid_file, sweep_dir, backend, workers, threads, ray_address, dry_run):
     if dry_run:
         for point in grid.points:
             folder = point_dir(sweep_dir, point)
-            state = "done" if (folder / POINT_MARKER).is_file() else "todo"
+            state = ("todo" if not is_done(folder, POINT_MARKER)
+                     else "redo" if metrics_problem(folder) else "done")
             click.echo(f"{folder.name} {state} {point.values}")
         return
     if workers == 1 and backend == "local":
@@ -54,15 +61,40 @@ def main(grid_file, sweep_dir, backend, workers, threads, ray_address, dry_run):
 
         set_cpu_threads(threads)
     try:
-        status = run_sweep(grid, sweep_dir, backend, workers, threads, ray_address, echo=click.echo)
+        with sweep_lock(sweep_dir), _sigterm_interrupts():
+            status = run_sweep(grid, sweep_dir, backend, workers, threads, ray_address,
+                               echo=click.echo, lock=False)
+            rows = write_aggregate(grid, sweep_dir, status, echo=click.echo)
+    except SweepBusy as err:
+        raise click.ClickException(str(err)) from None
     except RuntimeError as err:  # ray missing
         raise click.ClickException(str(err)) from None
-    rows = write_aggregate(grid, sweep_dir, status)
+    except KeyboardInterrupt:
+        click.echo(f"sweep interrupted; the same command resumes it from the finished points "
+                   f"in {sweep_dir}", err=True)
+        sys.exit(130)
     click.echo(f"wrote {sweep_dir / AGGREGATE_CSV} ({len(rows)} rows), summary.md, figures/")
     if status["failed"]:
         listed = "; ".join(f"{k}: {e}" for k, e in status["failed"].items())
         raise click.ClickException(f"{len(status['failed'])} point(s) failed ({listed}); the "
                                    f"tracebacks are in their error.txt; run again to retry them")
+
+
+@contextmanager
+def _sigterm_interrupts():
+    """SIGTERM acts as Ctrl-C (KeyboardInterrupt), so that the sweep stops its workers."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,19 @@
         generate -> ../../generate/<generate hash>/generate   (a relative link)
         sae/ ... evaluate/ ...           what `sae` and `evaluate` write
         point.json                       completion marker, written last: configs + swept values
+      points/.<hash>.partial/            a point being written (points/<hash> links to it)
+      .sweep.lock, .workers.lock         held by the running sweep, and by its pool workers
 
-A folder with its marker is finished and never recomputed; one without is wiped and rerun,
-so an interrupted sweep resumes where it stopped. Work runs in two waves: the distinct
-generate configs first, then the points, so no two tasks ever write the same folder.
-Tasks are plain dicts of JSON values and module-level functions, so that a process pool or
+A folder with its marker is finished and never recomputed (unless it is a point whose
+evaluate/metrics.json cannot be read: that one is recomputed, with a note); one without is
+wiped and rerun, so an interrupted sweep resumes where it stopped. A task writes into a
+staging folder `.<hash>.partial` beside its own, reached through its own name as a link while
+it runs (so the stages record the final path), renamed into place when it ends; the marker
+comes after the rename. A sweep killed mid-way therefore leaves only staging folders and
+links, which the next run removes, saying so, before it starts. One sweep at a time works in
+a sweep folder (.sweep.lock), and its pool workers die with it (guard.py). Work runs in two
+waves: the distinct generate configs first, then the points, so no two tasks ever write the
+same folder. Tasks are plain dicts of JSON values and module-level functions, so that a process pool or
 a Ray worker on another machine can run them (the sweep folder must then be shared).
 """
 from __future__ import annotations
@@ -22,11 +30,13 @@ import os
 import shutil
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 from data import files
 from evaluate.sweep.grid import Grid, Point
+from evaluate.sweep.guard import init_worker, sweep_lock
 
 POINTS_DIR = "points"
 GENERATE_RUNS_DIR = "generate"
@@ -34,6 +44,7 @@ GRID_FILE = "grid.json"
 POINT_MARKER = "point.json"
 GENERATE_MARKER = "done.json"
 ERROR_FILE = "error.txt"
+STAGING_SUFFIX = ".partial"
 HASH_CHARS = 16  # folder names: the first 16 hex digits; the full hash is in the marker
 BACKENDS = ("local", "ray")
 
@@ -47,15 +58,55 @@ def generate_run_dir(sweep_dir: Path, point: Point) -> Path:
 
 
 def is_done(folder: Path, marker: str) -> bool:
-    return (Path(folder) / marker).is_file()
+    folder = Path(folder)
+    return not folder.is_symlink() and (folder / marker).is_file()
+
+
+def staging_dir(folder: Path) -> Path:
+    return Path(folder).with_name(f".{Path(folder).name}{STAGING_SUFFIX}")
+
+
+def metrics_problem(folder: Path) -> str | None:
+    """Why a finished point's evaluate/metrics.json cannot be aggregated; None when it can."""
+    from evaluate.pipeline import METRICS_FILE
+
+    path = files.evaluate_dir(folder) / METRICS_FILE
+    try:
+        records = files.read_json(path)["records"]
+    except (OSError, ValueError) as err:  # missing, unreadable, not JSON (or not UTF-8)
+        return str(err)
+    except (KeyError, TypeError):
+        return f"{path}: holds no 'records'"
+    if not isinstance(records, list) or not all(
+            isinstance(r, dict) and {"instance", "method", "metric", "value"} <= r.keys()
+            for r in records):
+        return f"{path}: 'records' is not a list of metric records"
+    return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
 
 
 # ---- the tasks: what one worker runs ---------------------------------------------------------
-def _fresh(folder: Path) -> None:
-    """An unfinished folder is left over from an interrupted run: start it again."""
-    if folder.exists() or folder.is_symlink():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+@contextmanager
+def _staged(folder: Path):
+    """Build `folder` as its staging folder, reached through `folder` (a link to it) meanwhile;
+    then, finished or failed, rename the staging folder into place. Whatever `folder` held
+    (an unfinished run) is removed first."""
+    staging = staging_dir(folder)
+    _remove(folder)
+    _remove(staging)
+    staging.mkdir(parents=True)
+    folder.symlink_to(staging.name)
+    try:
+        yield folder
+    finally:  # a failed task's folder keeps what it wrote, for its error.txt to explain
+        folder.unlink()
+        os.replace(staging, folder)
 
 
 def run_generate_task(task: dict) -> None:
@@ -63,9 +114,9 @@ def run_generate_task(task: dict) -> None:
     from generate.pipeline import run_generate
 
     folder = Path(task["folder"])
-    _fresh(folder)
     config = GenerateConfig.from_dict(task["configs"]["generate"])
-    run_generate(config, folder)
+    with _staged(folder):
+        run_generate(config, folder)
     files.atomic_write_json(folder / GENERATE_MARKER, {"hash": task["hash"],
                                                       "config": config.to_dict()})
 
@@ -77,12 +128,12 @@ def run_point_task(task: dict) -> None:
     from sae.pipeline import run_sae
 
     folder = Path(task["folder"])
-    _fresh(folder)
     started = time.perf_counter()
-    link = files.generate_dir(folder)
-    link.symlink_to(os.path.relpath(files.generate_dir(task["generate_run"]), folder))
-    run_sae(SAEStageConfig.from_dict(task["configs"]["sae"]), folder)
-    run_evaluate(EvaluateConfig.from_dict(task["configs"]["evaluate"]), folder)
+    with _staged(folder):
+        link = files.generate_dir(folder)
+        link.symlink_to(os.path.relpath(files.generate_dir(task["generate_run"]), folder))
+        run_sae(SAEStageConfig.from_dict(task["configs"]["sae"]), folder)
+        run_evaluate(EvaluateConfig.from_dict(task["configs"]["evaluate"]), folder)
     files.atomic_write_json(folder / POINT_MARKER, {
         "hash": task["hash"], "generate_hash": task["generate_hash"], "values": task["values"],
         "configs": task["configs"], "seconds": round(time.perf_counter() - started, 3)})
@@ -115,10 +166,12 @@ def execute(task: dict, threads: int | None = None) -> dict:
 class LocalBackend:
     """workers == 1, or a single task: in this process. Otherwise a process pool, started on
     first need and kept for both waves (a spawned worker spends seconds importing torch);
-    spawned, so that no OpenMP state is forked; each worker pinned to `threads` torch threads."""
+    spawned, so that no OpenMP state is forked; each worker pinned to `threads` torch threads,
+    and bound to die with this process (guard.init_worker)."""
 
-    def __init__(self, workers: int, threads: int):
+    def __init__(self, workers: int, threads: int, sweep_dir: Path | None = None):
         self.workers, self.threads, self.pool = workers, threads, None
+        self.sweep_dir = None if sweep_dir is None else str(sweep_dir)
 
     def run(self, tasks: list[dict], on_result: Callable) -> None:
         if self.workers <= 1 or len(tasks) <= 1:
@@ -129,22 +182,21 @@ class LocalBackend:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         if self.pool is None:
-            self.pool = ProcessPoolExecutor(self.workers, initializer=_pin_threads,
+            self.pool = ProcessPoolExecutor(self.workers, initializer=init_worker,
                                             mp_context=multiprocessing.get_context("spawn"),
-                                            initargs=(self.threads,))
+                                            initargs=(os.getpid(), self.threads, self.sweep_dir))
         futures = [self.pool.submit(execute, task, self.threads) for task in tasks]
         for future in as_completed(futures):
             on_result(future.result())
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-
-
-def _pin_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
+    def close(self, abort: bool = False) -> None:
+        """Wait for the workers to end; with `abort` (the sweep is interrupted), kill them."""
+        if self.pool is None:
+            return
+        if abort:
+            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+                process.kill()
+        self.pool.shutdown(wait=not abort, cancel_futures=True)
 
 
 class RayBackend:
@@ -169,7 +221,7 @@ class RayBackend:
             done, pending = self.ray.wait(pending, num_returns=1)
             on_result(self.ray.get(done[0]))
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         pass  # a Ray instance started here ends with this process; one joined is not ours
 
 
@@ -178,8 +230,28 @@ def _gpus(config) -> int:
     return 1 if str(config.device).startswith("cuda") else 0
 
 
-def plan(grid: Grid, sweep_dir: Path) -> tuple[list[dict], list[dict], int]:
-    """(generate tasks, point tasks, points already done) for the unfinished part of the grid."""
+def clean_leftovers(grid: Grid, sweep_dir: Path) -> list[str]:
+    """Remove what unfinished tasks left (staging folders, links to them, this grid's folders
+    without their marker); returns the folders that will run again, as points/<hash>."""
+    sweep_dir = Path(sweep_dir)
+    removed = []
+    for parent in (sweep_dir / POINTS_DIR, sweep_dir / GENERATE_RUNS_DIR):
+        for staging in sorted(parent.glob(f".*{STAGING_SUFFIX}")):
+            _remove(staging)
+            removed.append(f"{parent.name}/{staging.name[1:-len(STAGING_SUFFIX)]}")
+    for point in grid.points:
+        for folder, marker in ((generate_run_dir(sweep_dir, point), GENERATE_MARKER),
+                               (point_dir(sweep_dir, point), POINT_MARKER)):
+            if (folder.exists() or folder.is_symlink()) and not is_done(folder, marker):
+                _remove(folder)
+                removed.append(f"{folder.parent.name}/{folder.name}")
+    return list(dict.fromkeys(removed))
+
+
+def plan(grid: Grid, sweep_dir: Path, notes: list[str] | None = None
+         ) -> tuple[list[dict], list[dict], int]:
+    """(generate tasks, point tasks, points already done) for the unfinished part of the grid;
+    a finished point whose metrics cannot be read is planned again, with a line in `notes`."""
     generate_tasks, point_tasks, done, seen = [], [], 0, set()
     for point in grid.points:
         gen_dir = generate_run_dir(sweep_dir, point)
@@ -192,8 +264,13 @@ def plan(grid: Grid, sweep_dir: Path) -> tuple[list[dict], list[dict], int]:
                 "gpus": _gpus(point.configs["generate"])})
         folder = point_dir(sweep_dir, point)
         if is_done(folder, POINT_MARKER):
-            done += 1
-            continue
+            problem = metrics_problem(folder)
+            if problem is None:
+                done += 1
+                continue
+            if notes is not None:
+                notes.append(f"point {folder.name} was finished but its metrics are unreadable "
+                             f"({problem}): recomputed")
         point_tasks.append({
             "kind": "point", "key": point.hash[:HASH_CHARS], "folder": str(folder),
             "hash": point.hash, "generate_hash": point.generate_hash, "generate_run": str(gen_dir),
@@ -203,15 +280,28 @@ def plan(grid: Grid, sweep_dir: Path) -> tuple[list[dict], list[dict], int]:
 
 def run_sweep(grid: Grid, sweep_dir: str | Path, backend: str = "local", workers: int = 1,
               threads: int = 1, ray_address: str | None = None,
-              echo: Callable[[str], None] = lambda s: None) -> dict:
+              echo: Callable[[str], None] = lambda s: None, lock: bool = True) -> dict:
     """Run every unfinished point of `grid` under `sweep_dir`; returns {"done": points cached
-    before, "ran": points computed now, "failed": {point key: error}}."""
+    before, "ran": points computed now, "failed": {point key: error}, "notes": [what was
+    redone, and why]}. Holds the sweep folder's lock meanwhile (guard.SweepBusy if another
+    sweep does) unless `lock` is False: the caller holds it."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if lock:
+        with sweep_lock(sweep_dir):
+            return run_sweep(grid, sweep_dir, backend, workers, threads, ray_address, echo, False)
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     files.atomic_write_bytes(sweep_dir / GRID_FILE, grid.path.read_bytes())
-    generate_tasks, point_tasks, done = plan(grid, sweep_dir)
+    notes: list[str] = []
+    removed = clean_leftovers(grid, sweep_dir)
+    if removed:
+        shown = ", ".join(removed[:6]) + (f" and {len(removed) - 6} more" if len(removed) > 6 else "")
+        echo(f"sweep: removed {len(removed)} unfinished folder(s) an interrupted or failed run "
+             f"left ({shown}); they run again")
+    generate_tasks, point_tasks, done = plan(grid, sweep_dir, notes)
+    for note in notes:
+        echo(f"sweep: note: {note}")
     echo(f"sweep: {len(grid.points)} points, {done} done, {len(point_tasks)} to run "
          f"({len(generate_tasks)} generate runs first) on {backend}")
     failed: dict[str, str] = {}
@@ -222,7 +312,8 @@ def run_sweep(grid: Grid, sweep_dir: str | Path, backend: str = "local", workers
         if not result["ok"]:
             failed[result["key"]] = result["error"]
 
-    runner = RayBackend(threads, ray_address) if backend == "ray" else LocalBackend(workers, threads)
+    runner = (RayBackend(threads, ray_address) if backend == "ray"
+              else LocalBackend(workers, threads, sweep_dir))
     try:
         runner.run(generate_tasks, on_result)
         blocked = {t["key"] for t in generate_tasks} & set(failed)
@@ -230,7 +321,9 @@ def run_sweep(grid: Grid, sweep_dir: str | Path, backend: str = "local", workers
             if task["generate_hash"][:HASH_CHARS] in blocked:
                 failed[task["key"]] = f"its generate run {task['generate_hash'][:HASH_CHARS]} failed"
         runner.run([t for t in point_tasks if t["key"] not in failed], on_result)
-    finally:
-        runner.close()
+    except BaseException:  # Ctrl-C, SIGTERM: stop the workers now, not after their points
+        runner.close(abort=True)
+        raise
+    runner.close()
     return {"done": done, "ran": sum(t["key"] not in failed for t in point_tasks),
-            "failed": failed}
+            "failed": failed, "notes": notes}

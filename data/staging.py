@@ -1,0 +1,190 @@
+"""How a stage makes its output folder visible: built in staging, then swapped in whole.
+
+A stage (`generate/`, `sae/`, `evaluate/`) is written under `.<name>.tmp-XXXX` beside its
+final folder. When everything is written, a marker (`.complete`) goes in last and the folder
+is exchanged with the old one in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`; where
+the kernel or the file system lacks it, two renames, which the recovery below completes).
+So a reader sees the whole old stage or the whole new one, never a mixture.
+
+A command killed halfway leaves a `.tmp-*` (and, between the two fallback renames, an
+`.old-*`) folder behind. `recover(final)` runs at the start of every stage command, under
+the run's lock: it finishes a swap that was cut short, brings back an old folder whose
+replacement never completed, removes the rest, and says what it did.
+
+`run_lock(run_dir)` is an exclusive `fcntl.flock` on `<run_dir>/.lock`, so that two
+commands never write the same run at once; the second is refused with the pid of the first.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+COMPLETE_MARKER = ".complete"
+LOCK_FILE = ".lock"
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+class StageWriteError(OSError):
+    """A stage cannot write its folder (read-only, locked by another command, ...)."""
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically; False where renameat2 is not available here."""
+    fn = getattr(_LIBC, "renameat2", None) if _LIBC is not None else None
+    if fn is None:
+        return False
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def _leftovers(final: Path, kind: str) -> list[Path]:
+    if not final.parent.is_dir():
+        return []
+    return sorted(final.parent.glob(f".{final.name}.{kind}-*"))
+
+
+def recover(final: str | os.PathLike) -> list[str]:
+    """Clean up after a stage command that was killed; returns one line per thing done.
+
+    - final missing, a complete staging folder present: the kill fell between the two
+      renames of a swap; the new folder is moved into place.
+    - final missing, an old folder present: it is moved back.
+    - everything else left over (incomplete staging, old copies) is removed.
+    """
+    final = Path(final)
+    done = []
+    tmps, olds = _leftovers(final, "tmp"), _leftovers(final, "old")
+    if not final.exists():
+        complete = [t for t in tmps if (t / COMPLETE_MARKER).is_file()]
+        if complete:
+            os.replace(complete[-1], final)
+            tmps.remove(complete[-1])
+            done.append(f"{final}: completed the swap of a run that was interrupted "
+                        f"after it had finished writing")
+        elif olds:
+            os.replace(olds[-1], final)
+            olds.remove(olds[-1])
+            done.append(f"{final}: restored the previous folder, whose replacement was "
+                        f"interrupted")
+    for path in tmps + olds:
+        shutil.rmtree(path, ignore_errors=True)
+        done.append(f"{path}: removed, left over from an interrupted run")
+    return done
+
+
+class StagingDir:
+    """Build a stage's output folder under a temporary name, then swap it into place.
+
+        with StagingDir(run_dir / "sae") as tmp:
+            ... write everything under tmp ...
+        # on clean exit: tmp has replaced run_dir / "sae"; on an exception: tmp is removed
+    """
+
+    def __init__(self, final: str | os.PathLike):
+        self.final = Path(final)
+        self.path: Path | None = None
+
+    def __enter__(self) -> Path:
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.path = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-",
+                                              dir=self.final.parent))
+        except PermissionError as err:
+            raise StageWriteError(err.errno, f"{self.final.parent}: cannot write here "
+                                             f"({err.strerror})") from None
+        os.chmod(self.path, 0o755)  # mkdtemp makes it 0700; a stage folder is for everyone
+        return self.path
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.path is not None
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        _fsync_tree(self.path)
+        (self.path / COMPLETE_MARKER).touch()
+        if not self.final.exists():
+            os.replace(self.path, self.final)
+        elif exchange(self.path, self.final):  # self.path now holds the old folder
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.final, old)
+            os.replace(self.path, self.final)  # a kill before this line: recover() finishes it
+            shutil.rmtree(old, ignore_errors=True)
+        (self.final / COMPLETE_MARKER).unlink(missing_ok=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush what the stage wrote, so a crash after the swap cannot leave empty files."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with contextlib.suppress(OSError):
+                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike, command: str) -> Iterator[None]:
+    """Hold `<run_dir>/.lock` exclusively; a second writer is refused, naming the first."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as err:
+        raise StageWriteError(err.errno, f"{run_dir}: cannot write here ({err.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise StageWriteError(errno.EWOULDBLOCK, (
+                f"{run_dir}: another command is writing this run ({holder}); "
+                f"wait for it to finish, then run `{command}` again")) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{command} pid {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def stage_transaction(run_dir: str | os.PathLike, stage: str, command: str,
+                      echo: Callable[[str], None] = lambda s: None) -> Iterator[Path]:
+    """Lock the run, recover any stage folder a killed command left, and yield a staging
+    folder that replaces `<run_dir>/<stage>` when the block ends without an exception."""
+    run_dir = Path(run_dir)
+    with run_lock(run_dir, command):
+        for name in ("generate", "sae", "evaluate"):
+            for line in recover(run_dir / name):
+                echo(f"  recovered: {line}")
+        with StagingDir(run_dir / stage) as staging:
+            yield staging

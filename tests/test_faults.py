@@ -1,0 +1,614 @@
+"""Faults and their messages: what each part of the project refuses, and how it says so."""
+import pytest
+
+
+# ---- dictionaries: devices, reproducible bytes, hyperparameter errors (sae/) ---------------
+_DICT_METHODS = ("l1", "topk", "batchtopk", "ksvd", "ksvd_nn", "mod", "mod_nn", "sklearn")
+
+
+def _dict_fit(method: str, seed: int = 0):
+    """A small fit of `method` on a planted problem, on CPU; (estimator, H)."""
+    import torch
+
+    from data.planted import planted_problem
+    from sae.methods import build
+
+    torch.set_num_threads(1)
+    H, _ = planted_problem(n_samples=400, n_features=12, d=8, active=2, seed=3)
+    params = {"n_components": 12, "k": 2, "random_state": seed, "device": "cpu",
+              "n_steps": 30, "batch_size": 64, "log_every": 10, "n_iter": 4, "max_iter": 1}
+    return build(method, params).fit(H.numpy()), H.numpy()
+
+
+@pytest.mark.parametrize("method", _DICT_METHODS)
+def test_a_dictionary_fitted_on_cuda_loads_and_transforms_on_a_cpu_machine(method, tmp_path):
+    import json
+
+    import numpy as np
+    import torch
+
+    from sae.methods import load
+
+    est, H = _dict_fit(method)
+    est.save(tmp_path)
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    assert saved["fitted_device"] == "cpu"
+    # what a fit on a second GPU writes (config.device is what the stage passed)
+    saved["fitted_device"] = "cuda:1"
+    if "device" in saved["config"]:
+        saved["config"]["device"] = "cuda"
+    path.write_text(json.dumps(saved))
+    loaded = load(tmp_path)
+    assert loaded.fitted_device_ == "cuda:1"
+    expected_device = "cuda:1" if torch.cuda.device_count() >= 2 else "cpu"
+    if "device" in saved["config"]:
+        assert loaded.device == expected_device
+    if expected_device == "cpu":
+        assert np.array_equal(loaded.transform(H), est.transform(H))
+        assert np.array_equal(loaded.components_, est.components_)
+    # an explicit device is honoured, and refused by name when this machine lacks it
+    on_cpu = load(tmp_path, device="cpu")
+    assert np.array_equal(on_cpu.transform(H), est.transform(H))
+    assert on_cpu.to("cpu") is on_cpu
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda'.*no CUDA device"):
+            load(tmp_path, device="cuda")
+    # saving the loaded one again keeps the record of where it was fitted
+    on_cpu.save(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["fitted_device"] == "cuda:1"
+
+
+@pytest.mark.parametrize("method", _DICT_METHODS)
+def test_two_identical_fits_write_byte_identical_dictionaries(method, tmp_path):
+    import hashlib
+
+    from safetensors import safe_open
+
+    meta = {"instance_id": "i0", "method_name": method, "generate_config_hash": "0123abcd",
+            "zeta": "z", "alpha": "a"}
+    digests = []
+    for name in ("first", "second"):
+        est, _ = _dict_fit(method, seed=5)
+        est.save(tmp_path / name, metadata=meta)
+        data = (tmp_path / name / "dictionary.safetensors").read_bytes()
+        digests.append(hashlib.sha256(data).hexdigest())
+    assert digests[0] == digests[1]
+    with safe_open(str(tmp_path / "first" / "dictionary.safetensors"), "pt") as f:
+        assert f.metadata() == {**meta, "method": est.method, "format_version": "1",
+                                "config_hash": f.metadata()["config_hash"]}
+
+
+def test_the_safetensors_header_is_sorted_and_aligned():
+    import json
+
+    import torch
+    from safetensors.torch import load
+
+    from data.shards import safetensors_bytes
+
+    tensors = {"b": torch.arange(3.0), "a": torch.ones(2, 2), "c": torch.tensor(0.5)}
+    keys = [f"k{i}" for i in range(12)]
+    forward = safetensors_bytes(tensors, {k: k.upper() for k in keys})
+    backward = safetensors_bytes(tensors, {k: k.upper() for k in reversed(keys)})
+    assert forward == backward
+    n = int.from_bytes(forward[:8], "little")
+    assert (8 + n) % 8 == 0
+    header = json.loads(forward[8:8 + n])
+    assert list(header) == sorted(header)
+    assert list(header["__metadata__"]) == sorted(keys)
+    back = load(forward)
+    assert set(back) == set(tensors) and all(torch.equal(back[k], tensors[k]) for k in tensors)
+
+
+# every float hyperparameter: (the rule its message states, an out-of-range value, shown as)
+_FLOAT_RULES = {
+    "lr": ("finite and > 0", -0.001, "-0.001"),
+    "lr_decay_fraction": ("finite and in [0, 1]", 1.5, "1.5"),
+    "grad_clip_norm": ("None or finite and > 0", 0.0, "0.0"),
+    "l1_coefficient": ("finite and >= 0", -0.1, "-0.1"),
+    "aux_coefficient": ("finite and >= 0", -1.0, "-1.0"),
+    "threshold_rate": ("finite and in (0, 1]", 0.0, "0.0"),
+    "tol": ("None or finite and >= 0", -1.0, "-1.0"),
+    "max_coherence": ("finite and in (0, 1]", 0.0, "0.0"),
+    "swap_gain_factor": ("finite and >= 0", -1.0, "-1.0"),
+    "overcomplete": ("finite and in [0, 4]", 5.0, "5.0"),
+    "ridge": ("finite and >= 0", -1.0, "-1.0"),
+    "alpha": ("finite and >= 0", -0.5, "-0.5"),
+}
+_FLOAT_FIELDS = {
+    "l1": {"lr", "lr_decay_fraction", "grad_clip_norm", "l1_coefficient"},
+    "topk": {"lr", "lr_decay_fraction", "grad_clip_norm", "aux_coefficient"},
+    "batchtopk": {"lr", "lr_decay_fraction", "grad_clip_norm", "aux_coefficient",
+                  "threshold_rate"},
+    **{m: {"tol", "max_coherence", "swap_gain_factor", "overcomplete"}
+       for m in ("ksvd", "ksvd_nn")},
+    **{m: {"tol", "max_coherence", "swap_gain_factor", "overcomplete", "ridge"}
+       for m in ("mod", "mod_nn")},
+    "sklearn": {"alpha"},
+}
+
+
+@pytest.mark.parametrize("method", _DICT_METHODS)
+def test_every_float_hyperparameter_refuses_nan_inf_and_out_of_range_by_name(method):
+    import dataclasses
+
+    from data.configs import ConfigError
+    from sae.methods import METHODS, build
+
+    cls, _ = METHODS[method]
+    floats = {f.name for f in dataclasses.fields(cls.config_class)
+              if f.type in ("float", "float | None")}
+    assert floats == _FLOAT_FIELDS[method]
+    base = {"n_components": 8, "k": 2}
+    for name in sorted(floats):
+        rule, out_of_range, shown = _FLOAT_RULES[name]
+        bad_values = [(float("nan"), "nan"), (float("inf"), "inf"), (float("-inf"), "-inf"),
+                      ("nan", "nan"), (out_of_range, shown)]  # "nan": --param x.lr=nan
+        for value, as_shown in bad_values:
+            with pytest.raises(ConfigError) as err:
+                build(method, {**base, name: value})
+            assert str(err.value) == f"{method}.{name}: must be {rule}, got {as_shown}"
+            assert err.value.field == f"{method}.{name}"
+
+
+def test_integer_hyperparameters_refuse_fractions_strings_and_bools_by_name():
+    from data.configs import ConfigError
+    from sae.methods import build
+
+    cases = [("ksvd", "n_iter", 2.5, "ksvd.n_iter: must be an integer >= 1, got 2.5"),
+             ("topk", "batch_size", "64", "topk.batch_size: must be an integer >= 1, "
+                                          "got '64' (a str)"),
+             ("sklearn", "max_iter", True, "sklearn.max_iter: must be an integer >= 1, "
+                                           "got True (a bool)"),
+             ("l1", "n_steps", 0, "l1.n_steps: must be None or an integer >= 1, got 0")]
+    for method, name, value, message in cases:
+        with pytest.raises(ConfigError) as err:
+            build(method, {"n_components": 8, "k": 2, name: value})
+        assert str(err.value) == message
+
+
+def test_the_sae_command_names_a_nan_hyperparameter(tiny_run, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from sae.cli import main
+
+    run_dir = tmp_path / "run"  # a copy: tiny_run is shared read-only
+    shutil.copytree(tiny_run, run_dir)
+    result = CliRunner().invoke(main, ["--run-dir", str(run_dir), "--methods", "topk",
+                                       "--device", "cpu", "--param", "topk.lr=nan"])
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
+    assert "topk.lr: must be finite and > 0, got nan" in result.output
+
+
+# ---- evaluate: a dictionary that cannot be loaded or applied (evaluate/) --------------------
+def test_evaluate_exits_1_naming_a_damaged_dictionary_unless_keep_going(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from data import files
+    from evaluate.cli import main as evaluate_main
+    from sae.cli import main as sae_main
+
+    run_dir = tmp_path / "run"  # a copy: tiny_run is shared read-only
+    shutil.copytree(tiny_run, run_dir)
+    fit = CliRunner().invoke(sae_main, ["--run-dir", str(run_dir), "--methods", "mod",
+                                        "--n-iter", "2", "--device", "cpu"])
+    assert fit.exit_code == 0, fit.output
+    folder = files.sae_dir(run_dir, "01-p0.05", "mod")
+    (folder / files.DICTIONARY_FILE).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    args = ["--run-dir", str(run_dir), "--max-rows", "200", "--no-figures"]
+    result = CliRunner().invoke(evaluate_main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("Error:")]
+    assert line.startswith(f"Error: 1 dictionary could not be loaded or applied: {folder} (")
+    result = CliRunner().invoke(evaluate_main, args + ["--keep-going"])
+    assert result.exit_code == 0, result.output
+    out = files.evaluate_dir(run_dir)
+    records = json.loads((out / "metrics.json").read_text())["records"]
+    (err,) = [r for r in records if r["metric"] == "error"]
+    assert err["folder"] == str(folder) and err["note"].startswith(f"{folder}: unreadable: ")
+    assert "## Errors" in (out / "report.md").read_text()
+
+
+# ---- stages: whole-stage commits, locks, checked inputs, non-finite rows, held-out rows ----
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from data import files  # noqa: E402
+
+_FAST_SAE = ["--methods", "topk,mod_nn", "--n-epochs", "3", "--n-iter", "3", "--device", "cpu",
+             "--threads", "1"]
+_INST = "00-p0.2"
+
+
+def _sae(run, *args):
+    from sae.cli import main
+    return CliRunner().invoke(main, ["--run-dir", str(run), *args])
+
+
+def _evaluate(run, *args):
+    from evaluate.cli import main
+    return CliRunner().invoke(main, ["--run-dir", str(run), "--no-figures", "--threads", "1", *args])
+
+
+@pytest.fixture(scope="module")
+def _stage_template(tiny_run, tmp_path_factory):
+    """The shared tiny run with topk and mod_nn fitted; each test works on a copy."""
+    run = tmp_path_factory.mktemp("faults") / "run"
+    shutil.copytree(tiny_run, run)
+    result = _sae(run, *_FAST_SAE)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture
+def run(_stage_template, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(_stage_template, dst)
+    return dst
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _instance(run, instance_id=_INST) -> Path:
+    return files.instance_dir(run, instance_id)
+
+
+def _manifest(inst: Path) -> dict:
+    return json.loads((inst / files.MANIFEST_FILE).read_text())
+
+
+def _write_manifest(inst: Path, manifest: dict) -> None:
+    (inst / files.MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def _relist(inst: Path, relpath: str) -> None:
+    """Make the manifest agree with the file now at `relpath` (size, sha256), so that the
+    checks after the checksum are the ones that see the change."""
+    manifest, path = _manifest(inst), inst / relpath
+    entry = {"bytes": path.stat().st_size, "sha256": files.sha256_file(path)}
+    for split in (manifest["shards"], manifest.get("heldout", {}).get("shards", [])):
+        for e in split:
+            if e["file"] == relpath:
+                e.update(entry)
+    if relpath in manifest.get("files", {}):
+        manifest["files"][relpath] = entry
+    _write_manifest(inst, manifest)
+
+
+def _poison_row(inst: Path, relpath: str, row: int, value: float) -> None:
+    from safetensors.numpy import load_file
+
+    from data.shards import write_shard
+    t = load_file(str(inst / relpath))
+    h = t[files.H].copy()
+    h[row, 1] = value
+    write_shard(inst / relpath, h, (t[files.X_INDPTR], t[files.X_INDICES], t[files.X_VALUES]))
+    _relist(inst, relpath)
+
+
+def _one_line_error(result, code: int) -> str:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    return result.output
+
+
+def test_sae_killed_between_two_methods_leaves_the_previous_stage_whole(run):
+    before = _snapshot(files.sae_root(run))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sae", "--run-dir", str(run), "--instance", _INST, "--device", "cpu",
+         "--methods", "mod_nn,topk", "--n-iter", "3", "--param", "topk.n_steps=100000000"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not list(run.glob(f".sae.tmp-*/{_INST}/mod_nn/{files.TRAIN_LOG_FILE}")):
+            assert proc.poll() is None and time.time() < deadline, "sae ended before the kill"
+            time.sleep(0.05)
+        time.sleep(0.3)  # inside the second method's fit
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _snapshot(files.sae_root(run)) == before  # the complete old stage, byte for byte
+    assert list(run.glob(".sae.tmp-*"))               # the killed run's staging, not visible
+    result = _evaluate(run)
+    assert result.exit_code == 0, result.output
+    assert "removed, left over from an interrupted run" in result.output
+    assert not list(run.glob(".sae.tmp-*"))
+
+
+def test_the_next_command_completes_a_swap_cut_between_its_two_renames(tmp_path):
+    from data.staging import COMPLETE_MARKER, recover
+    final = tmp_path / "sae"
+    new = tmp_path / ".sae.tmp-abc"
+    new.mkdir()
+    (new / "a.txt").write_text("new")
+    (new / COMPLETE_MARKER).touch()
+    old = tmp_path / ".sae.old-123"
+    old.mkdir()
+    (old / "a.txt").write_text("old")
+    lines = recover(final)  # final missing: killed after the first rename
+    assert (final / "a.txt").read_text() == "new"
+    assert any("completed the swap" in line for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
+
+
+def test_a_replacement_that_never_completed_gives_the_old_folder_back(tmp_path):
+    from data.staging import recover
+    final = tmp_path / "sae"
+    (tmp_path / ".sae.tmp-abc").mkdir()                    # incomplete: no marker
+    (tmp_path / ".sae.old-123").mkdir()
+    (tmp_path / ".sae.old-123" / "a.txt").write_text("old")
+    lines = recover(final)
+    assert (final / "a.txt").read_text() == "old"
+    assert any("restored the previous folder" in line for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
+
+
+def test_staging_without_renameat2_swaps_by_two_renames(tmp_path, monkeypatch):
+    import data.staging
+    monkeypatch.setattr(data.staging, "exchange", lambda a, b: False)
+    final = tmp_path / "out"
+    for text in ("first", "second"):
+        with data.staging.StagingDir(final) as stage:
+            (stage / "a.txt").write_text(text)
+    assert (final / "a.txt").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in final.iterdir()) == ["a.txt"]  # no marker left in place
+
+
+def test_a_second_writer_is_refused_naming_the_run(run):
+    from data.staging import run_lock
+    before = _snapshot(files.sae_root(run))
+    with run_lock(run, "sae --run-dir elsewhere"):
+        out = _one_line_error(_sae(run, *_FAST_SAE), 1)
+    assert f"{run}: another command is writing this run (sae --run-dir elsewhere pid {os.getpid()})" in out
+    assert _snapshot(files.sae_root(run)) == before
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--k", "9"], 2, "k=9 exceeds the activation width d=4"),
+    (["--n-epochs", "0"], 2, "n_epochs"),
+    (["--dict-ratio", "inf"], 2, "--dict-ratio: must be finite and > 0, got inf"),
+    (["--dict-ratio", "nan"], 2, "--dict-ratio: must be finite and > 0, got nan"),
+])
+def test_a_refused_option_fits_nothing_and_keeps_the_previous_stage(run, args, code, message):
+    before = _snapshot(files.sae_root(run))
+    out = _one_line_error(_sae(run, *_FAST_SAE, *args), code)
+    assert message in out
+    assert _snapshot(files.sae_root(run)) == before
+    assert not list(run.glob(".sae.*"))
+
+
+def test_a_bad_shard_in_a_later_instance_is_refused_before_the_first_fit(run):
+    before = _snapshot(files.sae_root(run))
+    shard = _instance(run, "01-p0.05") / "activations" / "shard-00002.safetensors"
+    payload = bytearray(shard.read_bytes())
+    payload[-1] ^= 0xFF
+    shard.write_bytes(bytes(payload))
+    result = _sae(run, *_FAST_SAE)
+    out = _one_line_error(result, 1)
+    assert f"{shard}: sha256 differs from manifest.json" in out
+    assert f"{_INST} topk" not in out  # nothing was fitted, not even the first instance
+    assert _snapshot(files.sae_root(run)) == before
+
+
+@pytest.mark.parametrize("name", [files.GROUND_TRUTH_FILE, files.MODEL_FILE])
+def test_a_flipped_byte_in_ground_truth_or_model_is_refused_naming_the_file(run, name):
+    path = _instance(run) / name
+    payload = bytearray(path.read_bytes())
+    payload[-2] ^= 0x01
+    path.write_bytes(bytes(payload))
+    for result in (_sae(run, *_FAST_SAE), _evaluate(run)):
+        assert f"{path}: sha256 differs from manifest.json; the file changed" in result.output
+        assert result.exit_code in (1, 2) and "Traceback" not in result.output
+
+
+def _rewrite_ground_truth(run, change) -> Path:
+    from safetensors.numpy import load_file, save_file
+    path = _instance(run) / files.GROUND_TRUTH_FILE
+    gt = load_file(str(path))
+    change(gt)
+    save_file(gt, str(path))
+    _relist(_instance(run), files.GROUND_TRUTH_FILE)
+    return path
+
+
+def test_ground_truth_with_a_missing_key_is_refused_naming_file_and_key(run):
+    path = _rewrite_ground_truth(run, lambda gt: gt.pop(files.GT_SIGN))
+    out = _one_line_error(_sae(run, *_FAST_SAE), 1)
+    assert f"{path}: missing tensor 'sign'" in out
+
+
+def test_ground_truth_whose_d_disagrees_with_the_manifest_is_refused(run):
+    def widen(gt):
+        gt[files.GT_DIRECTIONS] = np.concatenate(
+            [gt[files.GT_DIRECTIONS], np.zeros((len(gt[files.GT_DIRECTIONS]), 1), np.float32)], 1)
+    path = _rewrite_ground_truth(run, widen)
+    out = _one_line_error(_sae(run, *_FAST_SAE), 1)
+    assert f"{path}: tensor 'directions' has shape [12, 5], expected [*, 4]" in out
+
+
+def test_a_truncated_ground_truth_is_refused_naming_the_file(run):
+    path = _instance(run) / files.GROUND_TRUTH_FILE
+    path.write_bytes(path.read_bytes()[:100])
+    out = _one_line_error(_sae(run, *_FAST_SAE), 1)
+    assert f"{path}: 100 bytes on disk, manifest says" in out
+
+
+def test_a_safetensors_header_whose_offsets_disagree_with_the_shape_is_refused(tmp_path):
+    import struct
+
+    from data.shards import ShardError, mmap_safetensors
+    header = json.dumps({"h": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    with pytest.raises(ShardError, match=r"bad\.safetensors: tensor 'h': data_offsets \[0, 12\] "
+                                         r"hold 12 bytes, shape \[2, 2\] x float32 needs 16"):
+        mmap_safetensors(path)
+    header = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                         "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(12))
+    with pytest.raises(ShardError, match="tensors 'a' and 'b' overlap"):
+        mmap_safetensors(path)
+
+
+@pytest.mark.parametrize("value, word", [(float("nan"), "NaN"), (float("inf"), "inf")])
+def test_a_nonfinite_row_is_an_error_naming_the_shard_and_the_row(run, value, word):
+    inst = _instance(run)
+    _poison_row(inst, "activations/shard-00001.safetensors", 7, value)
+    out = _one_line_error(_sae(run, *_FAST_SAE), 1)
+    assert (f"{inst / 'activations/shard-00001.safetensors'}: row 7 holds NaN or inf (1 such rows "
+            f"in this shard); pass --on-nonfinite drop") in out
+
+
+def test_on_nonfinite_drop_leaves_the_rows_out_and_counts_them_per_shard(run):
+    inst = _instance(run)
+    for row in (3, 7):
+        _poison_row(inst, "activations/shard-00000.safetensors", row, float("nan"))
+    result = _sae(run, *_FAST_SAE, "--on-nonfinite", "drop")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((files.sae_root(run) / files.CONFIG_FILE).read_text())
+    assert saved["instances"][_INST]["nonfinite_dropped"] == {"activations/shard-00000.safetensors": 2}
+    from data.shards import read_all
+    H, _ = read_all(inst)
+    usable = np.isfinite(H).all(1) & (np.abs(np.nan_to_num(H)).max(1) > 0)
+    assert saved["instances"][_INST]["rows"] == int(usable.sum())
+    dictionary = json.loads((files.sae_dir(run, _INST, "topk") / files.CONFIG_FILE).read_text())
+    assert dictionary["nonfinite_dropped"] == {"activations/shard-00000.safetensors": 2}
+
+
+def test_a_nonfinite_held_out_row_is_an_error_in_evaluate_unless_dropped(run):
+    inst = _instance(run)
+    _poison_row(inst, "heldout/shard-00000.safetensors", 5, float("nan"))
+    out = _one_line_error(_evaluate(run), 1)
+    assert f"{inst / 'heldout/shard-00000.safetensors'}: row 5 holds NaN or inf" in out
+    result = _evaluate(run, "--on-nonfinite", "drop")
+    assert result.exit_code == 0, result.output
+    report = (files.evaluate_dir(run) / "report.md").read_text()
+    assert "1 evaluation rows with NaN or inf left out of heldout/shard-00000.safetensors" in report
+
+
+def test_an_instance_without_its_manifest_is_an_error_not_skipped(run):
+    path = _instance(run, "01-p0.05") / files.MANIFEST_FILE
+    path.unlink()
+    out = _one_line_error(_sae(run, *_FAST_SAE), 1)
+    assert f"{path}: missing; this instance is incomplete" in out
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["shards"][0].pop("rows"), "shards[0] lacks 'rows' (a int)"),
+    (lambda m: m["shards"][0].update(file="../../../../etc/passwd"),
+     "shards[0] file '../../../../etc/passwd' points outside the instance folder"),
+    (lambda m: m["shards"].pop(), "activations/shard-00002.safetensors: a shard on disk that"),
+])
+def test_manifest_faults_are_refused_naming_the_file(run, change, message):
+    inst = _instance(run)
+    manifest = _manifest(inst)
+    change(manifest)
+    manifest["rows"] = sum(s.get("rows", 0) for s in manifest["shards"])
+    _write_manifest(inst, manifest)
+    out = _one_line_error(_sae(run, *_FAST_SAE), 1)
+    assert message in out
+
+
+def test_invalid_manifest_json_is_one_line_in_evaluate(run):
+    path = _instance(run) / files.MANIFEST_FILE
+    path.write_text("{not json")
+    out = _one_line_error(_evaluate(run), 2)
+    assert f"{path}: not valid JSON" in out
+
+
+def test_a_read_only_run_folder_is_one_line(run, monkeypatch):
+    import data.staging
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(data.staging.tempfile, "mkdtemp", refuse)
+    out = _one_line_error(_sae(run, *_FAST_SAE), 1)
+    assert f"{run}: cannot write here (Permission denied)" in out
+
+
+def test_rerunning_generate_with_the_same_config_keeps_the_dictionaries_current(run):
+    from generate.cli import main as generate_main
+    config = run / "saved-generate.json"
+    shutil.copy(files.generate_dir(run) / files.CONFIG_FILE, config)
+    result = CliRunner().invoke(generate_main, ["--run-dir", str(run), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    result = _evaluate(run)
+    assert result.exit_code == 0, result.output
+
+
+def test_evaluate_refuses_a_sae_stage_fitted_on_a_different_generate(run):
+    from generate.cli import main as generate_main
+    config = run / "saved-generate.json"
+    shutil.copy(files.generate_dir(run) / files.CONFIG_FILE, config)
+    result = CliRunner().invoke(generate_main, ["--run-dir", str(run), "--config", str(config),
+                                                "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    out = _one_line_error(_evaluate(run), 2)
+    assert f"{files.sae_root(run)}: fitted on a different generate/" in out
+
+
+def test_sae_never_reads_the_held_out_split_and_evaluate_scores_only_on_it(run):
+    inst = _instance(run)
+    shard = inst / "heldout" / "shard-00000.safetensors"
+    payload = bytearray(shard.read_bytes())
+    payload[-1] ^= 0xFF
+    shard.write_bytes(bytes(payload))
+    assert _sae(run, *_FAST_SAE).exit_code == 0        # the held-out rows are not its input
+    out = _one_line_error(_evaluate(run), 1)            # but they are evaluate's
+    assert f"{shard}: sha256 differs" in out
+
+
+def test_evaluate_records_the_held_out_split_and_warns_on_a_run_without_one(run):
+    result = _evaluate(run)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((files.evaluate_dir(run) / files.CONFIG_FILE).read_text())
+    assert set(saved["splits"].values()) == {"heldout"}
+    for inst_id in files.list_instances(run):  # make it a run from before the split existed
+        inst = _instance(run, inst_id)
+        manifest = _manifest(inst)
+        manifest.pop("heldout")
+        _write_manifest(inst, manifest)
+        shutil.rmtree(inst / "heldout")
+    result = _evaluate(run)
+    assert result.exit_code == 0, result.output
+    assert "WARNING: this run was generated without a held-out split" in result.output
+    saved = json.loads((files.evaluate_dir(run) / files.CONFIG_FILE).read_text())
+    assert set(saved["splits"].values()) == {"train"}
+
+
+def test_sae_streams_every_row_with_max_rows_0(run):
+    from data.shards import read_all
+    result = _sae(run, "--methods", "topk", "--instance", _INST, "--max-rows", "0",
+                  "--n-epochs", "1", "--device", "cpu", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    H, _ = read_all(_instance(run))
+    saved = json.loads((files.sae_dir(run, _INST, "topk") / files.CONFIG_FILE).read_text())
+    assert saved["rows"] == int((np.abs(H).max(1) > 0).sum()) > 4000
+
+
+def test_two_identical_sae_runs_write_identical_dictionaries(run, tmp_path):
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    assert _sae(again, *_FAST_SAE).exit_code == 0
+    for method in ("topk", "mod_nn"):
+        a = files.sae_dir(run, _INST, method) / files.DICTIONARY_FILE
+        b = files.sae_dir(again, _INST, method) / files.DICTIONARY_FILE
+        assert files.sha256_file(a) == files.sha256_file(b), method
