@@ -13,6 +13,7 @@ dense true feature values `x` [batch, n_features] come too (built per shard from
 """
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +88,15 @@ def load_activations(instance_dir: str | os.PathLike, with_x: bool = False,
 
 
 def stream_activations(instance_dir: str | os.PathLike, with_x: bool = False,
-                       verify: bool = True, rows: RowFilter | None = None):
+                       verify: bool = True, rows: RowFilter | None = None,
+                       shuffle_seed: int | None = None):
     """A torch-formatted streaming `datasets.IterableDataset` over the shards, in order
-    (the training split; `rows` leaves out zero and non-finite rows per shard)."""
+    (the training split; `rows` leaves out zero and non-finite rows per shard).
+
+    shuffle_seed: each pass over the stream visits the shards in a new order and the rows of
+    each shard in a new order, drawn from (seed, pass). Rows are drawn i.i.d. by `generate`,
+    so this mixes as well as a global shuffle, at the memory of one shard; `datasets`' own
+    `.shuffle(buffer_size=...)` holds its buffer as Python rows (~0.5 GB at 8192 rows)."""
     import datasets
     from datasets.iterable_dataset import ArrowExamplesIterable, IterableDataset
 
@@ -99,10 +106,17 @@ def stream_activations(instance_dir: str | os.PathLike, with_x: bool = False,
     if not paths:
         raise ValueError(f"{Path(instance_dir) / files.MANIFEST_FILE}: lists no shards")
 
+    passes = itertools.count()
+
     def tables(shard_paths: list[str]):
         # `shard_paths` is a list so that datasets splits it between workers (num_shards)
-        for path in shard_paths:
-            yield path, _shard_table(Path(path), d, n, with_x, rows)
+        rng = None if shuffle_seed is None else np.random.default_rng([shuffle_seed, next(passes)])
+        order = range(len(shard_paths)) if rng is None else rng.permutation(len(shard_paths))
+        for i in order:
+            table = _shard_table(Path(shard_paths[i]), d, n, with_x, rows)
+            if rng is not None:
+                table = table.take(rng.permutation(table.num_rows))
+            yield shard_paths[i], table
 
     info = datasets.DatasetInfo(features=_features(d, n, with_x))
     iterable = ArrowExamplesIterable(tables, kwargs={"shard_paths": paths})

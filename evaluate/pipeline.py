@@ -176,6 +176,12 @@ def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config:
                               config.duplicate_cosine)
         if saved.get("fit_seconds") is not None:
             sc.scalars["fit_seconds"] = float(saved["fit_seconds"])
+        target = saved.get("target_l0") or saved.get("k")
+        if target is not None:
+            sc.scalars["target_l0"] = float(target)
+        for shard, count in (saved.get("nonfinite_dropped") or {}).items():
+            notes.append({"instance": inst.id, "method": method, "note": (
+                f"fitted without {count} rows with NaN or inf of {shard} (--on-nonfinite drop)")})
         res.scores[method], res.atoms[method] = sc, A
         res.fit_rows[method] = saved.get("rows")
         res.devices.add(str(getattr(est, "device", "cpu")))

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 # the columns of the comparison and instance tables (every metric is in metrics.csv)
 TABLE_METRICS = ("mmcs", "mmcs_abs", "matched_cos", "{recovered}", "mcc", "uniqueness", "f1",
-                 "f1_vs_oracle", "code_correlation", "fvu", "l0", "dead_fraction",
+                 "f1_vs_oracle", "code_correlation", "fvu", "l0", "target_l0", "dead_fraction",
                  "duplicate_fraction", "fit_seconds")
 DEFINITIONS = """\
 - **MMCS** (Sharkey et al. 2022): mean over represented true directions of the best cosine
@@ -52,7 +52,7 @@ def fmt(metric: str, value) -> str:
         return "–"
     if metric in ("fit_seconds",):
         return f"{value:.1f}"
-    if metric in ("l0", "true_l0", "dead_latents", "n_components", "n_represented"):
+    if metric in ("l0", "true_l0", "target_l0", "dead_latents", "n_components", "n_represented"):
         return f"{value:.2f}".rstrip("0").rstrip(".")
     return f"{value:.3f}"
 
@@ -102,6 +102,24 @@ def method_means(ev: "Evaluation", metrics: list[str]) -> tuple[dict, dict]:
     return means, counts
 
 
+L0_TOLERANCE = 0.1  # a method's L0 within 10% of its target counts as matched sparsity
+
+
+def off_target(scalars: dict) -> bool:
+    """Whether a dictionary's L0 on the evaluation rows is more than 10% from its target."""
+    l0, target = scalars.get("l0"), scalars.get("target_l0")
+    if l0 is None or not target or not np.isfinite(l0):
+        return False
+    return abs(l0 - target) > L0_TOLERANCE * target
+
+
+def _off_target_text(r) -> str:
+    off = [f"{m} (L0 {fmt('l0', sc.scalars['l0'])}, target {fmt('l0', sc.scalars['target_l0'])})"
+           for m, sc in r.scores.items() if off_target(sc.scalars)]
+    return ("Off the target sparsity (L0 more than 10% from the target): " + ", ".join(off)
+            + ": compare these at their own L0, not at the others'.") if off else ""
+
+
 def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
     threshold = max(ev.config.thresholds)
     metrics = [m.format(recovered=recovered_key(threshold)) for m in TABLE_METRICS]
@@ -123,6 +141,14 @@ def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
             f"each dictionary scored against the directions the toy model represents"
             + (f" and on up to {ev.config.max_rows} activation rows per instance."
                if ev.config.max_rows else " (directions only: max_rows = 0).")]
+    train_scored = [r.instance.id for r in res if r.instance.split != "heldout"]
+    if train_scored:
+        out += ["", f"**WARNING: {', '.join(train_scored)} {'has' if len(train_scored) == 1 else 'have'} "
+                f"no held-out split** (generated before there was one), so {'its' if len(train_scored) == 1 else 'their'} "
+                f"FVU, L0, F1 and code r are training-set numbers."]
+    else:
+        out += ["", "Every row-level score (FVU, L0, F1, code r) comes from held-out rows: "
+                "`generate` drew them from a random stream of their own and `sae` never read them."]
     if ev.methods:
         key = recovered_key(threshold)
         ranked = sorted(ev.methods, key=lambda m: -np.nan_to_num(means[m][key], nan=-1))
@@ -147,6 +173,10 @@ def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
     out += ["", f"## Method comparison (mean over instances)", ""]
     if ev.methods:
         out += [table(means, metrics, reference=oracle_mean)]
+        off = sorted({m for r in res for m, sc in r.scores.items() if off_target(sc.scalars)})
+        if off:
+            out += ["", f"Off the target sparsity on some instance (L0 more than 10% from its "
+                    f"target, see each instance): {', '.join(off)}."]
         partial = [f"{m} ({counts[m]} of {len(res)})" for m in ev.methods if counts[m] < len(res)]
         if partial:
             out += ["", "Scored on fewer instances: " + ", ".join(partial) + "."]
@@ -167,10 +197,13 @@ def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
                 f"Toy model: ‖W‖²_F = {v['frobenius_norm_sq']:.3g}, d / ‖W‖²_F = "
                 f"{v['dimensions_per_feature']:.3g} dimensions per feature; "
                 f"{v['n_represented']} of {v['n_true_directions']} true directions represented, "
-                f"mean D_i {fmt('x', v['mean_dimensionality'])}. Evaluated on {v['rows']} rows "
-                f"drawn from {v['candidate_rows']}"
-                + (f" (stage 2 fitted on {', '.join(map(str, fit_rows))} of them)." if fit_rows else "."),
+                f"mean D_i {fmt('x', v['mean_dimensionality'])}. Evaluated on {v['rows']} "
+                + ("held-out rows" if r.instance.split == "heldout" else "training rows (no held-out split)")
+                + f" drawn from {v['candidate_rows']}"
+                + (f"; stage 2 fitted on {', '.join(map(str, fit_rows))} training rows." if fit_rows else "."),
                 ""]
+        if _off_target_text(r):
+            out += [_off_target_text(r), ""]
         if r.scores:
             reference = {ORACLE: r.oracle.scalars} if r.oracle is not None else {}
             out += [table({m: r.scores[m].scalars for m in ev.methods if m in r.scores}, metrics,

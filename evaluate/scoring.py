@@ -31,6 +31,7 @@ METRICS = {
     "fvu": (False, "FVU"),
     "shrinkage": (None, "shrinkage"),
     "l0": (None, "L0"),
+    "target_l0": (None, "L0 target"),
     "true_l0": (None, "true L0"),
     "dead_latents": (False, "dead"),
     "dead_fraction": (False, "dead frac"),

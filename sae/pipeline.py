@@ -135,7 +135,7 @@ def plan_instance(run_dir: Path, instance_id: str, config: SAEStageConfig,
                         upstream_files(manifest), H=H)
     if streamed:
         plan.stream = stream_activations(inst, verify=False, rows=RowFilter(
-            config.drop_zero_rows, config.on_nonfinite)).shuffle(seed=config.seed, buffer_size=8192)
+            config.drop_zero_rows, config.on_nonfinite), shuffle_seed=config.seed)
     for method in config.methods:
         params = {"n_components": n_components, "k": k, "random_state": config.seed,
                   "device": str(device), **config.method_params(method)}
@@ -224,6 +224,7 @@ def _write_dictionary(out: Path, plan: InstancePlan, method: str, est, seconds: 
         **saved, "method": est.method, "method_name": method,
         "instance_id": plan.instance_id, "stage_config": config.to_dict(),
         "n_components": int(est.n_components), "k": plan.k, "rows": plan.n_rows,
+        "target_l0": config.target_l0 if config.target_l0 is not None else plan.k,
         "nonfinite_dropped": plan.nonfinite_dropped,
         "fit_seconds": round(seconds, 3), "environment": env,
         "generate_config_sha256": generate["config_sha256"], "instance_facts": plan.facts,
