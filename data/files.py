@@ -156,6 +156,15 @@ def config_sha256(config: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def read_stage_config(path: str | os.PathLike, stage: str) -> dict:
+    """A stage's config.json with `config_sha256` (of its resolved config) added; a
+    ValueError names the file when it is not JSON or holds no "config" object."""
+    saved = read_json(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ValueError(f"{path}: holds no 'config' object; rerun `{stage}`")
+    return {**saved, "config_sha256": config_sha256(saved["config"])}
+
+
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():

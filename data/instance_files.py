@@ -27,13 +27,18 @@ _GT_KEYS = {
 }
 
 
-def read_ground_truth(instance_dir: str | os.PathLike, manifest: dict) -> dict[str, np.ndarray]:
-    """ground_truth.safetensors of one instance, checked; arrays copied into memory."""
-    instance = Path(instance_dir)
-    path = instance / files.GROUND_TRUTH_FILE
+def _listed_file(instance_dir: str | os.PathLike, manifest: dict, name: str) -> Path:
+    """The path of `name` in the instance, after checking it against the manifest."""
+    path = Path(instance_dir) / name
     if not path.is_file():
         raise ShardError(f"{path}: missing; rerun `generate`")
-    verify_files(instance, manifest, names=(files.GROUND_TRUTH_FILE,))
+    verify_files(instance_dir, manifest, names=(name,))
+    return path
+
+
+def read_ground_truth(instance_dir: str | os.PathLike, manifest: dict) -> dict[str, np.ndarray]:
+    """ground_truth.safetensors of one instance, checked; arrays copied into memory."""
+    path = _listed_file(instance_dir, manifest, files.GROUND_TRUTH_FILE)
     n, d = manifest["n_features"], manifest["d"]
     raw = read_checked(path, {files.GT_DIRECTIONS: ("float32", (None, d))})
     n_gt = raw[files.GT_DIRECTIONS].shape[0]
@@ -54,11 +59,7 @@ def read_ground_truth(instance_dir: str | os.PathLike, manifest: dict) -> dict[s
 
 def read_model(instance_dir: str | os.PathLike, manifest: dict) -> dict[str, np.ndarray]:
     """model.safetensors of one instance, checked: W [d, n] always; b_final [n] when present."""
-    instance = Path(instance_dir)
-    path = instance / files.MODEL_FILE
-    if not path.is_file():
-        raise ShardError(f"{path}: missing; rerun `generate`")
-    verify_files(instance, manifest, names=(files.MODEL_FILE,))
+    path = _listed_file(instance_dir, manifest, files.MODEL_FILE)
     n, d = manifest["n_features"], manifest["d"]
     spec = {MODEL_W: ("float32", (d, n))}
     tensors = read_checked(path, spec)

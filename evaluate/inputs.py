@@ -66,7 +66,7 @@ def check_run(run_dir: Path) -> str:
     if not root.is_dir():
         raise StageInputError(f"{root}: not found; this run has no stage-2 dictionaries: "
                               f"run `sae --run-dir {run_dir}` first")
-    generate_sha = _config_sha(gen_config, "generate")
+    generate_sha = _read_config(gen_config, "generate")["config_sha256"]
     sae_config = root / files.CONFIG_FILE
     if not sae_config.is_file():
         raise StageInputError(f"{sae_config}: not found; {root} is not a complete stage: "
@@ -96,21 +96,14 @@ def check_run(run_dir: Path) -> str:
 
 def _read_config(path: Path, stage: str) -> dict:
     try:
-        saved = files.read_json(path)
+        return files.read_stage_config(path, stage)
     except ValueError as err:
         raise StageInputError(str(err)) from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise StageInputError(f"{path}: holds no 'config' object; rerun `{stage}`")
-    return saved
-
-
-def _config_sha(path: Path, stage: str) -> str:
-    return files.config_sha256(_read_config(path, stage)["config"])
 
 
 def sae_stage_config(run_dir: Path) -> dict:
     """sae/config.json (after check_run accepted it)."""
-    return files.read_json(files.sae_root(run_dir) / files.CONFIG_FILE)
+    return _read_config(files.sae_root(run_dir) / files.CONFIG_FILE, "sae")
 
 
 def sample_rows(instance_path: Path, manifest: dict, max_rows: int, drop_zero_rows: bool,

@@ -272,7 +272,7 @@ def run_evaluate(config: EvaluateConfig, run_dir: str | Path, progress: Callable
             "stage": "evaluate", "config": config.to_dict(),
             "config_sha256": files.config_sha256(config.to_dict()), "run_dir": str(ev.run_dir),
             "generate_config_sha256": sae_config.get("generate_config_sha256"),
-            "sae_config_sha256": files.config_sha256(sae_config["config"]),
+            "sae_config_sha256": sae_config["config_sha256"],
             "splits": {r.instance.id: r.instance.split for r in ev.results},
             "instances": [r.instance.id for r in ev.results], "methods": ev.methods,
             "environment": environment("cpu"),

@@ -207,12 +207,9 @@ def read_generate_config(run_dir: Path) -> dict:
     if not path.is_file():
         raise StageInputError(f"{path}: not found; run `generate --run-dir {run_dir}` first")
     try:
-        saved = files.read_json(path)
+        return files.read_stage_config(path, "generate")
     except ValueError as err:
         raise StageInputError(str(err)) from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise StageInputError(f"{path}: holds no 'config' object; rerun `generate`")
-    return {**saved, "config_sha256": files.config_sha256(saved["config"])}
 
 
 def _write_dictionary(out: Path, plan: InstancePlan, method: str, est, seconds: float,
