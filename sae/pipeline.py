@@ -60,7 +60,8 @@ def resolve_sizes(config: SAEStageConfig, facts: dict) -> tuple[int, int]:
             raise ConfigError("k", f"k={config.k} exceeds the activation width d={facts['d']}: "
                                    "more active atoms than dimensions has no unique sparse code")
         return n_components, config.k
-    k = max(1, math.ceil(facts["expected_active"] - 1e-9))
+    # float32 probabilities sum to a hair above an integer (20 x 0.3f = 6.0000002): not a 7th atom
+    k = max(1, math.ceil(facts["expected_active"] - 1e-4))
     return n_components, min(k, facts["d"], n_components)
 
 
@@ -82,6 +83,8 @@ class InstancePlan:
     n_rows: int                                   # rows fitted (per epoch)
     nonfinite_dropped: dict[str, int]             # shard file -> rows left out
     upstream_files: dict[str, str]                # file -> sha256, from the manifest
+    run_dir: Path | None = None
+    manifest: dict | None = None
     H: torch.Tensor | None = None                 # [rows, d], or None when streamed
     stream: object | None = None                  # a datasets IterableDataset of the rows
     methods: dict[str, object] = field(default_factory=dict)   # name -> unfitted estimator
@@ -132,7 +135,7 @@ def plan_instance(run_dir: Path, instance_id: str, config: SAEStageConfig,
     if n_rows == 0:
         raise StageInputError(f"{inst}: no nonzero activation row to fit")
     plan = InstancePlan(instance_id, facts, n_components, k, n_rows, dropped,
-                        upstream_files(manifest), H=H)
+                        upstream_files(manifest), run_dir=run_dir, manifest=manifest, H=H)
     if streamed:
         plan.stream = stream_activations(inst, verify=False, rows=RowFilter(
             config.drop_zero_rows, config.on_nonfinite), shuffle_seed=config.seed)
@@ -152,14 +155,58 @@ def plan_instance(run_dir: Path, instance_id: str, config: SAEStageConfig,
     return plan
 
 
-def _fit_one(plan: InstancePlan, method: str, est, device, progress) -> float:
+CALIBRATION_ROWS = 32768  # rows the L1 calibration fits on when the stage streams every row
+# half the report's +-10%: the L0 is calibrated on the training rows and scored on held-out ones
+CALIBRATION_TOLERANCE = 0.05
+
+
+def calibrates(method: str, config: SAEStageConfig) -> bool:
+    """Whether the L1 SAE's coefficient is calibrated to a target L0: always with an explicit
+    --target-l0; by default unless the coefficient was fixed by the user."""
+    if method != "l1":
+        return False
+    fixed = "l1_coefficient" in config.params.get("l1", {}) or "l1_coefficient" in config.params.get("*", {})
+    return config.target_l0 is not None or not fixed
+
+
+def _fit_one(plan: InstancePlan, method: str, est, config: SAEStageConfig, device, progress):
+    """Fit one method (calibrating the L1 SAE's coefficient first); (estimator, seconds)."""
     data = plan.H.to(device) if plan.H is not None and (
         plan.stream is None or method not in SAE_METHODS) else plan.stream
-    label = f"{plan.instance_id} {method:9s} n={est.n_components}"
     started = time.perf_counter()
+    if calibrates(method, config):
+        est, data = _calibrated(plan, est, config, device, progress), data
+        if est.calibration_["is_full_fit"] and plan.stream is None:
+            return est, time.perf_counter() - started
+    label = f"{plan.instance_id} {method:9s} n={est.n_components}"
     with progress(label, expected_steps(method, est, plan.n_rows)) as bar:
         est.fit(data, progress=_progress_adapter(bar))
-    return time.perf_counter() - started
+    return est, time.perf_counter() - started
+
+
+def _calibrated(plan: InstancePlan, est, config: SAEStageConfig, device, progress):
+    """The L1 SAE at the coefficient whose L0 meets the target (the stage's k by default),
+    found by search over fits (sae/calibration.py); fitted unless the stage streams, where
+    the calibration fits the first CALIBRATION_ROWS rows and the returned SAE is unfitted."""
+    from sae.calibration import calibrate_l1_coefficient
+
+    target = config.target_l0 if config.target_l0 is not None else plan.k
+    if plan.H is not None:
+        H = plan.H
+    else:
+        inst = files.instance_dir(plan.run_dir, plan.instance_id)
+        H = torch.from_numpy(take_rows(inst, plan.manifest, CALIBRATION_ROWS, config.drop_zero_rows,
+                                       config.on_nonfinite)[0])
+    params = est.get_params()
+    if plan.H is None:
+        params.pop("n_steps", None)  # the stream's steps; the calibration fits H in memory
+    with progress(f"{plan.instance_id} l1 calibrating to L0 {target:g}", 10) as bar:
+        result = calibrate_l1_coefficient(H.to(device), params, target, tolerance=CALIBRATION_TOLERANCE,
+                                          progress=lambda done, total: bar.update(1, ""))
+    fitted = result.estimator if plan.H is not None else build(
+        "l1", {**est.get_params(), "l1_coefficient": result.l1_coefficient})
+    fitted.calibration_ = result.to_dict()
+    return fitted
 
 
 def run_sae(config: SAEStageConfig, run_dir: str | Path,
@@ -179,7 +226,7 @@ def run_sae(config: SAEStageConfig, run_dir: str | Path,
         summary = []
         for plan in plans:
             for method, est in plan.methods.items():
-                seconds = _fit_one(plan, method, est, device, progress)
+                est, seconds = _fit_one(plan, method, est, config, device, progress)
                 _write_dictionary(stage / plan.instance_id / method, plan, method, est, seconds,
                                   config, generate, env)
                 last = (getattr(est, "log_", None) or [{}])[-1]
@@ -188,6 +235,12 @@ def run_sae(config: SAEStageConfig, run_dir: str | Path,
                                 "l0": last.get("l0")})
                 echo(f"  {plan.instance_id} {method}: {seconds:.1f} s, FVU {_fmt(last.get('fvu'))}, "
                      f"L0 {_fmt(last.get('l0'))}")
+                if hasattr(est, "calibration_"):
+                    c = est.calibration_
+                    echo(f"    l1_coefficient {c['l1_coefficient']:.3g} from {c['n_fits']} fits: "
+                         f"L0 {c['achieved_l0']:.3g}, target {c['target_l0']:g}"
+                         + ("" if c["within_tolerance"] else
+                            f" (NOT within {c['tolerance']:.0%}: off target)"))
         files.atomic_write_json(stage / files.CONFIG_FILE, {
             "stage": "sae", "config": config.to_dict(),
             "config_sha256": files.config_sha256(config.to_dict()),
@@ -221,6 +274,7 @@ def _write_dictionary(out: Path, plan: InstancePlan, method: str, est, seconds: 
         **saved, "method": est.method, "method_name": method,
         "instance_id": plan.instance_id, "stage_config": config.to_dict(),
         "n_components": int(est.n_components), "k": plan.k, "rows": plan.n_rows,
+        # the sparsity every method is compared at; a method away from it is marked off target
         "target_l0": config.target_l0 if config.target_l0 is not None else plan.k,
         "nonfinite_dropped": plan.nonfinite_dropped,
         "fit_seconds": round(seconds, 3), "environment": env,

@@ -612,3 +612,58 @@ def test_two_identical_sae_runs_write_identical_dictionaries(run, tmp_path):
         a = files.sae_dir(run, _INST, method) / files.DICTIONARY_FILE
         b = files.sae_dir(again, _INST, method) / files.DICTIONARY_FILE
         assert files.sha256_file(a) == files.sha256_file(b), method
+
+
+# ---- matched sparsity and the oracle, through the stages -----------------------------------
+def _metric(run, method, metric, instance=None):
+    records = json.loads((files.evaluate_dir(run) / "metrics.json").read_text())["records"]
+    return [r["value"] for r in records if r["method"] == method and r["metric"] == metric
+            and "feature" not in r and (instance is None or r["instance"] == instance)]
+
+
+def test_the_l1_coefficient_is_calibrated_to_the_stage_k_by_default(tmp_path):
+    from generate.cli import main as generate_main
+    run = tmp_path / "run"
+    result = CliRunner().invoke(generate_main, [
+        "--run-dir", str(run), "--n-features", "8", "--d-hidden", "4", "--feature-probability",
+        "0.05", "--steps", "300", "--rows", "12000", "--heldout-rows", "4000", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    result = _sae(run, "--methods", "l1,topk", "--device", "cpu", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    (instance,) = files.list_instances(run)
+    saved = json.loads((files.sae_dir(run, instance, "l1") / files.CONFIG_FILE).read_text())
+    calibration = saved["calibration"]
+    assert saved["k"] == 1 and saved["target_l0"] == 1 and calibration["target_l0"] == 1
+    assert calibration["within_tolerance"] and abs(calibration["achieved_l0"] - 1) <= 0.1
+    assert saved["config"]["l1_coefficient"] == calibration["l1_coefficient"]
+    assert "from" in result.output and "target 1" in result.output
+    result = _evaluate(run)
+    assert result.exit_code == 0, result.output
+    assert _metric(run, "l1", "target_l0") == [1.0] and _metric(run, "topk", "target_l0") == [1.0]
+    # on held-out rows the calibrated L0 stays near its target
+    assert abs(_metric(run, "l1", "l0")[0] - 1) <= 0.15
+    # a coefficient given by the user is kept as given, and the report says it is off target
+    result = _sae(run, "--methods", "l1,topk", "--device", "cpu", "--threads", "1",
+                  "--l1-coefficient", "0.001")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((files.sae_dir(run, instance, "l1") / files.CONFIG_FILE).read_text())
+    assert "calibration" not in saved and saved["config"]["l1_coefficient"] == 0.001
+    assert _evaluate(run).exit_code == 0
+    report = (files.evaluate_dir(run) / "report.md").read_text()
+    assert "Off the target sparsity on some instance" in report and "l1 (L0 " in report
+
+
+def test_the_oracle_of_noiseless_planted_data_has_fvu_0_and_f1_1(tmp_path):
+    from generate.cli import main as generate_main
+    run = tmp_path / "run"
+    result = CliRunner().invoke(generate_main, [
+        "--run-dir", str(run), "--source", "synthetic", "--n-features", "16", "--d-hidden", "32",
+        "--mean-active", "1", "--rows", "3000", "--heldout-rows", "2000", "--device", "cpu"])
+    # 16 random directions in 32 dimensions: nearly orthogonal, so greedy OMP finds every
+    # row's true support (in 8 dimensions, 2x overcomplete, it misses some: F1 0.93)
+    assert result.exit_code == 0, result.output
+    assert _sae(run, "--methods", "topk", "--k", "8", "--n-epochs", "1", "--device", "cpu").exit_code == 0
+    assert _evaluate(run).exit_code == 0
+    assert _metric(run, "oracle", "fvu")[0] < 1e-10
+    assert _metric(run, "oracle", "f1") == [1.0]
+    assert _metric(run, "oracle", "l0") == pytest.approx(_metric(run, "oracle", "true_l0"))

@@ -12,8 +12,9 @@ from sae.cli import main
 from sae.methods import METHODS
 from sae.sklearn_baseline import SklearnDictionary
 
+# l1 at a fixed coefficient (its calibration to the stage's L0 is tested in test_faults.py)
 FAST = ["--n-epochs", "20", "--n-iter", "3", "--param", "sklearn.max_iter=1",
-        "--param", "*.batch_size=256"]
+        "--param", "*.batch_size=256", "--param", "l1.l1_coefficient=0.03"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,79 @@
+"""Matched sparsity: calibrating the L1 SAE's lambda to a target L0 on a planted problem."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from data.planted import planted_problem
+from sae.calibration import calibrate_l1_coefficient, full_fit_steps, mean_l0
+
+N_ATOMS, D = 16, 8
+
+
+@pytest.fixture(scope="module")
+def planted() -> torch.Tensor:
+    """16 unit atoms in d = 8: 1000 rows with one active atom, 1000 with two (mean L0 1.5);
+    one seed, so both halves share the atoms."""
+    one, _ = planted_problem(1000, N_ATOMS, D, active=1, seed=0)
+    two, _ = planted_problem(1000, N_ATOMS, D, active=2, seed=0)
+    return torch.cat([one, two])
+
+
+def params(**overrides) -> dict:
+    # short fits keep the test fast; the search does not depend on the fit's length
+    return {"n_components": N_ATOMS, "random_state": 0, "device": "cpu", "n_steps": 200,
+            "lr_warmup_steps": 20, **overrides}
+
+
+@pytest.mark.parametrize("initial", [0.03, 3.0])  # far below and far above the answer
+def test_calibration_lands_within_ten_percent_of_the_target(planted, initial):
+    result = calibrate_l1_coefficient(planted, params(), 1.5, initial_l1_coefficient=initial)
+    assert result.within_tolerance
+    assert abs(result.achieved_l0 - 1.5) <= 0.1 * 1.5
+    assert result.history[0][0] == initial and result.n_fits == len(result.history) > 1
+    assert (result.l1_coefficient, result.achieved_l0) == result.history[-1]
+    # each probe is the full fit here, so the returned estimator has that L0 on the rows
+    assert result.is_full_fit and result.probe_steps == 200
+    assert mean_l0(result.estimator, planted) == pytest.approx(result.achieved_l0, abs=1e-9)
+    # L0 falls as lambda grows over the probes
+    lams, l0s = zip(*sorted(result.history))
+    assert l0s[0] > 1.5 > l0s[-1]
+
+
+def test_calibration_is_deterministic_for_a_fixed_random_state(planted):
+    runs = [calibrate_l1_coefficient(planted, params(), 1.5, subsample_rows=1200,
+                                     eval_rows=400) for _ in range(2)]
+    assert runs[0].history == runs[1].history
+    assert runs[0].l1_coefficient == runs[1].l1_coefficient
+    np.testing.assert_array_equal(runs[0].estimator.components_, runs[1].estimator.components_)
+    # a subsample fit on 1200 rows, measured on 400 others
+    assert (runs[0].fit_rows, runs[0].eval_rows, runs[0].is_full_fit) == (1200, 400, False)
+    assert runs[0].within_tolerance
+    other = calibrate_l1_coefficient(planted, params(random_state=1), 1.5, subsample_rows=1200,
+                                     eval_rows=400, max_fits=1)
+    assert other.history != runs[0].history[:1]
+
+
+@pytest.mark.parametrize("target", [0, -1.0, N_ATOMS + 1, math.nan, math.inf, True])
+def test_a_refused_target_raises_naming_target_l0(planted, target):
+    with pytest.raises(ValueError, match="target_l0"):
+        calibrate_l1_coefficient(planted, params(), target)
+
+
+def test_out_of_probes_returns_the_closest_probe_and_reports_progress(planted):
+    calls = []
+    result = calibrate_l1_coefficient(planted, params(), 1.0, initial_l1_coefficient=1e-3,
+                                      max_fits=2, progress=lambda i, n: calls.append((i, n)))
+    assert calls == [(1, 2), (2, 2)]
+    assert not result.within_tolerance and result.n_fits == 2
+    assert result.l1_coefficient == 2e-3  # the denser start moved up 2x: the closer of two
+    assert result.to_dict()["history"] == [list(p) for p in result.history]
+
+
+def test_full_fit_steps_follow_the_estimator():
+    assert full_fit_steps({"n_steps": 7}, 10_000) == 7
+    assert full_fit_steps({"batch_size": 100, "n_epochs": 3}, 1001) == 33
+    assert full_fit_steps({}, 1280) == 100  # L1SAE's defaults: batch 128, 10 epochs
