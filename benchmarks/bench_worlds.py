@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import files  # noqa: E402
 from evaluate.code_metrics import l0  # noqa: E402
+from data.shards import take_rows, verify_instance  # noqa: E402
 from evaluate.inputs import read_instance  # noqa: E402
 from evaluate.scoring import score_dictionary  # noqa: E402
 from sae.methods import METHODS, build  # noqa: E402
@@ -83,15 +84,18 @@ def load_world(run_dir: Path, fit_rows: int, eval_rows: int, seed: int
                         WORLD, "--run-dir", str(run_dir), "--threads", "1"],
                        check=True, cwd=Path(__file__).resolve().parents[1])
     (instance_id,) = sorted(p.name for p in instances.iterdir())
-    # rows drawn at random (kept in file order) from the non-zero rows; split fit / eval
-    inst = read_instance(run_dir, instance_id, fit_rows + eval_rows, drop_zero_rows=True,
-                         seed=seed)
-    if len(inst.H) < fit_rows + eval_rows:
-        raise SystemExit(f"{run_dir}: {len(inst.H)} non-zero rows, fewer than --fit-rows "
-                         f"{fit_rows} + --eval-rows {eval_rows}")
-    acts = inst.true_activations()[fit_rows:]
+    # fit on the first non-zero training rows; score on rows drawn at random from the
+    # held-out split, which no method sees while fitting
+    folder = files.instance_dir(run_dir, instance_id)
+    H_fit, _ = take_rows(folder, verify_instance(folder), fit_rows)
+    inst = read_instance(run_dir, instance_id, eval_rows, drop_zero_rows=True, seed=seed)
+    if len(H_fit) < fit_rows or len(inst.H) < eval_rows:
+        raise SystemExit(f"{run_dir}: {len(H_fit)} non-zero training rows and {len(inst.H)} "
+                         f"held-out ones, fewer than --fit-rows {fit_rows} / --eval-rows {eval_rows}")
+    if inst.split != "heldout":
+        raise SystemExit(f"{run_dir}: generated without a held-out split; delete it to regenerate")
     expected_l0 = float(inst.gt[files.GT_PROBABILITY].sum())
-    return inst.H[:fit_rows], inst.H[fit_rows:], acts, inst.G, expected_l0
+    return H_fit, inst.H, inst.true_activations(), inst.G, expected_l0
 
 
 # ---- methods -------------------------------------------------------------------------------
