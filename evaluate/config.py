@@ -1,11 +1,10 @@
 """The resolved configuration of stage 3; what `evaluate/config.json` records."""
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
-from data.configs import ConfigError, JSONConfig  # noqa: F401 (re-exported)
+from data.configs import ConfigError, JSONConfig, check_number  # noqa: F401 (re-exported)
+from data.shards import NONFINITE_POLICIES
 
 
 @dataclass(frozen=True)
@@ -50,36 +49,24 @@ class EvaluateConfig(JSONConfig):
         for m in self.methods:
             if m not in METHODS:
                 raise ConfigError("methods", f"unknown method {m!r}; valid: {', '.join(METHODS)}")
-        if not _is_int(self.max_rows) or self.max_rows < 0:
-            raise ConfigError("max_rows", f"must be an integer >= 0, got {self.max_rows!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ConfigError("seed", f"must be an integer >= 0, got {self.seed!r}")
-        if self.on_nonfinite not in ("error", "drop"):
-            raise ConfigError("on_nonfinite", f"must be error or drop, got {self.on_nonfinite!r}")
+        check_number("max_rows", self.max_rows, low=0, integer=True)
+        check_number("seed", self.seed, low=0, integer=True)
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError("on_nonfinite", f"must be one of {', '.join(NONFINITE_POLICIES)}, "
+                                              f"got {self.on_nonfinite!r}")
         thresholds = self.thresholds
         if isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
             thresholds = (thresholds,)
-        if (isinstance(thresholds, str) or not _is_sequence(thresholds) or not thresholds
-                or not all(_is_number(t) and 0 < t <= 1 for t in thresholds)):
-            shown = list(thresholds) if _is_sequence(thresholds) else thresholds
-            raise ConfigError("thresholds", f"needs values in (0, 1], got {shown!r}")
+        if isinstance(thresholds, str) or not _is_sequence(thresholds) or not thresholds:
+            raise ConfigError("thresholds", f"needs values in (0, 1], got {thresholds!r}")
+        for t in thresholds:
+            try:
+                check_number("thresholds", t, low=0, high=1, low_open=True)
+            except ConfigError:
+                raise ConfigError("thresholds", f"needs values in (0, 1], got {list(thresholds)!r}") from None
         object.__setattr__(self, "thresholds", tuple(sorted(float(t) for t in thresholds)))
-        if not _is_number(self.duplicate_cosine) or not -1 <= self.duplicate_cosine <= 1:
-            raise ConfigError("duplicate_cosine",
-                              f"must be a number in [-1, 1], got {self.duplicate_cosine!r}")
+        check_number("duplicate_cosine", self.duplicate_cosine, low=-1, high=1)
 
 
 def _is_sequence(value) -> bool:
     return isinstance(value, (tuple, list))
-
-
-def _is_int(value) -> bool:
-    """An int (numpy's too), not a bool and not a float such as 1.5, nan or inf."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    """A finite real number (not a bool, not nan or inf)."""
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
-

@@ -273,6 +273,9 @@ def run_evaluate(config: EvaluateConfig, run_dir: str | Path, progress: Callable
             "config_sha256": files.config_sha256(config.to_dict()), "run_dir": str(ev.run_dir),
             "generate_config_sha256": sae_config.get("generate_config_sha256"),
             "sae_config_sha256": sae_config["config_sha256"],
+            "upstream_files": {f"{r.instance.id}/{m}/{files.DICTIONARY_FILE}": files.sha256_file(
+                files.sae_dir(ev.run_dir, r.instance.id, m) / files.DICTIONARY_FILE)
+                for r in ev.results for m in r.scores},
             "splits": {r.instance.id: r.instance.split for r in ev.results},
             "instances": [r.instance.id for r in ev.results], "methods": ev.methods,
             "environment": environment("cpu"),

@@ -1,13 +1,12 @@
 """The resolved configuration of stage 2; what `sae/config.json` records."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from data.configs import ConfigError, JSONConfig  # noqa: F401 (re-exported)
+from data.configs import ConfigError, JSONConfig, check_number  # noqa: F401 (re-exported)
+from data.shards import NONFINITE_POLICIES
 
 SIZE_BASES = ("represented", "features")
-NONFINITE_POLICIES = ("error", "drop")
 DEFAULT_METHODS = ("l1", "topk", "batchtopk", "ksvd", "ksvd_nn", "mod", "mod_nn", "sklearn")
 
 
@@ -19,17 +18,6 @@ DEFAULT_METHODS = ("l1", "topk", "batchtopk", "ksvd", "ksvd_nn", "mod", "mod_nn"
 STAGE_METHOD_DEFAULTS = {"l1": {"l1_coefficient": 0.3, "init": "random", "l1_warmup_steps": 1000},
                          # the baseline at 10 passes took 60 s of a 3-minute default run
                          "sklearn": {"max_iter": 3}}
-
-
-def _number(name: str, value, ok, expected: str) -> None:
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or not ok(value)):
-        raise ConfigError(name, f"must be {expected}, got {value!r}")
-
-
-def _integer(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -58,9 +46,9 @@ class SAEStageConfig(JSONConfig):
     """A row holding NaN or inf: "error" (stop, naming the shard and the row) or "drop" (leave
     it out; the count per shard goes into config.json and the evaluation report)."""
     target_l0: float | None = None
-    """The L0 (active latents per row) that the L1 SAE's coefficient is calibrated to, by
-    bisection over short fits, so every method is compared at the same sparsity; None: the
-    k that TopK gets on the instance. Set l1.l1_coefficient to fix the coefficient instead."""
+    """The L0 (active latents per row) every method is compared at, and the L1 SAE's
+    coefficient is calibrated to (a search in log lambda over fits, sae/calibration.py);
+    None: the k that TopK gets on the instance. Set l1.l1_coefficient to fix it instead."""
     seed: int = 0
     """random_state of every method."""
     device: str = "auto"
@@ -78,20 +66,21 @@ class SAEStageConfig(JSONConfig):
         for m in self.methods:
             if m not in METHODS:
                 raise ConfigError("methods", f"unknown method {m!r}; valid: {', '.join(METHODS)}")
+        # checked when given: None means "not set" here, a word no option takes
+        for name, low in (("max_rows", 0), ("n_components", 1), ("k", 1)):
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), low=low, integer=True)
         if self.max_rows == 0:
             object.__setattr__(self, "max_rows", None)
-        _number("dict_ratio", self.dict_ratio, lambda v: v > 0, "finite and > 0")
+        check_number("dict_ratio", self.dict_ratio, low=0, low_open=True)
         if self.target_l0 is not None:
-            _number("target_l0", self.target_l0, lambda v: v > 0, "finite and > 0")
-        _integer("seed", self.seed, 0)
+            check_number("target_l0", self.target_l0, low=0, low_open=True)
+        check_number("seed", self.seed, low=0, integer=True)
         if self.on_nonfinite not in NONFINITE_POLICIES:
             raise ConfigError("on_nonfinite", f"must be one of {', '.join(NONFINITE_POLICIES)}, "
                                               f"got {self.on_nonfinite!r}")
         if self.size_basis not in SIZE_BASES:
             raise ConfigError("size_basis", f"must be one of {', '.join(SIZE_BASES)}, got {self.size_basis!r}")
-        for name in ("n_components", "k", "max_rows"):
-            if getattr(self, name) is not None:
-                _integer(name, getattr(self, name), 1)
         if not isinstance(self.drop_zero_rows, bool):
             raise ConfigError("drop_zero_rows", f"must be true or false, got {self.drop_zero_rows!r}")
         if not isinstance(self.params, dict) or not all(isinstance(v, dict) for v in self.params.values()):

@@ -277,8 +277,8 @@ def test_a_truncated_dictionary_file_is_an_error_a_wrong_width_only_skipped(fitt
 
 @pytest.mark.parametrize("args, option, message", [
     (["--seed", "-1"], "--seed", "must be an integer >= 0, got -1"),
-    (["--duplicate-cosine", "nan"], "--duplicate-cosine", "must be a number in [-1, 1], got nan"),
-    (["--duplicate-cosine", "1.5"], "--duplicate-cosine", "must be a number in [-1, 1], got 1.5"),
+    (["--duplicate-cosine", "nan"], "--duplicate-cosine", "must be finite and in [-1, 1], got nan"),
+    (["--duplicate-cosine", "1.5"], "--duplicate-cosine", "must be finite and in [-1, 1], got 1.5"),
     (["--thresholds", "0.9,nan"], "--thresholds", "needs values in (0, 1], got [0.9, nan]"),
     (["--thresholds", "inf"], "--thresholds", "needs values in (0, 1], got [inf]"),
     (["--thresholds", "0"], "--thresholds", "needs values in (0, 1], got [0.0]"),
