@@ -96,3 +96,11 @@ def set_cpu_threads(threads: int | None) -> int:
             raise click.BadParameter(f"must be >= 1, got {threads}", param_hint="--threads")
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an operating-system error a stage hit while reading or writing (disk
+    full, read-only mount, a folder in the way): the path and the reason, no traceback."""
+    if err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    return err.strerror or str(err)

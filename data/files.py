@@ -174,5 +174,3 @@ def read_json(path: str | os.PathLike) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
 
-
-from data.staging import StagingDir  # noqa: E402,F401  (the stage-commit mechanism lives there)

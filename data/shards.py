@@ -308,11 +308,33 @@ def read_manifest(instance_dir: str | os.PathLike) -> dict:
         if sum(s["rows"] for s in heldout["shards"]) != heldout.get("rows"):
             raise ShardError(f"{path}: heldout shard rows do not add up to "
                              f"heldout.rows={heldout.get('rows')}")
+    listed = [e["file"] for split in (manifest["shards"], (heldout or {}).get("shards", []))
+              for e in split]
+    twice = sorted({f for f in listed if listed.count(f) > 1})
+    if twice:
+        raise ShardError(f"{path}: {twice[0]} is listed twice (a held-out shard must not be a "
+                         f"training shard)")
+    if not isinstance(manifest.get("files", {}), dict):
+        raise ShardError(f"{path}: files must be an object of {{name: {{bytes, sha256}}}}")
     for name, entry in manifest.get("files", {}).items():
         if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
                 or not isinstance(entry.get("bytes"), int)):
             raise ShardError(f"{path}: files[{name!r}] needs bytes and sha256")
     return manifest
+
+
+def manifest_checksums(manifest: dict) -> dict[str, str]:
+    """sha256 of every training shard and listed file of an instance, by relative path: what
+    `sae` records of the inputs it fitted on, and `evaluate` compares with the run's now."""
+    out = {e["file"]: e["sha256"] for e in shard_entries(manifest, "train")}
+    out.update({name: e["sha256"] for name, e in manifest.get("files", {}).items()})
+    return out
+
+
+def lists_checksums(manifest: dict) -> bool:
+    """Whether the manifest lists the ground truth and model with their sha256 (manifests
+    written before it did are still read, with a warning: those files are then unchecked)."""
+    return {files.GROUND_TRUTH_FILE, files.MODEL_FILE} <= set(manifest.get("files", {}))
 
 
 def has_heldout(manifest: dict) -> bool:
@@ -351,9 +373,10 @@ def verify_files(instance_dir: str | os.PathLike, manifest: dict, names=None,
 
 
 def verify_instance(instance_dir: str | os.PathLike, check_sha256: bool = True,
-                    splits: tuple[str, ...] = SPLITS) -> dict:
+                    splits: tuple[str, ...] = SPLITS, check_files: bool = True) -> dict:
     """Check every shard of `splits` against the manifest (existence, size, sha256, shapes),
-    that no shard on disk is missing from it, and the files it lists; returns it."""
+    that no shard on disk is missing from it, and (check_files) the other files it lists;
+    returns it. The checked readers of data.instance_files check their own file."""
     instance = Path(instance_dir)
     manifest = read_manifest(instance)
     listed = {(instance / e["file"]).resolve() for split in SPLITS for e in shard_entries(manifest, split)}
@@ -370,7 +393,8 @@ def verify_instance(instance_dir: str | os.PathLike, check_sha256: bool = True,
             if tensors[files.H].shape[0] != entry["rows"]:
                 raise ShardError(f"{path}: holds {tensors[files.H].shape[0]} rows, manifest says "
                                  f"{entry['rows']}")
-    verify_files(instance, manifest, check_sha256=check_sha256)
+    if check_files:
+        verify_files(instance, manifest, check_sha256=check_sha256)
     return manifest
 
 
@@ -399,30 +423,37 @@ def read_all(instance_dir: str | os.PathLike, with_x: bool = False,
 ROW_CHUNK = 65536
 
 
-def usable_rows(path: Path, h: np.ndarray, drop_zero_rows: bool, on_nonfinite: str) -> tuple[np.ndarray, int]:
+def usable_rows(path: Path, h: np.ndarray, drop_zero_rows: bool, on_nonfinite: str,
+                need: int | None = None) -> tuple[np.ndarray, int]:
     """(mask of the rows of one shard to use [rows] bool, how many non-finite rows it dropped).
 
     A row with NaN or inf is an error naming the shard and the row (on_nonfinite="error"), or
     left out and counted ("drop"); it is never mistaken for a zero row. Reads in chunks, so
-    the shard's pages are touched once."""
+    the shard's pages are touched once. With `need`, reading stops at the need-th usable row:
+    the rows after it are neither used (False in the mask) nor checked nor counted."""
     if on_nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {on_nonfinite!r}")
-    keep = np.empty(len(h), dtype=bool)
-    dropped = 0
+    keep = np.zeros(len(h), dtype=bool)
+    have = dropped = 0
     for lo in range(0, len(h), ROW_CHUNK):
         block = np.asarray(h[lo:lo + ROW_CHUNK])
         finite = np.isfinite(block).all(axis=1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite)
-            if on_nonfinite == "error":
-                total = int((~np.isfinite(np.asarray(h))).any(axis=1).sum())
-                raise ShardError(f"{path}: row {lo + int(bad[0])} holds NaN or inf ({total} such "
-                                 f"rows in this shard); pass --on-nonfinite drop to leave them out")
-            dropped += len(bad)
-        mask = finite
+        mask = finite.copy()
         if drop_zero_rows:
             mask &= np.abs(np.where(finite[:, None], block, 0)).max(axis=1, initial=0) > 0
-        keep[lo:lo + len(block)] = mask
+        end = len(block)
+        if need is not None and have + mask.sum() >= need:  # stop at the need-th usable row
+            end = int(np.flatnonzero(mask)[need - have - 1]) + 1
+        bad = np.flatnonzero(~finite[:end])
+        if len(bad) and on_nonfinite == "error":
+            total = int((~np.isfinite(np.asarray(h))).any(axis=1).sum())
+            raise ShardError(f"{path}: row {lo + int(bad[0])} holds NaN or inf ({total} such "
+                             f"rows in this shard); pass --on-nonfinite drop to leave them out")
+        dropped += len(bad)
+        keep[lo:lo + end] = mask[:end]
+        have += int(mask[:end].sum())
+        if need is not None and have >= need:
+            break
     return keep, dropped
 
 
@@ -441,12 +472,11 @@ def take_rows(instance_dir: str | os.PathLike, manifest: dict, max_rows: int | N
             break
         path = Path(instance_dir) / entry["file"]
         h = read_shard(path, d=d)[files.H]
-        keep, n_bad = usable_rows(path, h, drop_zero_rows, on_nonfinite)
+        keep, n_bad = usable_rows(path, h, drop_zero_rows, on_nonfinite,
+                                  None if max_rows is None else max_rows - have)
+        rows = np.flatnonzero(keep)
         if n_bad:
             dropped[entry["file"]] = n_bad
-        rows = np.flatnonzero(keep)
-        if max_rows is not None:
-            rows = rows[: max_rows - have]
         out.append(np.asarray(h[rows], dtype=np.float32))
         have += len(rows)
         del h

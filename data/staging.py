@@ -82,13 +82,15 @@ def recover(final: str | os.PathLike) -> list[str]:
     if not final.exists():
         complete = [t for t in tmps if (t / COMPLETE_MARKER).is_file()]
         if complete:
-            os.replace(complete[-1], final)
-            tmps.remove(complete[-1])
+            newest = max(complete, key=lambda t: (t / COMPLETE_MARKER).stat().st_mtime_ns)
+            os.replace(newest, final)
+            tmps.remove(newest)
             done.append(f"{final}: completed the swap of a run that was interrupted "
                         f"after it had finished writing")
         elif olds:
-            os.replace(olds[-1], final)
-            olds.remove(olds[-1])
+            newest = max(olds, key=lambda t: t.stat().st_mtime_ns)
+            os.replace(newest, final)
+            olds.remove(newest)
             done.append(f"{final}: restored the previous folder, whose replacement was "
                         f"interrupted")
     for path in tmps + olds:
@@ -114,7 +116,7 @@ class StagingDir:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             self.path = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-",
                                               dir=self.final.parent))
-        except PermissionError as err:
+        except OSError as err:  # read-only, read-only mount, disk full, a file in the way
             raise StageWriteError(err.errno, f"{self.final.parent}: cannot write here "
                                              f"({err.strerror})") from None
         os.chmod(self.path, 0o755)  # mkdtemp makes it 0700; a stage folder is for everyone
@@ -141,11 +143,12 @@ class StagingDir:
 
 
 def _fsync_tree(root: Path) -> None:
-    """Flush what the stage wrote, so a crash after the swap cannot leave empty files."""
-    for folder, _, names in os.walk(root):
-        for name in names:
+    """Flush what the stage wrote (files, then their folders' entries), so a crash after the
+    swap cannot leave empty or missing files."""
+    for folder, _, names in os.walk(root, topdown=False):
+        for path in [os.path.join(folder, name) for name in names] + [folder]:
             with contextlib.suppress(OSError):
-                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+                fd = os.open(path, os.O_RDONLY)
                 try:
                     os.fsync(fd)
                 finally:
@@ -153,13 +156,17 @@ def _fsync_tree(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: str | os.PathLike, command: str) -> Iterator[None]:
-    """Hold `<run_dir>/.lock` exclusively; a second writer is refused, naming the first."""
+def run_lock(run_dir: str | os.PathLike, command: str, create: bool = True) -> Iterator[None]:
+    """Hold `<run_dir>/.lock` exclusively; a second writer is refused, naming the first.
+    create=False: a missing run folder is a FileNotFoundError (no folder made for a typo)."""
     run_dir = Path(run_dir)
+    if not create and not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder; run `generate --run-dir "
+                                f"{run_dir}` first")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    except PermissionError as err:
+    except OSError as err:
         raise StageWriteError(err.errno, f"{run_dir}: cannot write here ({err.strerror})") from None
     try:
         try:
@@ -182,7 +189,7 @@ def stage_transaction(run_dir: str | os.PathLike, stage: str, command: str,
     """Lock the run, recover any stage folder a killed command left, and yield a staging
     folder that replaces `<run_dir>/<stage>` when the block ends without an exception."""
     run_dir = Path(run_dir)
-    with run_lock(run_dir, command):
+    with run_lock(run_dir, command, create=stage == "generate"):
         for name in ("generate", "sae", "evaluate"):
             for line in recover(run_dir / name):
                 echo(f"  recovered: {line}")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from data.cli import (FloatList, NameList, click_progress, optional_options, read_config_file,
-                      set_cpu_threads)
+from data.cli import (FloatList, NameList, click_progress, optional_options, os_error_line,
+                      read_config_file, set_cpu_threads)
 
 # every option defaults to None so that --config FILE values are only overridden on purpose
 _OPTIONS = [
@@ -62,6 +62,8 @@ def main(run_dir, config_file, drop_zero_rows, figures, keep_going, threads, **o
         raise click.ClickException(str(err)) from None
     except StageWriteError as err:
         raise click.ClickException(err.strerror or str(err)) from None
+    except OSError as err:
+        raise click.ClickException(os_error_line(err)) from None
     click.echo(f"wrote {out}")
     errors = dictionary_errors(out)
     if errors and not config.keep_going:

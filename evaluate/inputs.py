@@ -12,8 +12,8 @@ from safetensors import safe_open
 
 from data import files
 from data.instance_files import MODEL_B_FINAL, MODEL_W, read_ground_truth, read_model
-from data.shards import (ShardError, has_heldout, read_manifest, read_shard, shard_entries,
-                         usable_rows, verify_instance)
+from data.shards import (ShardError, has_heldout, lists_checksums, manifest_checksums, read_manifest, read_shard,
+                         shard_entries, usable_rows, verify_instance)
 
 
 class StageInputError(ValueError):
@@ -35,6 +35,7 @@ class Instance:
     model_kind: str
     split: str = "heldout"           # which rows: "heldout", or "train" for a run without a split
     nonfinite_dropped: dict = field(default_factory=dict)   # shard file -> rows left out
+    checksummed: bool = True         # the manifest lists the ground truth's and model's sha256
 
     @property
     def represented(self) -> np.ndarray:
@@ -85,8 +86,7 @@ def check_run(run_dir: Path) -> str:
         except (FileNotFoundError, ShardError) as err:
             raise StageInputError(f"{root}: fitted on instance {instance_id}, which is gone or "
                                   f"broken ({err}); rerun `sae --run-dir {run_dir}`") from None
-        current = {e["file"]: e["sha256"] for e in now["shards"]}
-        current.update({n: e["sha256"] for n, e in now.get("files", {}).items()})
+        current = manifest_checksums(now)
         for name, sha in facts.get("upstream_files", {}).items():
             if current.get(name) != sha:
                 raise StageInputError(f"{root}: fitted on another {inst / name} (its sha256 "
@@ -158,7 +158,7 @@ def read_instance(run_dir: Path, instance_id: str, max_rows: int, drop_zero_rows
     reads; a run generated before there was one is scored on its training rows, and
     `Instance.split` says so."""
     path = files.instance_dir(run_dir, instance_id)
-    manifest = verify_instance(path)
+    manifest = verify_instance(path, check_files=False)  # the two readers check their file
     gt = read_ground_truth(path, manifest)
     model = read_model(path, manifest)
     split = "heldout" if has_heldout(manifest) else "train"
@@ -167,7 +167,7 @@ def read_instance(run_dir: Path, instance_id: str, max_rows: int, drop_zero_rows
     return Instance(id=instance_id, d=manifest["d"], gt=gt, W=model[MODEL_W],
                     b=model.get(MODEL_B_FINAL), H=H, X=X, candidate_rows=total,
                     model_kind=manifest.get("model_kind", "?"), split=split,
-                    nonfinite_dropped=dropped)
+                    nonfinite_dropped=dropped, checksummed=lists_checksums(manifest))
 
 
 def registry_order(methods, known: tuple[str, ...]) -> list[str]:

@@ -149,7 +149,6 @@ def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config:
     for method, folder in dictionaries:
         bar.update(1, f"{inst.id} {method}")
         saved, reason = check_dictionary(folder, inst.d, generate_hash)
-        ks.append(saved.get("k") if isinstance(saved, dict) else None)
         # a damaged file, or one that fails to load or apply, is an error (the run exits 1
         # unless keep_going); a dictionary fitted to other activations is only skipped
         error = reason is not None and reason.startswith("unreadable")
@@ -183,6 +182,7 @@ def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config:
             notes.append({"instance": inst.id, "method": method, "note": (
                 f"fitted without {count} rows with NaN or inf of {shard} (--on-nonfinite drop)")})
         res.scores[method], res.atoms[method] = sc, A
+        ks.append(saved.get("k"))  # the oracle's sparsity, from the dictionaries scored
         res.fit_rows[method] = saved.get("rows")
         res.devices.add(str(getattr(est, "device", "cpu")))
     k, note = oracle_k(ks)
@@ -226,9 +226,14 @@ def evaluate_run(config: EvaluateConfig, run_dir: str | Path,
                                  config.seed, config.on_nonfinite)
             if inst.split != "heldout":
                 notes.append({"instance": instance_id, "method": None, "note": (
-                    "WARNING: this run was generated without a held-out split, so it is scored "
-                    "on the rows the dictionaries were fitted on (training-set numbers); "
-                    "rerun `generate` to get one")})
+                    "WARNING: this instance has no held-out split (generated with "
+                    "--heldout-rows 0, or before the split existed), so it is scored on the rows "
+                    "the dictionaries were fitted on (training-set numbers); rerun `generate` "
+                    "to get one")})
+            if not inst.checksummed:
+                notes.append({"instance": instance_id, "method": None, "note": (
+                    "WARNING: its manifest lists no sha256 of the ground truth and model (an "
+                    "older generate): they were read unchecked; rerun `generate`")})
             for shard, count in inst.nonfinite_dropped.items():
                 notes.append({"instance": instance_id, "method": None, "note": (
                     f"{count} evaluation rows with NaN or inf left out of {shard} "

@@ -144,7 +144,8 @@ def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
     train_scored = [r.instance.id for r in res if r.instance.split != "heldout"]
     if train_scored:
         out += ["", f"**WARNING: {', '.join(train_scored)} {'has' if len(train_scored) == 1 else 'have'} "
-                f"no held-out split** (generated before there was one), so {'its' if len(train_scored) == 1 else 'their'} "
+                f"no held-out split** (generated with --heldout-rows 0, or before the split "
+                f"existed), so {'its' if len(train_scored) == 1 else 'their'} "
                 f"FVU, L0, F1 and code r are training-set numbers."]
     else:
         out += ["", "Every row-level score (FVU, L0, F1, code r) comes from held-out rows: "

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from data.cli import FloatList, click_progress, optional_options, set_cpu_threads
+from data.cli import FloatList, click_progress, optional_options, os_error_line, set_cpu_threads
 from data.worlds import PRESETS, SCHEDULES, preset
 from generate.config import ConfigError, GenerateConfig
 
@@ -105,6 +105,8 @@ def main(run_dir: Path, config_file: Path | None, threads: int | None, **options
         out = run_generate(config, run_dir, progress=click_progress, echo=click.echo)
     except StageWriteError as err:
         raise click.ClickException(err.strerror or str(err)) from None
+    except OSError as err:
+        raise click.ClickException(os_error_line(err)) from None
     click.echo(f"wrote {out}")
 
 

@@ -83,12 +83,20 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 def run_generate(config: GenerateConfig, run_dir: str | Path,
                  progress: Callable | None = None,
                  echo: Callable[[str], None] = lambda s: None) -> Path:
-    """Write `<run_dir>/generate/`; returns that folder.
+    """Write `<run_dir>/generate/` as one stage (the run's lock is taken before any training,
+    so a second command is refused at once); returns that folder.
 
     progress(label, total) must return a context manager whose `.update(n, info)` advances
     a bar (the CLI passes click's progress bar); None runs silently.
     """
-    progress = progress or silent_progress
+    with stage_transaction(run_dir, files.GENERATE_DIR, f"generate --run-dir {run_dir}",
+                           echo) as stage:
+        _build(config, stage, progress or silent_progress)
+    return files.generate_dir(run_dir)
+
+
+def _build(config: GenerateConfig, stage: Path, progress: Callable) -> None:
+    """Train (or draw) every instance and write the whole stage into the staging folder."""
     device = resolve_device(config.device)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     ids = config.instance_ids
@@ -124,51 +132,47 @@ def run_generate(config: GenerateConfig, run_dir: str | Path,
         sign = torch.ones(config.n_features, dtype=torch.int8)
     train_seconds = time.time() - started
 
-    root = files.generate_dir(run_dir)
-    with stage_transaction(run_dir, files.GENERATE_DIR, f"generate --run-dir {run_dir}",
-                           echo) as stage:
-        inst_root = stage / files.INSTANCES_DIR
-        probability = dist.probability(device)  # [inst, n]
-        importance = dist.importance(device)
-        train = _dump(ids, inst_root, config, dist, hidden, gen, device, progress,
-                      config.rows, files.ACTIVATIONS_DIR, "dumping")
-        # the held-out rows come from a generator of their own, so the training rows are the
-        # same whatever heldout_rows is, and no held-out row repeats a training row's draw
-        held_gen = torch.Generator(device=device).manual_seed(heldout_seed(config.seed))
-        heldout = _dump(ids, inst_root, config, dist, hidden, held_gen, device, progress,
-                        config.heldout_rows, files.HELDOUT_DIR, "held-out")
-        for j, instance_id in enumerate(ids):
-            folder = inst_root / instance_id
-            model_kind = config.model_kind if config.source == "toy" else "synthetic"
-            meta = {"instance_id": instance_id, "source": config.source, "model_kind": model_kind}
-            gt = ground_truth_tensors(directions[j], feature_index, sign, importance,
-                                      probability[j], config.represented_threshold)
-            _save(folder / files.GROUND_TRUTH_FILE, gt, meta)
-            weights = (model.instance_state(j) if config.source == "toy"
-                       else {"W": directions[j].T.contiguous()})  # h = W x, W: [d, n]
-            _save(folder / files.MODEL_FILE, weights, meta)
-            write_manifest(
-                folder, config.d_hidden, config.n_features, train[j].finish(),
-                heldout=heldout[j].finish(), instance_id=instance_id, source=config.source,
-                model_kind=model_kind,
-                distribution={**dist.to_dict(), "feature_probability": dist.feature_probability[j]},
-                seed=config.seed, heldout_seed=heldout_seed(config.seed),
-                files={name: file_entry(folder / name)
-                       for name in (files.GROUND_TRUTH_FILE, files.MODEL_FILE)})
-        files.atomic_write_json(stage / files.CONFIG_FILE, {
-            "stage": "generate",
-            "config": config.to_dict(),
-            "config_sha256": files.config_sha256(config.to_dict()),
-            "instances": ids,
-            "environment": environment(str(device)),
-            "train_seconds": round(train_seconds, 3),
-            "total_seconds": round(time.time() - started, 3),
-            "final_loss_per_instance": train_log[-1]["loss_per_instance"] if train_log else None,
-        })
-        if train_log:
-            (stage / files.TRAIN_LOG_FILE).write_text("".join(
-                json.dumps(r) + "\n" for r in train_log))
-    return root
+    inst_root = stage / files.INSTANCES_DIR
+    probability = dist.probability(device)  # [inst, n]
+    importance = dist.importance(device)
+    train = _dump(ids, inst_root, config, dist, hidden, gen, device, progress,
+                  config.rows, files.ACTIVATIONS_DIR, "dumping")
+    # the held-out rows come from a generator of their own, so the training rows are the
+    # same whatever heldout_rows is, and no held-out row repeats a training row's draw
+    held_gen = torch.Generator(device=device).manual_seed(heldout_seed(config.seed))
+    heldout = _dump(ids, inst_root, config, dist, hidden, held_gen, device, progress,
+                    config.heldout_rows, files.HELDOUT_DIR, "held-out")
+    for j, instance_id in enumerate(ids):
+        folder = inst_root / instance_id
+        model_kind = config.model_kind if config.source == "toy" else "synthetic"
+        meta = {"instance_id": instance_id, "source": config.source, "model_kind": model_kind}
+        gt = ground_truth_tensors(directions[j], feature_index, sign, importance,
+                                  probability[j], config.represented_threshold)
+        _save(folder / files.GROUND_TRUTH_FILE, gt, meta)
+        weights = (model.instance_state(j) if config.source == "toy"
+                   else {"W": directions[j].T.contiguous()})  # h = W x, W: [d, n]
+        _save(folder / files.MODEL_FILE, weights, meta)
+        write_manifest(
+            folder, config.d_hidden, config.n_features, train[j].finish(),
+            heldout=heldout[j].finish(), instance_id=instance_id, source=config.source,
+            model_kind=model_kind,
+            distribution={**dist.to_dict(), "feature_probability": dist.feature_probability[j]},
+            seed=config.seed, heldout_seed=heldout_seed(config.seed),
+            files={name: file_entry(folder / name)
+                   for name in (files.GROUND_TRUTH_FILE, files.MODEL_FILE)})
+    files.atomic_write_json(stage / files.CONFIG_FILE, {
+        "stage": "generate",
+        "config": config.to_dict(),
+        "config_sha256": files.config_sha256(config.to_dict()),
+        "instances": ids,
+        "environment": environment(str(device)),
+        "train_seconds": round(train_seconds, 3),
+        "total_seconds": round(time.time() - started, 3),
+        "final_loss_per_instance": train_log[-1]["loss_per_instance"] if train_log else None,
+    })
+    if train_log:
+        (stage / files.TRAIN_LOG_FILE).write_text("".join(
+            json.dumps(r) + "\n" for r in train_log))
 
 
 def heldout_seed(seed: int) -> int:

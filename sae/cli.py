@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from data.cli import click_progress, optional_options, read_config_file, set_cpu_threads
+from data.cli import (click_progress, optional_options, os_error_line, read_config_file,
+                      set_cpu_threads)
 from sae.config import DEFAULT_METHODS, ConfigError, SAEStageConfig
 
 # options that set one hyperparameter of every method that has it
@@ -127,6 +128,8 @@ def main(run_dir, config_file, methods, instances, raw_params, threads, **option
         raise click.ClickException(err.strerror or str(err)) from None
     except (StageInputError, ShardError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
+    except OSError as err:
+        raise click.ClickException(os_error_line(err)) from None
     except ValueError as err:  # a method refused the data while fitting
         raise click.ClickException(f"{err}") from None
     click.echo(f"wrote {out}")

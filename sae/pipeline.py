@@ -23,8 +23,10 @@ from data.cli import silent_progress
 from data.environment import environment, resolve_device
 from data.instance_files import read_ground_truth
 from data.loader import RowFilter, stream_activations
-from data.shards import ShardError, take_rows, usable_rows, read_shard, shard_entries, verify_instance
+from data.shards import (ShardError, lists_checksums, manifest_checksums, read_shard, shard_entries, take_rows,
+                         usable_rows, verify_files, verify_instance)
 from data.staging import stage_transaction
+from sae.calibration import calibrate_l1_coefficient, mean_l0
 from sae.config import ConfigError, SAEStageConfig
 from sae.methods import SAE_METHODS, build
 
@@ -85,16 +87,10 @@ class InstancePlan:
     upstream_files: dict[str, str]                # file -> sha256, from the manifest
     run_dir: Path | None = None
     manifest: dict | None = None
-    H: torch.Tensor | None = None                 # [rows, d], or None when streamed
-    stream: object | None = None                  # a datasets IterableDataset of the rows
+    H: torch.Tensor | None = None                 # [rows, d]; None when only streamed
+    streamed: bool = False                        # the SAEs fit a stream of every row
+    checksummed: bool = True                      # the manifest lists gt/model sha256
     methods: dict[str, object] = field(default_factory=dict)   # name -> unfitted estimator
-
-
-def upstream_files(manifest: dict) -> dict[str, str]:
-    """sha256 of every training shard and listed file of an instance, by its relative path."""
-    out = {e["file"]: e["sha256"] for e in shard_entries(manifest, "train")}
-    out.update({name: e["sha256"] for name, e in manifest.get("files", {}).items()})
-    return out
 
 
 def _count_rows(inst: Path, manifest: dict, config: SAEStageConfig) -> tuple[int, dict[str, int]]:
@@ -115,19 +111,25 @@ def plan_instance(run_dir: Path, instance_id: str, config: SAEStageConfig,
                   device: torch.device) -> InstancePlan:
     """Check one instance's inputs and every method's config; read the rows to fit."""
     inst = files.instance_dir(run_dir, instance_id)
-    manifest = verify_instance(inst, splits=("train",))  # sizes, sha256, shapes, unlisted shards
+    # sizes, sha256 and shapes of the training shards, no unlisted shard; the model is
+    # checked though not read, so that a damaged instance is refused before any fit
+    manifest = verify_instance(inst, splits=("train",), check_files=False)
+    verify_files(inst, manifest, names=(files.MODEL_FILE,))
     facts = instance_facts(read_ground_truth(inst, manifest))
     try:
         n_components, k = resolve_sizes(config, facts)
     except StageInputError as err:
         raise StageInputError(f"{inst}: {err}") from None
+    if config.target_l0 is not None and config.target_l0 > n_components:
+        raise ConfigError("target_l0", f"{config.target_l0:g} exceeds the {n_components} atoms "
+                                       f"of instance {instance_id}")
     streamed = config.max_rows is None and any(m in SAE_METHODS for m in config.methods)
     if streamed:
         n_rows, dropped = _count_rows(inst, manifest, config)
         H = None
         if any(m not in SAE_METHODS for m in config.methods):  # full-batch methods need them all
-            H_np, _ = take_rows(inst, manifest, None, config.drop_zero_rows, config.on_nonfinite)
-            H = torch.from_numpy(H_np)
+            H = torch.from_numpy(take_rows(inst, manifest, None, config.drop_zero_rows,
+                                           config.on_nonfinite)[0])
     else:
         H_np, dropped = take_rows(inst, manifest, config.max_rows, config.drop_zero_rows,
                                   config.on_nonfinite)
@@ -135,24 +137,33 @@ def plan_instance(run_dir: Path, instance_id: str, config: SAEStageConfig,
     if n_rows == 0:
         raise StageInputError(f"{inst}: no nonzero activation row to fit")
     plan = InstancePlan(instance_id, facts, n_components, k, n_rows, dropped,
-                        upstream_files(manifest), run_dir=run_dir, manifest=manifest, H=H)
-    if streamed:
-        plan.stream = stream_activations(inst, verify=False, rows=RowFilter(
-            config.drop_zero_rows, config.on_nonfinite), shuffle_seed=config.seed)
+                        manifest_checksums(manifest), run_dir=run_dir, manifest=manifest, H=H,
+                        streamed=streamed, checksummed=lists_checksums(manifest))
     for method in config.methods:
         params = {"n_components": n_components, "k": k, "random_state": config.seed,
                   "device": str(device), **config.method_params(method)}
-        if streamed and method in SAE_METHODS and params.get("n_steps") is None:
-            # a stream has no length: the steps of n_epochs passes over the counted rows
-            plain = build(method, params)
-            params["n_steps"] = math.ceil(n_rows / plain.batch_size) * plain.n_epochs
         try:
+            if streamed and method in SAE_METHODS and params.get("n_steps") is None:
+                # a stream has no length: the steps of n_epochs passes over the counted rows
+                plain = build(method, params)
+                params["n_steps"] = math.ceil(n_rows / plain.batch_size) * plain.n_epochs
             est = build(method, params)
             est.get_config()  # validates every hyperparameter now, not after the first fits
+        except ConfigError as err:  # its field is already "method.parameter"
+            raise ConfigError("params", str(err)) from None
         except (ValueError, TypeError) as err:
             raise ConfigError("params", f"{method}: {err}") from None
         plan.methods[method] = est
     return plan
+
+
+def training_stream(plan: InstancePlan, config: SAEStageConfig):
+    """A fresh `datasets` stream of the instance's usable training rows, shuffled per pass
+    from the stage's seed: one per fit, so that a method's row order does not depend on the
+    methods fitted before it."""
+    inst = files.instance_dir(plan.run_dir, plan.instance_id)
+    return stream_activations(inst, verify=False, rows=RowFilter(
+        config.drop_zero_rows, config.on_nonfinite), shuffle_seed=config.seed)
 
 
 CALIBRATION_ROWS = 32768  # rows the L1 calibration fits on when the stage streams every row
@@ -170,43 +181,50 @@ def calibrates(method: str, config: SAEStageConfig) -> bool:
 
 
 def _fit_one(plan: InstancePlan, method: str, est, config: SAEStageConfig, device, progress):
-    """Fit one method (calibrating the L1 SAE's coefficient first); (estimator, seconds)."""
-    data = plan.H.to(device) if plan.H is not None and (
-        plan.stream is None or method not in SAE_METHODS) else plan.stream
+    """Fit one method (the L1 SAE through its calibration); (fitted estimator, seconds)."""
     started = time.perf_counter()
+    streamed = plan.streamed and method in SAE_METHODS
     if calibrates(method, config):
-        est, data = _calibrated(plan, est, config, device, progress), data
-        if est.calibration_["is_full_fit"] and plan.stream is None:
+        est = _calibrated(plan, est, config, device, progress)
+        if est.calibration_["is_full_fit"]:  # the chosen probe is the fit itself
             return est, time.perf_counter() - started
-    label = f"{plan.instance_id} {method:9s} n={est.n_components}"
-    with progress(label, expected_steps(method, est, plan.n_rows)) as bar:
+    data = training_stream(plan, config) if streamed else plan.H.to(device)
+    with progress(f"{plan.instance_id} {method:9s} n={est.n_components}",
+                  expected_steps(method, est, plan.n_rows)) as bar:
         est.fit(data, progress=_progress_adapter(bar))
+    if hasattr(est, "calibration_"):  # calibrated on CALIBRATION_ROWS, fitted on the stream
+        est.calibration_["saved_fit_l0"] = mean_l0(est, est.calibration_.pop("rows"))
     return est, time.perf_counter() - started
 
 
 def _calibrated(plan: InstancePlan, est, config: SAEStageConfig, device, progress):
     """The L1 SAE at the coefficient whose L0 meets the target (the stage's k by default),
-    found by search over fits (sae/calibration.py); fitted unless the stage streams, where
-    the calibration fits the first CALIBRATION_ROWS rows and the returned SAE is unfitted."""
-    from sae.calibration import calibrate_l1_coefficient
-
+    found by a search over fits (sae/calibration.py). With the rows in memory the chosen
+    probe is the full fit and is returned fitted. When the rows are only streamed,
+    the search fits the first CALIBRATION_ROWS rows, and an unfitted SAE at the chosen
+    coefficient is returned; its calibration record says so (is_full_fit false)."""
     target = config.target_l0 if config.target_l0 is not None else plan.k
-    if plan.H is not None:
+    params = est.get_params()
+    if plan.H is not None:  # every row to fit is in memory (n_steps: the same passes)
         H = plan.H
     else:
         inst = files.instance_dir(plan.run_dir, plan.instance_id)
-        H = torch.from_numpy(take_rows(inst, plan.manifest, CALIBRATION_ROWS, config.drop_zero_rows,
-                                       config.on_nonfinite)[0])
-    params = est.get_params()
-    if plan.H is None:
-        params.pop("n_steps", None)  # the stream's steps; the calibration fits H in memory
+        H = torch.from_numpy(take_rows(inst, plan.manifest, CALIBRATION_ROWS,
+                                       config.drop_zero_rows, config.on_nonfinite)[0])
+        params.pop("n_steps", None)  # the stream's steps; these probes fit H in memory
     with progress(f"{plan.instance_id} l1 calibrating to L0 {target:g}", 10) as bar:
-        result = calibrate_l1_coefficient(H.to(device), params, target, tolerance=CALIBRATION_TOLERANCE,
+        result = calibrate_l1_coefficient(H.to(device), params, target,
+                                          tolerance=CALIBRATION_TOLERANCE,
                                           progress=lambda done, total: bar.update(1, ""))
-    fitted = result.estimator if plan.H is not None else build(
-        "l1", {**est.get_params(), "l1_coefficient": result.l1_coefficient})
-    fitted.calibration_ = result.to_dict()
-    return fitted
+    record = result.to_dict()
+    if plan.H is not None:
+        result.estimator.calibration_ = record
+        return result.estimator
+    fresh = build("l1", {**est.get_params(), "l1_coefficient": result.l1_coefficient})
+    fresh.calibration_ = {**record, "is_full_fit": False, "rows": H.to(device),
+                          "note": f"calibrated on the first {len(H)} training rows; the "
+                                  f"saved SAE streams all {plan.n_rows}"}
+    return fresh
 
 
 def run_sae(config: SAEStageConfig, run_dir: str | Path,
@@ -223,6 +241,11 @@ def run_sae(config: SAEStageConfig, run_dir: str | Path,
         device = resolve_device(config.device)
         env = environment(str(device))
         plans = [plan_instance(run_dir, i, config, device) for i in instances]
+        for plan in plans:
+            if not plan.checksummed:
+                echo(f"  WARNING: {files.instance_dir(run_dir, plan.instance_id)}: its manifest "
+                     f"lists no sha256 of the ground truth and model (an older generate): they "
+                     f"are read unchecked; rerun `generate` to get them")
         summary = []
         for plan in plans:
             for method, est in plan.methods.items():

@@ -8,7 +8,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from data import files
 from evaluate.cli import main

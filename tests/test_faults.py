@@ -589,7 +589,7 @@ def test_evaluate_records_the_held_out_split_and_warns_on_a_run_without_one(run)
         shutil.rmtree(inst / "heldout")
     result = _evaluate(run)
     assert result.exit_code == 0, result.output
-    assert "WARNING: this run was generated without a held-out split" in result.output
+    assert "WARNING: this instance has no held-out split" in result.output
     saved = json.loads((files.evaluate_dir(run) / files.CONFIG_FILE).read_text())
     assert set(saved["splits"].values()) == {"train"}
 
@@ -896,3 +896,46 @@ def test_a_worker_whose_parent_dies_exits_even_without_the_parent_death_signal(t
     assert _running(grandchild)
     proc.communicate("die\n")
     assert _wait_gone([grandchild], 3.0) == []
+
+
+def test_a_streamed_fit_does_not_depend_on_the_methods_fitted_before_it(run, tmp_path):
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    common = ["--instance", _INST, "--max-rows", "0", "--n-epochs", "1", "--device", "cpu",
+              "--threads", "1"]
+    assert _sae(run, "--methods", "topk", *common).exit_code == 0
+    assert _sae(again, "--methods", "batchtopk,topk", *common).exit_code == 0
+    a, b = (files.sae_dir(r, _INST, "topk") / files.DICTIONARY_FILE for r in (run, again))
+    assert files.sha256_file(a) == files.sha256_file(b)
+
+
+def test_a_target_l0_above_the_dictionary_size_is_refused_before_any_fit(run):
+    before = _snapshot(files.sae_root(run))
+    out = _one_line_error(_sae(run, *_FAST_SAE, "--target-l0", "99"), 2)
+    assert "--target-l0: 99 exceeds the" in out
+    assert _snapshot(files.sae_root(run)) == before
+
+
+def test_a_held_out_shard_listed_as_a_training_shard_is_refused(run):
+    inst = _instance(run)
+    manifest = _manifest(inst)
+    manifest["heldout"]["shards"][0] = dict(manifest["shards"][0])
+    manifest["heldout"]["rows"] = manifest["shards"][0]["rows"]
+    _write_manifest(inst, manifest)
+    out = _one_line_error(_sae(run, *_FAST_SAE), 1)
+    assert "activations/shard-00000.safetensors is listed twice" in out
+
+
+def test_nonfinite_rows_past_the_rows_fitted_are_neither_read_nor_counted(tmp_path):
+    from data.shards import ShardWriter, read_manifest, take_rows
+    import torch
+    h = torch.ones(100, 3)
+    h[60] = float("nan")
+    writer = ShardWriter(tmp_path, d=3, n_features=2, rows_per_shard=100)
+    writer.add(h, torch.zeros(100, 2))
+    writer.close()
+    manifest = read_manifest(tmp_path)
+    H, dropped = take_rows(tmp_path, manifest, 50)          # row 60 is never reached
+    assert len(H) == 50 and dropped == {}
+    H, dropped = take_rows(tmp_path, manifest, 80, on_nonfinite="drop")
+    assert len(H) == 80 and dropped == {"activations/shard-00000.safetensors": 1}

@@ -80,9 +80,17 @@ def test_invalid_options_give_a_clear_error(tiny_run, args, message):
 
 
 def test_run_without_stage_1_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["--run-dir", str(tmp_path / "empty")])
     assert result.exit_code == 1
     assert "generate/config.json: not found; run `generate" in result.output
+
+
+def test_a_mistyped_run_folder_is_refused_without_creating_it(tmp_path):
+    result = CliRunner().invoke(main, ["--run-dir", str(tmp_path / "typo")])
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'typo'}: no such run folder; run `generate --run-dir" in result.output
+    assert not (tmp_path / "typo").exists()
 
 
 def test_unknown_instance_lists_the_valid_ones(tiny_run):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from data import files
+from data.staging import StagingDir
 from data.shards import (ShardError, ShardWriter, csr_to_dense, dense_to_csr, read_all,
                          read_shard, verify_instance, write_shard)
 
@@ -98,10 +99,10 @@ def test_missing_shard_and_missing_folder_are_named(instance, tmp_path):
 
 def test_staging_dir_keeps_the_old_folder_when_the_work_fails(tmp_path):
     final = tmp_path / "out"
-    with files.StagingDir(final) as stage:
+    with StagingDir(final) as stage:
         (stage / "a.txt").write_text("first")
     with pytest.raises(KeyboardInterrupt):
-        with files.StagingDir(final) as stage:
+        with StagingDir(final) as stage:
             (stage / "a.txt").write_text("half")
             raise KeyboardInterrupt
     assert (final / "a.txt").read_text() == "first"
