@@ -10,11 +10,13 @@ STAMP := $(VENV)/.installed-stamp
 
 GRID ?= evaluate/sweep/grids/example.json
 
-.PHONY: install generate sae evaluate sweep test bench bench-long clean help
+.PHONY: install generate sae evaluate sweep test test-fast lint bench bench-long clean help
 help:
 	@echo "make generate sae evaluate   run the pipeline into $(RUN) (set RUN=runs/NAME)"
 	@echo "make sweep GRID=FILE         a grid of runs, cached per point (SWEEP_ARGS=--backend ray)"
 	@echo "make test                    the test suite"
+	@echo "make test-fast               the suite without the tests marked slow (under 30 s)"
+	@echo "make lint                    ruff (configured in pyproject.toml)"
 	@echo "make bench                   benchmarks/ (speed ratios against references)"
 	@echo "make bench-long              recovery targets (toy, rare tail, SAE sample efficiency) and the SynthSAEBench-like world, ~1 h"
 
@@ -41,6 +43,12 @@ sweep: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_loader.py

@@ -121,7 +121,8 @@ class FeatureDistribution:
             parts.append(coin.repeat_interleave(k, dim=2))
         if self.n_anticorrelated_sets:
             n_sets = self.n_anticorrelated_sets
-            coin = torch.rand((batch, n_inst, n_sets), generator=generator, device=device) < (p * k).clamp(max=1.0)
+            coin = (torch.rand((batch, n_inst, n_sets), generator=generator, device=device)
+                    < (p * k).clamp(max=1.0))
             member = torch.randint(k, (batch, n_inst, n_sets), generator=generator, device=device)
             onehot = torch.nn.functional.one_hot(member, k).bool() & coin[..., None]
             parts.append(onehot.reshape(batch, n_inst, n_sets * k))

@@ -16,28 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from data.measures import fvu  # noqa: F401 (the one FVU, scored here too)
+
 from evaluate.metrics import cosine_matrix
 
 
 def _f64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
-
-
-def fvu(H: np.ndarray, H_hat: np.ndarray) -> float:
-    """Fraction of variance unexplained: sum ||h - h^||^2 / sum ||h - mean(h)||^2.
-
-    Range [0, inf): 0 for a perfect reconstruction, 1 for predicting the mean row. Invariant
-    to permuting rows and to a common rescaling of H and H_hat. NaN with no row; with zero
-    variance, 0 if the reconstruction is exact, else inf.
-    """
-    H, H_hat = _f64(H), _f64(H_hat)
-    if len(H) == 0:
-        return float("nan")
-    residual = float(np.sum((H - H_hat) ** 2))
-    variance = float(np.sum((H - H.mean(axis=0)) ** 2))
-    if variance < 1e-12:
-        return 0.0 if residual < 1e-12 else float("inf")
-    return residual / variance
 
 
 def explained_variance(H: np.ndarray, H_hat: np.ndarray) -> float:

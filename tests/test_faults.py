@@ -308,6 +308,7 @@ def _one_line_error(result, code: int) -> str:
     return result.output
 
 
+@pytest.mark.slow
 def test_sae_killed_between_two_methods_leaves_the_previous_stage_whole(run):
     before = _snapshot(files.sae_root(run))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -621,6 +622,7 @@ def _metric(run, method, metric, instance=None):
             and "feature" not in r and (instance is None or r["instance"] == instance)]
 
 
+@pytest.mark.slow
 def test_the_l1_coefficient_is_calibrated_to_the_stage_k_by_default(tmp_path):
     from generate.cli import main as generate_main
     run = tmp_path / "run"
@@ -727,6 +729,7 @@ def _wait_gone(pids, seconds):
     return [p for p in pids if _running(p)]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
 def test_a_killed_sweeps_workers_die_with_it_and_the_resumed_sweep_completes(tmp_path,
                                                                             no_sweep_figures):

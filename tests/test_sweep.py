@@ -79,6 +79,7 @@ def swept(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_without_recomputing_finished_points(swept):
     crashed, sweep_dir = swept["crashed"], swept["sweep_dir"]
     assert crashed.exit_code == 1
@@ -101,6 +102,7 @@ def test_an_interrupted_sweep_resumes_without_recomputing_finished_points(swept)
     assert swept["after_again"] == resumed
 
 
+@pytest.mark.slow
 def test_points_that_differ_only_in_sae_fields_share_one_generate_run(swept):
     sweep_dir = swept["sweep_dir"]
     points = load_grid(swept["grid"]).points
@@ -111,6 +113,7 @@ def test_points_that_differ_only_in_sae_fields_share_one_generate_run(swept):
         assert link.resolve().parent.name == p.generate_hash[:16]
 
 
+@pytest.mark.slow
 def test_the_aggregate_table_equals_each_points_metrics(swept):
     sweep_dir = swept["sweep_dir"]
     grid = load_grid(swept["grid"])
@@ -251,6 +254,7 @@ def test_feature_count_estimators_on_known_curves():
     assert consecutive_mmcs_estimate(sizes, np.array([0.7, 0.8, 0.99, 0.9])) == 16.0
 
 
+@pytest.mark.slow
 def test_a_sweep_over_dictionary_size_counts_features(swept):
     sweep_dir = swept["sweep_dir"]
     counts = read_csv(sweep_dir / COUNTING_CSV)
@@ -269,10 +273,11 @@ def test_a_sweep_over_dictionary_size_counts_features(swept):
     assert (sweep_dir / "figures" / COUNTING_FIGURE).stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_dry_run_lists_each_point_and_whether_it_is_done(swept, tmp_path):
     result = _invoke(swept["grid"], swept["sweep_dir"], "--dry-run")
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert len(lines) == 4 and all(" done {'generate.feature_probability'" in l for l in lines)
+    assert len(lines) == 4 and all(" done {'generate.feature_probability'" in line for line in lines)
     fresh = _invoke(swept["grid"], tmp_path / "none", "--dry-run")
     assert fresh.output.count(" todo ") == 4 and not (tmp_path / "none").exists()

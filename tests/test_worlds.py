@@ -172,7 +172,8 @@ def test_folded_normal_magnitudes_follow_the_per_feature_mean():
 
 
 # ---- presets through the command -------------------------------------------------------------
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "synthsaebench-small"
+                                  else n for n in PRESETS])
 def test_preset_generates_through_the_cli_with_its_schedule_as_ground_truth(tmp_path, name):
     result = CliRunner().invoke(main, ["--world", name, "--rows", "2000", "--rows-per-shard", "1000",
                                        "--device", "cpu", "--run-dir", str(tmp_path)])
