@@ -26,8 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluate.metrics import mmcs, per_feature_max_cosine  # noqa: E402
 from data import planted  # noqa: E402
+from data.measures import fvu  # noqa: E402
+from evaluate.metrics import mmcs, per_feature_max_cosine  # noqa: E402
 from sae.ksvd import KSVD  # noqa: E402
 from sae.methods import build  # noqa: E402
 from sae.mod import MOD  # noqa: E402
@@ -39,10 +40,6 @@ def planted_problem(n_samples: int = 20_000, n_features: int = 512, d: int = 256
     """`data.planted.planted_problem` at this benchmark's size, as numpy (H, A)."""
     H, A = planted.planted_problem(n_samples, n_features, d, active, seed)
     return H.numpy(), A.numpy()
-
-
-def fvu(H: np.ndarray, reconstruction: np.ndarray) -> float:
-    return float(((H - reconstruction) ** 2).sum() / ((H - H.mean(0)) ** 2).sum())
 
 
 # SAE recipes for the default problem (512 atoms in d=256, 5 active, 20k samples), tuned on
@@ -90,7 +87,7 @@ def default_methods(n_components: int, k: int, seed: int, device: str,
         "batchtopk": sae("batchtopk"),
         "l1": sae("l1"),
         # the reference, as scikit-learn ships it (lasso-cd coding, 10 passes, batch 256)
-        "sklearn": lambda: SklearnDictionary(n_components, k=k, random_state=seed,
+        "sklearn": lambda: SklearnDictionary(n_components=n_components, k=k, random_state=seed,
                                              **(sklearn_kwargs or {})),
     }
 

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import matmul_peak_gflops  # noqa: E402
-from data.files import read_json  # noqa: E402
+from data.files import MANIFEST_FILE, read_json  # noqa: E402
 from generate.config import GenerateConfig  # noqa: E402
 from generate.pipeline import distribution, resolve_device, run_generate  # noqa: E402
 from generate.train import train_toy_models  # noqa: E402
@@ -55,7 +55,7 @@ def bench_dump(config: GenerateConfig) -> dict:
         out = run_generate(config, Path(tmp) / "run")
         seconds = time.perf_counter() - t
         total = sum(sum(s["bytes"] for s in read_json(m)["shards"])
-                    for m in Path(out).rglob("manifest.json"))
+                    for m in Path(out).rglob(MANIFEST_FILE))
         blob = os.urandom(1 << 24)
         t = time.perf_counter()
         with open(Path(tmp) / "raw.bin", "wb") as f:

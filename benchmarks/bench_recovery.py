@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data import files  # noqa: E402
 from evaluate.metrics import mmcs, per_feature_max_cosine  # noqa: E402
 from sae.methods import build  # noqa: E402
 
@@ -50,10 +51,10 @@ def load_instance(instance_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     from data.shards import read_all
 
     H, _ = read_all(instance_dir)
-    gt = load_file(str(instance_dir / "ground_truth.safetensors"))
-    rep = gt["represented"].bool()
-    prob = gt["probability"][gt["feature_index"]][rep]
-    return H.astype(np.float32), gt["directions"][rep].numpy(), prob.numpy()
+    gt = load_file(str(instance_dir / files.GROUND_TRUTH_FILE))
+    rep = gt[files.GT_REPRESENTED].bool()
+    prob = gt[files.GT_PROBABILITY][gt[files.GT_FEATURE_INDEX]][rep]
+    return H.astype(np.float32), gt[files.GT_DIRECTIONS][rep].numpy(), prob.numpy()
 
 
 def tail_probabilities(n_features: int, mean_active: float = 5.0,
@@ -153,7 +154,7 @@ def antipodal_pairs(G: np.ndarray, cos: float = -0.99) -> list[tuple[int, int]]:
 
 
 def toy(run_dir: Path, methods: list[str], seed: int = 0, drop_zero_rows: bool = True) -> dict:
-    instances = run_dir / "generate" / "instances"
+    instances = files.instances_dir(run_dir)
     if not instances.is_dir():
         print(f"generating the default toy run into {run_dir} ...", flush=True)
         subprocess.run([sys.executable, "-m", "generate", "--run-dir", str(run_dir)],
@@ -230,7 +231,7 @@ def samples_to_target(method: str, params: dict, H: np.ndarray, G: np.ndarray,
     reached: list[int] = []
 
     def watcher(est):
-        def check(step: int, total) -> None:
+        def check(step: int, total, info) -> None:
             if not reached and step % check_every == 0 and \
                     mmcs(G, est.sae_.components().numpy()) >= target:
                 reached.append(step * est.batch_size)

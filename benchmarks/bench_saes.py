@@ -57,7 +57,7 @@ def training_samples_per_s(method: str, d: int, n: int, batch: int, k: int, step
     if method != "l1":
         params["k"] = k
     stamps: list[float] = []
-    METHODS[method](**params).fit(H, progress=lambda step, total: stamps.append(
+    METHODS[method](**params).fit(H, progress=lambda step, total, info: stamps.append(
         time.perf_counter()))
     return batch / min(b - a for a, b in zip(stamps[warmup - 1:], stamps[warmup:]))
 
@@ -81,7 +81,7 @@ def samples_to_mmcs(method: str, target: float = 0.99, seed: int = 0,
     est = METHODS[method](n_components=64, random_state=seed, **RECOVERY[method])
     reached: list[int] = []
 
-    def check(step: int, total: int | None) -> None:
+    def check(step: int, total: int | None, info: dict) -> None:
         if not reached and step % check_every == 0 and \
                 mmcs(atoms, est.sae_.components()) >= target:
             reached.append(step * est.batch_size)

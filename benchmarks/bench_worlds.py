@@ -53,8 +53,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import files  # noqa: E402
-from evaluate.code_metrics import l0  # noqa: E402
 from data.shards import take_rows, verify_instance  # noqa: E402
+from evaluate.code_metrics import l0  # noqa: E402
 from evaluate.inputs import read_instance  # noqa: E402
 from evaluate.scoring import score_dictionary  # noqa: E402
 from sae.methods import METHODS, build  # noqa: E402
@@ -77,7 +77,7 @@ def load_world(run_dir: Path, fit_rows: int, eval_rows: int, seed: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
     """(H_fit [fit_rows, d], H_eval [eval_rows, d], true activations of the eval rows
     [eval_rows, n_true], G [n_true, d], expected L0), generating the world if needed."""
-    instances = files.generate_dir(run_dir) / "instances"
+    instances = files.instances_dir(run_dir)
     if not instances.is_dir():
         print(f"generating {WORLD} into {run_dir} ...", flush=True)
         subprocess.run([sys.executable, "-m", "generate", "--source", "synthetic", "--world",

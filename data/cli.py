@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import click
 
@@ -33,20 +34,34 @@ class NameList(click.ParamType):
 
 def read_config_file(path) -> dict:
     """The fields of a `--config` JSON file: a bare field dict or a saved stage config.json
-    (whose fields sit under "config"); click errors name the option."""
+    (whose fields sit under "config"). The one reader of every stage's --config: a missing,
+    unreadable or malformed file is a usage error naming the option (one line, exit 2)."""
     from data.files import read_json
 
+    path = Path(path)
     if not path.is_file():
         raise click.BadParameter(f"{path}: file not found", param_hint="--config")
     try:
         saved = read_json(path)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--config") from None
+    except OSError as err:
+        raise click.BadParameter(os_error_line(err), param_hint="--config") from None
     values = saved.get("config", saved) if isinstance(saved, dict) else saved
     if not isinstance(values, dict):
         raise click.BadParameter(f"{path}: expected a JSON object of config fields",
                                  param_hint="--config")
     return dict(values)
+
+
+def config_file_option(help_text: str):
+    """The `--config FILE` option of a stage command (read with read_config_file)."""
+    return click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                        default=None, help=help_text)
+
+
+threads_option = click.option("--threads", type=int, default=None,
+                              help="torch CPU threads [torch's default].")
 
 
 @contextlib.contextmanager

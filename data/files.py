@@ -5,12 +5,15 @@ artifacts (ours or anyone's) needs only this module and DESIGN.md.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 FORMAT_VERSION = 1
 
@@ -26,8 +29,9 @@ MODEL_FILE = "model.safetensors"
 GROUND_TRUTH_FILE = "ground_truth.safetensors"
 MANIFEST_FILE = "manifest.json"
 DICTIONARY_FILE = "dictionary.safetensors"
-TRAIN_LOG_FILE = "train_log.jsonl"
+TRAIN_LOG_FILE = "train_log.jsonl"    # one JSON line per logged step (generate/, each sae/ fit)
 SHARD_PATTERN = "shard-{index:05d}.safetensors"
+STAGE_DIRS = (GENERATE_DIR, SAE_DIR, EVALUATE_DIR)   # in pipeline order
 
 # ---- tensor keys: activation shards -------------------------------------------------------
 H = "h"                    # [rows, d] float32 hidden activations
@@ -35,6 +39,7 @@ X_INDPTR = "x_indptr"      # [rows + 1] int64, CSR row pointers of the true feat
 X_INDICES = "x_indices"    # [nnz] int64, feature index of each stored value
 X_VALUES = "x_values"      # [nnz] float32
 SHARD_KEYS = (H, X_INDPTR, X_INDICES, X_VALUES)
+X_DENSE = "x"              # [rows, n_features] float32: the dense x column of data.loader's views
 
 # ---- tensor keys: ground truth ------------------------------------------------------------
 GT_DIRECTIONS = "directions"          # [n_gt, d] raw hidden response, not normalised
@@ -46,12 +51,61 @@ GT_NORMS = "norms"                    # [n_gt] float32, ||directions||
 GT_IMPORTANCE = "importance"          # [n_features] float32
 GT_PROBABILITY = "probability"        # [n_features] float32, firing probability 1 - S_i
 
+# ---- tensor keys: model.safetensors (the toy model's parameters; synthetic: W only) --------
+MODEL_W = "W"                         # [d, n] the (first) weight matrix; h = W x
+MODEL_W_OUT = "W_out"                 # [n, d] the output weights of the `abs` model
+MODEL_B_FINAL = "b_final"             # [n] the output bias (toy models only)
+
 # ---- tensor keys: dictionaries ------------------------------------------------------------
 COMPONENTS = "components"             # [n_components, d] unit-norm rows
+
+# ---- tensor keys: SAE estimators (beside COMPONENTS, which holds W_dec's columns as rows) ---
+SAE_W_ENC = "W_enc"                   # [d, n_components] encoder
+SAE_B_ENC = "b_enc"                   # [n_components]
+SAE_B_DEC = "b_dec"                   # [d]
+SAE_THRESHOLD = "threshold"           # [] BatchTopK's inference threshold (0: plain ReLU)
+SAE_TENSOR_KEYS = (SAE_W_ENC, SAE_B_ENC, SAE_B_DEC, SAE_THRESHOLD)
 
 # ---- SAELens's export format (`SAE.load_from_disk`) ----------------------------------------
 SAELENS_CFG_FILE = "cfg.json"
 SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"   # W_enc [d, n], b_enc [n], W_dec [n, d], b_dec [d]
+
+# ---- evaluate/: what stage 3 writes --------------------------------------------------------
+METRICS_FILE = "metrics.json"         # every record: instance x method x metric (x feature)
+METRICS_CSV = "metrics.csv"           # the same records as a table (METRICS_CSV_COLUMNS)
+METRICS_CSV_COLUMNS = ("instance", "method", "metric", "feature", "sign", "value", "note")
+REPORT_FILE = "report.md"
+FIGURES_DIR = "figures"               # figures/*.png, linked from report.md (a sweep's too)
+HEADLINE_FIGURE = "recovery_vs_probability.png"
+DIMENSIONALITY_FIGURE = "feature_dimensionality.png"
+RECOVERY_VS_DIMENSIONALITY_FIGURE = "recovery_vs_dimensionality.png"
+TOY_MODEL_FIGURE = "{instance}-toy_model.png"   # one per toy-model instance
+COSINE_FIGURE = "{instance}-cosine.png"         # one per instance with a scored dictionary
+
+# ---- staging (data/staging.py): how a stage folder is swapped in ---------------------------
+RUN_LOCK_FILE = ".lock"               # <run_dir>/.lock: held by the command writing the run
+COMPLETE_MARKER = ".complete"         # written last into a staging folder, removed after the swap
+STAGING_TMP = "tmp"                   # .<stage>.tmp-XXXX: a stage folder being written
+STAGING_OLD = "old"                   # .<stage>.old-<pid>: the previous one, between two renames
+
+# ---- a sweep folder (evaluate/sweep/) ------------------------------------------------------
+SWEEP_GRID_FILE = "grid.json"         # the grid file, as read
+SWEEP_POINTS_DIR = "points"           # points/<hash>/: one run folder per grid point
+SWEEP_GENERATE_DIR = "generate"       # generate/<hash>/: one stage-1 run per generate config
+POINT_MARKER = "point.json"           # a finished point (written last): configs + swept values
+GENERATE_MARKER = "done.json"         # a finished generate run (written last)
+POINT_ERROR_FILE = "error.txt"        # the traceback of a failed point
+SWEEP_STAGING_SUFFIX = ".partial"     # points/.<hash>.partial: a point being written
+SWEEP_LOCK_FILE = ".sweep.lock"       # held by the running sweep (pid inside)
+WORKERS_LOCK_FILE = ".workers.lock"   # shared by its pool workers (their pids appended)
+AGGREGATE_CSV = "aggregate.csv"       # a row per finished point x instance x method
+SUMMARY_FILE = "summary.md"
+COUNTING_CSV = "counting.csv"         # feature-counting estimates, one row per size curve
+COUNTING_FIGURE = "feature_counting.png"
+SWEEP_PROBABILITY_FIGURE = "recovery_vs_probability.png"
+SWEEP_PHASE_FIGURE = "phase_diagram.png"
+SWEEP_DICT_RATIO_FIGURE = "recovery_vs_dict_ratio.png"
+SWEEP_FRONTIER_FIGURE = "fvu_l0_frontier.png"
 
 
 # ---- paths ---------------------------------------------------------------------------------
@@ -89,6 +143,12 @@ def sae_dir(run_dir: str | os.PathLike, instance_id: str, method: str) -> Path:
 
 def evaluate_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / EVALUATE_DIR
+
+
+def staging_prefix(name: str, kind: str) -> str:
+    """`.<name>.<kind>-`: how a staging (STAGING_TMP) or previous (STAGING_OLD) copy of the
+    stage folder `name` begins, beside it."""
+    return f".{name}.{kind}-"
 
 
 def list_instances(run_dir: str | os.PathLike) -> list[str]:
@@ -147,6 +207,30 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[dict], columns: Sequence[str]) -> None:
+    """Write `rows` as a CSV table of `columns` (a header line, then one line per row; keys
+    outside `columns` left out), atomically. A missing value, None, NaN or inf is an empty
+    cell; a list or tuple is its items joined by commas."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _csv_cell(v):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    """A `write_csv` table back as dicts of strings (empty string: no value)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def config_sha256(config: dict) -> str:

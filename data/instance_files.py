@@ -15,9 +15,6 @@ import numpy as np
 from data import files
 from data.shards import ShardError, read_checked, verify_files
 
-MODEL_W = "W"               # [d, n] the toy model's (first) weight matrix; h = W x
-MODEL_B_FINAL = "b_final"   # [n] its output bias (toy models only)
-
 # key -> dtype; "gt" entries have one row per true direction (n or 2n of them), "n" per feature
 _GT_KEYS = {
     files.GT_DIRECTIONS: ("float32", "gt"), files.GT_FEATURE_INDEX: ("int64", "gt"),
@@ -61,9 +58,9 @@ def read_model(instance_dir: str | os.PathLike, manifest: dict) -> dict[str, np.
     """model.safetensors of one instance, checked: W [d, n] always; b_final [n] when present."""
     path = _listed_file(instance_dir, manifest, files.MODEL_FILE)
     n, d = manifest["n_features"], manifest["d"]
-    spec = {MODEL_W: ("float32", (d, n))}
+    spec = {files.MODEL_W: ("float32", (d, n))}
     tensors = read_checked(path, spec)
-    if MODEL_B_FINAL in tensors:
-        spec[MODEL_B_FINAL] = ("float32", (n,))
+    if files.MODEL_B_FINAL in tensors:
+        spec[files.MODEL_B_FINAL] = ("float32", (n,))
         tensors = read_checked(path, spec)
     return {k: np.array(v) for k, v in tensors.items()}

@@ -31,7 +31,7 @@ def _features(d: int, n_features: int, with_x: bool):
 
     feats = {files.H: datasets.Sequence(datasets.Value("float32"), length=d)}
     if with_x:
-        feats["x"] = datasets.Sequence(datasets.Value("float32"), length=n_features)
+        feats[files.X_DENSE] = datasets.Sequence(datasets.Value("float32"), length=n_features)
     return datasets.Features(feats)
 
 
@@ -54,7 +54,7 @@ def _shard_table(path: Path, d: int, n_features: int, with_x: bool,
     if with_x:
         x = csr_to_dense(tensors[files.X_INDPTR], tensors[files.X_INDICES],
                          tensors[files.X_VALUES], n_features)
-        columns["x"] = _fixed_size(x if keep is None else x[keep])
+        columns[files.X_DENSE] = _fixed_size(x if keep is None else x[keep])
     return pa.table(columns)
 
 

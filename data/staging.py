@@ -27,8 +27,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-COMPLETE_MARKER = ".complete"
-LOCK_FILE = ".lock"
+from data import files
+
+COMPLETE_MARKER = files.COMPLETE_MARKER  # an alias, for the modules that import it from here
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -65,7 +66,7 @@ def exchange(a: Path, b: Path) -> bool:
 def _leftovers(final: Path, kind: str) -> list[Path]:
     if not final.parent.is_dir():
         return []
-    return sorted(final.parent.glob(f".{final.name}.{kind}-*"))
+    return sorted(final.parent.glob(files.staging_prefix(final.name, kind) + "*"))
 
 
 def recover(final: str | os.PathLike) -> list[str]:
@@ -78,11 +79,11 @@ def recover(final: str | os.PathLike) -> list[str]:
     """
     final = Path(final)
     done = []
-    tmps, olds = _leftovers(final, "tmp"), _leftovers(final, "old")
+    tmps, olds = _leftovers(final, files.STAGING_TMP), _leftovers(final, files.STAGING_OLD)
     if not final.exists():
-        complete = [t for t in tmps if (t / COMPLETE_MARKER).is_file()]
+        complete = [t for t in tmps if (t / files.COMPLETE_MARKER).is_file()]
         if complete:
-            newest = max(complete, key=lambda t: (t / COMPLETE_MARKER).stat().st_mtime_ns)
+            newest = max(complete, key=lambda t: (t / files.COMPLETE_MARKER).stat().st_mtime_ns)
             os.replace(newest, final)
             tmps.remove(newest)
             done.append(f"{final}: completed the swap of a run that was interrupted "
@@ -114,8 +115,8 @@ class StagingDir:
     def __enter__(self) -> Path:
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-",
-                                              dir=self.final.parent))
+            self.path = Path(tempfile.mkdtemp(
+                prefix=files.staging_prefix(self.final.name, files.STAGING_TMP), dir=self.final.parent))
         except OSError as err:  # read-only, read-only mount, disk full, a file in the way
             raise StageWriteError(err.errno, f"{self.final.parent}: cannot write here "
                                              f"({err.strerror})") from None
@@ -128,18 +129,19 @@ class StagingDir:
             shutil.rmtree(self.path, ignore_errors=True)
             return
         _fsync_tree(self.path)
-        (self.path / COMPLETE_MARKER).touch()
+        (self.path / files.COMPLETE_MARKER).touch()
         if not self.final.exists():
             os.replace(self.path, self.final)
         elif exchange(self.path, self.final):  # self.path now holds the old folder
             shutil.rmtree(self.path, ignore_errors=True)
         else:
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            old = self.final.with_name(files.staging_prefix(self.final.name, files.STAGING_OLD)
+                                       + str(os.getpid()))
             shutil.rmtree(old, ignore_errors=True)
             os.replace(self.final, old)
             os.replace(self.path, self.final)  # a kill before this line: recover() finishes it
             shutil.rmtree(old, ignore_errors=True)
-        (self.final / COMPLETE_MARKER).unlink(missing_ok=True)
+        (self.final / files.COMPLETE_MARKER).unlink(missing_ok=True)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -165,7 +167,7 @@ def run_lock(run_dir: str | os.PathLike, command: str, create: bool = True) -> I
                                 f"{run_dir}` first")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(run_dir / files.RUN_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         raise StageWriteError(err.errno, f"{run_dir}: cannot write here ({err.strerror})") from None
     try:
@@ -189,8 +191,8 @@ def stage_transaction(run_dir: str | os.PathLike, stage: str, command: str,
     """Lock the run, recover any stage folder a killed command left, and yield a staging
     folder that replaces `<run_dir>/<stage>` when the block ends without an exception."""
     run_dir = Path(run_dir)
-    with run_lock(run_dir, command, create=stage == "generate"):
-        for name in ("generate", "sae", "evaluate"):
+    with run_lock(run_dir, command, create=stage == files.GENERATE_DIR):
+        for name in files.STAGE_DIRS:
             for line in recover(run_dir / name):
                 echo(f"  recovered: {line}")
         with StagingDir(run_dir / stage) as staging:

@@ -22,30 +22,36 @@ WORLD_VALUES = ("uniform", "signed_uniform", "folded_normal")
 class WorldFields:
     """The benchmark-world fields, shared by `World` and generate's GenerateConfig."""
 
-    probability_schedule: str = "constant"
-    """constant, linear, exponential or zipf, from p_max (feature_probability) down to p_min."""
+    probability_schedule: str = dataclasses.field(default="constant", metadata={"choices": SCHEDULES})
+    """Synthetic source: feature i's probability, constant or a linear, exponential or zipf
+    schedule from p_max (feature_probability) down to p_min."""
     p_min: float = 1e-3
-    """Probability of the rarest feature (non-constant schedules)."""
+    """Synthetic source: probability of the rarest feature (non-constant schedules)."""
     zipf_exponent: float = 1.0
-    """zipf schedule: p_i ∝ (i+1)^-exponent before rescaling to [p_min, p_max]."""
+    """Synthetic source, zipf schedule: p_i ∝ (i+1)^-exponent before rescaling to [p_min, p_max]."""
     correlation_rank: int | None = None
-    """Gaussian copula between parentless features with a rank-r factor; None: independent."""
+    """Synthetic source: a Gaussian copula between parentless features with a rank-r factor
+    (every feature keeps its marginal); none: independent firing."""
     correlation_scale: float = 0.1
-    """Entries of the copula factor ~ scale · N(0, 1) (before the rows are normalised)."""
+    """Synthetic source: entries of the copula factor ~ scale · N(0, 1) (before the rows are
+    normalised)."""
     hierarchy_roots: int = 0
-    """Number of trees; 0: no hierarchy."""
+    """Synthetic source: number of parent/child trees, where a child fires only with its
+    parent; 0: no hierarchy."""
     hierarchy_branching: int = 4
-    """Children per parent."""
+    """Synthetic source: children per parent of the hierarchy."""
     hierarchy_depth: int = 3
-    """Generations below the roots (3: root, child, grandchild, great-grandchild)."""
+    """Synthetic source: generations below the roots (3: root, child, grandchild,
+    great-grandchild)."""
     hierarchy_exclusive: bool = True
-    """At most one child of a parent fires."""
+    """Synthetic source: at most one child of a parent fires."""
     magnitude_mean: tuple[float, ...] = (1.0,)
-    """folded_normal: one mean for all, or (first, last) linear over the feature index."""
+    """Synthetic source, folded_normal: one mean for all, or first,last linear over the feature
+    index."""
     magnitude_std: float = 0.0
-    """folded_normal: the std of a feature's magnitude (its mean over features)."""
+    """Synthetic source, folded_normal: the std of a feature's magnitude (its mean over features)."""
     magnitude_std_spread: float = 0.0
-    """folded_normal: per-feature std = |N(magnitude_std, spread)|, drawn once."""
+    """Synthetic source, folded_normal: per-feature std = |N(magnitude_std, spread)|, drawn once."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +75,10 @@ class World(WorldFields):
             ("hierarchy_branching", self.hierarchy_branching >= 1,
              f"must be >= 1, got {self.hierarchy_branching}"),
             ("hierarchy_depth", self.hierarchy_depth >= 1, f"must be >= 1, got {self.hierarchy_depth}"),
-            ("value", self.value in WORLD_VALUES, f"must be one of {', '.join(WORLD_VALUES)}, got {self.value!r}"),
-            ("magnitude_mean", len(self.magnitude_mean) in (1, 2) and all(m >= 0 for m in self.magnitude_mean),
+            ("value", self.value in WORLD_VALUES,
+             f"must be one of {', '.join(WORLD_VALUES)}, got {self.value!r}"),
+            ("magnitude_mean",
+             len(self.magnitude_mean) in (1, 2) and all(m >= 0 for m in self.magnitude_mean),
              f"needs one or two values >= 0 (first, last), got {list(self.magnitude_mean)}"),
             ("magnitude_std", self.magnitude_std >= 0, f"must be >= 0, got {self.magnitude_std}"),
             ("magnitude_std_spread", self.magnitude_std_spread >= 0,
@@ -162,7 +170,8 @@ class WorldDistribution:
 
     def to_dict(self) -> dict:
         return {"n_features": self.n_features, "feature_probability": list(self.feature_probability),
-                **{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.world).items()}}
+                **{k: list(v) if isinstance(v, tuple) else v
+                   for k, v in dataclasses.asdict(self.world).items()}}
 
     def sample(self, batch: int, generator: torch.Generator, device=None) -> torch.Tensor:
         """Draw x: [batch, n_instances, n_features]."""

@@ -17,8 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from data.measures import fvu  # noqa: F401 (the one FVU, scored here too)
-
-from evaluate.metrics import cosine_matrix
+from evaluate.metrics import best_true_feature
 
 
 def _f64(x) -> np.ndarray:
@@ -62,7 +61,7 @@ def dead_latents(codes: np.ndarray) -> int:
 
 
 def firing_classification(codes: np.ndarray, true_acts: np.ndarray, A: np.ndarray,
-                          G: np.ndarray) -> dict[str, float]:
+                          G: np.ndarray, best: np.ndarray | None = None) -> dict[str, float]:
     """SynthSAEBench's per-latent classification metrics.
 
     Latent j is matched to its best true feature m(j) = argmax_i |cos(A_j, G_i)| (the
@@ -71,11 +70,12 @@ def firing_classification(codes: np.ndarray, true_acts: np.ndarray, A: np.ndarra
     precision = TP / (TP + FP), recall = TP / (TP + FN), F1 = 2 P R / (P + R), each 0 where
     undefined (so a dead latent scores 0); returned as means over latents, range [0, 1].
     Invariant to permuting latents together with their codes, and to rescaling atoms.
+    best: m, i.e. `evaluate.metrics.best_true_feature(A, G)`, where the caller has it already.
     """
     codes, true_acts = np.asarray(codes), np.asarray(true_acts)
     if len(A) == 0 or len(G) == 0:
         return {"precision": float("nan"), "recall": float("nan"), "f1": float("nan")}
-    best = np.abs(cosine_matrix(A, G)).argmax(axis=1)  # [n_atoms]
+    best = best_true_feature(A, G) if best is None else best  # [n_atoms]
     fires = codes != 0                                   # [rows, n_atoms]
     truth = true_acts[:, best] > 0                       # [rows, n_atoms]
     tp = np.sum(fires & truth, axis=0).astype(np.float64)

@@ -1,7 +1,7 @@
 """The resolved configuration of stage 3; what `evaluate/config.json` records."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from data.configs import ConfigError, JSONConfig, check_number  # noqa: F401 (re-exported)
 from data.shards import NONFINITE_POLICIES
@@ -26,7 +26,7 @@ class EvaluateConfig(JSONConfig):
     """Seeds the choice of evaluation rows."""
     figures: bool = True
     """Draw figures/*.png (3 s a run on a toy problem; a sweep of many points may skip them)."""
-    on_nonfinite: str = "error"
+    on_nonfinite: str = field(default="error", metadata={"choices": NONFINITE_POLICIES})
     """An evaluation row holding NaN or inf: "error" (stop, naming the shard and the row) or
     "drop" (leave it out; the count per shard is a note in the report)."""
     keep_going: bool = False

@@ -2,8 +2,8 @@
 `save_figures` draws them all for an evaluation and writes the PNGs.
 
 Colours: one fixed colour per method family from the Okabe-Ito palette, which stays
-distinguishable under the common colour-vision deficiencies, and a marker per method; diverging maps (cosines, W^T W)
-are RdBu centred on 0, sequential ones cividis.
+distinguishable under the common colour-vision deficiencies, and a marker per method;
+diverging maps (cosines, W^T W) are RdBu centred on 0, sequential ones cividis.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#000000", "#56B4E9"]
 MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*", "<", ">"]
 DPI = 110
-HEADLINE_FIGURE = "recovery_vs_probability.png"
 # the paper's feature-dimensionality fractions (Elhage et al. 2022, "Feature Dimensionality")
 DIMENSION_FRACTIONS = (1, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 1 / 3)
 NONNEGATIVE_SUFFIX = "_nn"
@@ -239,11 +238,11 @@ def save_figures(ev: "Evaluation", folder: Path) -> dict[str, str]:
                 for m, rs in scored.items()}
 
     if scored:
-        save("headline", HEADLINE_FIGURE, plot_recovery_vs_probability(
+        save("headline", files.HEADLINE_FIGURE, plot_recovery_vs_probability(
             {m: np.array([r.probability for r in rs]) for m, rs in scored.items()},
             per_instance("mmcs"), per_instance(recovered_key(threshold)), threshold))
     gts = [r.instance.gt for r in ev.results]
-    save("dimensionality", "feature_dimensionality.png", plot_feature_dimensionality(
+    save("dimensionality", files.DIMENSIONALITY_FIGURE, plot_feature_dimensionality(
         [gt[files.GT_PROBABILITY][gt[files.GT_FEATURE_INDEX]] for gt in gts],
         [gt[files.GT_DIMENSIONALITY] for gt in gts],
         [gt[files.GT_REPRESENTED].astype(bool) for gt in gts],
@@ -253,7 +252,7 @@ def save_figures(ev: "Evaluation", folder: Path) -> dict[str, str]:
     featured = {m: [r for r in rs if scores_of(r, m).per_feature] for m, rs in scored.items()}
     featured = {m: rs for m, rs in featured.items() if rs}
     if featured:
-        save("recovery_vs_dimensionality", "recovery_vs_dimensionality.png",
+        save("recovery_vs_dimensionality", files.RECOVERY_VS_DIMENSIONALITY_FIGURE,
              plot_recovery_vs_dimensionality(
                  {m: np.concatenate([r.instance.gt[files.GT_DIMENSIONALITY][r.instance.represented]
                                      for r in rs]) for m, rs in featured.items()},
@@ -263,10 +262,10 @@ def save_figures(ev: "Evaluation", folder: Path) -> dict[str, str]:
                   for m, rs in featured.items()}, threshold))
     for r in ev.results:
         inst = r.instance
-        save(f"{inst.id}/toy_model", f"{inst.id}-toy_model.png", plot_toy_model(
-            inst.W, inst.b, f"{inst.id}: {inst.model_kind} toy model, "
-                            f"‖W‖²_F = {r.view['frobenius_norm_sq']:.3g}, "
-                            f"d/‖W‖²_F = {r.view['dimensions_per_feature']:.3g}"))
+        save(f"{inst.id}/toy_model", files.TOY_MODEL_FIGURE.format(instance=inst.id),
+             plot_toy_model(inst.W, inst.b, f"{inst.id}: {inst.model_kind} toy model, "
+                                            f"‖W‖²_F = {r.view['frobenius_norm_sq']:.3g}, "
+                                            f"d/‖W‖²_F = {r.view['dimensions_per_feature']:.3g}"))
         matched = {m: r.atoms[m][r.scores[m].atom_order] for m in r.scores
                    if r.scores[m].atom_order is not None}
         if matched and r.oracle is not None and r.oracle.atom_order is not None:
@@ -275,6 +274,7 @@ def save_figures(ev: "Evaluation", folder: Path) -> dict[str, str]:
             subtitles = {m: f"rec@{threshold:g} = "
                             f"{scores_of(r, m).scalars[recovered_key(threshold)]:.2f}"
                          for m in matched}
-            save(f"{inst.id}/cosine", f"{inst.id}-cosine.png", plot_cosine_matrices(
-                inst.G, matched, f"{inst.id}: true directions × matched atoms", subtitles))
+            save(f"{inst.id}/cosine", files.COSINE_FIGURE.format(instance=inst.id),
+                 plot_cosine_matrices(inst.G, matched, f"{inst.id}: true directions × matched atoms",
+                                      subtitles))
     return written

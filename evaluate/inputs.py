@@ -11,13 +11,10 @@ import numpy as np
 from safetensors import safe_open
 
 from data import files
-from data.instance_files import MODEL_B_FINAL, MODEL_W, read_ground_truth, read_model
-from data.shards import (ShardError, has_heldout, lists_checksums, manifest_checksums, read_manifest, read_shard,
-                         shard_entries, usable_rows, verify_instance)
-
-
-class StageInputError(ValueError):
-    """The run lacks what stage 3 needs, or holds something it cannot score."""
+from data.errors import StageInputError
+from data.instance_files import read_ground_truth, read_model
+from data.shards import (ShardError, has_heldout, lists_checksums, manifest_checksums, read_manifest,
+                         read_shard, shard_entries, usable_rows, verify_instance)
 
 
 @dataclass
@@ -164,8 +161,8 @@ def read_instance(run_dir: Path, instance_id: str, max_rows: int, drop_zero_rows
     split = "heldout" if has_heldout(manifest) else "train"
     H, X, total, dropped = sample_rows(path, manifest, max_rows, drop_zero_rows,
                                        np.random.default_rng(seed), split, on_nonfinite)
-    return Instance(id=instance_id, d=manifest["d"], gt=gt, W=model[MODEL_W],
-                    b=model.get(MODEL_B_FINAL), H=H, X=X, candidate_rows=total,
+    return Instance(id=instance_id, d=manifest["d"], gt=gt, W=model[files.MODEL_W],
+                    b=model.get(files.MODEL_B_FINAL), H=H, X=X, candidate_rows=total,
                     model_kind=manifest.get("model_kind", "?"), split=split,
                     nonfinite_dropped=dropped, checksummed=lists_checksums(manifest))
 

@@ -47,29 +47,37 @@ def per_feature_max_cosine(G: np.ndarray, A: np.ndarray, signed: bool = True) ->
     return (C if signed else np.abs(C)).max(axis=1)
 
 
-def hungarian_match(G: np.ndarray, A: np.ndarray, signed: bool = True
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One-to-one matching of true directions to atoms maximising the summed cosine
-    (scipy's linear_sum_assignment). Returns (true_index, atom_index, cosine) of the
-    min(n_true, n_atoms) matched pairs. Unlike MMCS, one atom cannot serve two features.
+Match = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""A Hungarian matching: (true_index, atom_index, score) of its matched pairs."""
+
+
+def hungarian_match(G: np.ndarray, A: np.ndarray, signed: bool = True,
+                    C: np.ndarray | None = None) -> Match:
+    """One-to-one matching of true directions to atoms maximising the summed cosine (|cos|
+    with signed=False; scipy's linear_sum_assignment). Returns (true_index, atom_index,
+    cosine) of the min(n_true, n_atoms) matched pairs, the cosine as |cos| when not signed.
+    Unlike MMCS, one atom cannot serve two features. C: `cosine_matrix(G, A)`, where the
+    caller has it already.
     """
     from scipy.optimize import linear_sum_assignment
 
-    C = cosine_matrix(G, A)
+    C = cosine_matrix(G, A) if C is None else C
     score = C if signed else np.abs(C)
     rows, cols = linear_sum_assignment(score, maximize=True)
     return rows, cols, score[rows, cols]
 
 
-def matched_cosines(G: np.ndarray, A: np.ndarray, signed: bool = True) -> np.ndarray:
+def matched_cosines(G: np.ndarray, A: np.ndarray, signed: bool = True,
+                    match: Match | None = None) -> np.ndarray:
     """[n_true]: the cosine of each true direction with its Hungarian-matched atom; NaN for a
-    true direction left without one (possible only when n_atoms < n_true).
+    true direction left without one (possible only when n_atoms < n_true). match: the
+    `hungarian_match(G, A, signed)` the caller computed already (`signed` is then its own).
 
     Its mean with NaN counted as 0 is the "mean matched cosine" (range [-1, 1] signed): unlike
     MMCS it cannot reach 1 by pointing one atom at two features.
     """
     out = np.full(len(G), np.nan)
-    rows, _, cos = hungarian_match(G, A, signed=signed)
+    rows, _, cos = hungarian_match(G, A, signed=signed) if match is None else match
     out[rows] = cos
     return out
 
@@ -83,10 +91,11 @@ def recovered_fraction(matched: np.ndarray, threshold: float) -> float:
     return float(np.mean(np.nan_to_num(matched, nan=-np.inf) >= threshold))
 
 
-def mcc(G: np.ndarray, A: np.ndarray) -> float:
+def mcc(G: np.ndarray, A: np.ndarray, abs_match: Match | None = None) -> float:
     """SynthSAEBench's mean correlation coefficient: the mean |cos| over the min(n_true,
     n_atoms) pairs of the Hungarian matching on |cos| (SAELens `mean_correlation_coefficient`,
-    after O'Neill et al. 2025).
+    after O'Neill et al. 2025); abs_match: that matching, `hungarian_match(G, A, signed=False)`,
+    where the caller computed it already.
 
     Range [0, 1], 1 iff every matched pair is parallel or antiparallel. Invariant to
     permuting, rescaling and sign-flipping atoms. Surplus atoms (or surplus true features) do
@@ -94,12 +103,20 @@ def mcc(G: np.ndarray, A: np.ndarray) -> float:
     """
     if len(G) == 0 or len(A) == 0:
         return float("nan")
-    return float(hungarian_match(G, A, signed=False)[2].mean())
+    match = hungarian_match(G, A, signed=False) if abs_match is None else abs_match
+    return float(match[2].mean())
 
 
-def uniqueness(G: np.ndarray, A: np.ndarray) -> float:
+def best_true_feature(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """[n_atoms]: the index of each atom's best true feature by |cos| (many atoms may share
+    one), the matching of SynthSAEBench's uniqueness and per-latent classification."""
+    return np.abs(cosine_matrix(A, G)).argmax(axis=1)
+
+
+def uniqueness(G: np.ndarray, A: np.ndarray, best: np.ndarray | None = None) -> float:
     """SynthSAEBench's uniqueness (SAELens `feature_uniqueness`): give every atom its best
     true feature by |cos|; the number of distinct true features so chosen, over n_atoms.
+    best: `best_true_feature(A, G)`, where the caller computed it already.
 
     Range (0, 1]: 1 when no two atoms chase the same feature; k atoms that all point at one
     feature give 1/k. Invariant to permuting, rescaling and sign-flipping atoms. 0 for an
@@ -109,7 +126,7 @@ def uniqueness(G: np.ndarray, A: np.ndarray) -> float:
         return float("nan")
     if len(A) == 0:
         return 0.0
-    best = np.abs(cosine_matrix(A, G)).argmax(axis=1)  # [n_atoms]
+    best = best_true_feature(A, G) if best is None else best  # [n_atoms]
     return len(np.unique(best)) / len(A)
 
 

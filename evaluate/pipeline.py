@@ -6,8 +6,6 @@ failed run leaves the previous evaluation as it was.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,18 +17,16 @@ import numpy as np
 from data import files
 from data.cli import silent_progress
 from data.environment import environment
+from data.errors import StageInputError
+from data.staging import stage_transaction
 from evaluate import metrics as gm
 from evaluate.config import EvaluateConfig
-from data.staging import stage_transaction
-from evaluate.inputs import (Instance, StageInputError, check_dictionary, check_run,
-                             find_dictionaries, read_instance, registry_order, sae_stage_config)
+from evaluate.inputs import (Instance, check_dictionary, check_run, find_dictionaries, read_instance,
+                             registry_order, sae_stage_config)
 from evaluate.scoring import Scores, score_dictionary
 
-FIGURES_DIR = "figures"
-REPORT_FILE = "report.md"
-METRICS_FILE = "metrics.json"
-METRICS_CSV = "metrics.csv"
-CSV_COLUMNS = ("instance", "method", "metric", "feature", "sign", "value", "note")
+# aliases of the data.files names, for the modules that import them from here (evaluate.cli)
+REPORT_FILE, METRICS_FILE = files.REPORT_FILE, files.METRICS_FILE
 
 
 @dataclass
@@ -244,15 +240,6 @@ def evaluate_run(config: EvaluateConfig, run_dir: str | Path,
     return Evaluation(run_dir, config, results, notes, methods)
 
 
-def write_csv(records: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for rec in records:
-        writer.writerow({k: ("" if rec.get(k) is None else rec.get(k)) for k in CSV_COLUMNS})
-    return buf.getvalue()
-
-
 def run_evaluate(config: EvaluateConfig, run_dir: str | Path, progress: Callable | None = None,
                  echo: Callable[[str], None] = lambda s: None) -> Path:
     """Score the run and write `<run_dir>/evaluate/`; returns that folder."""
@@ -265,14 +252,14 @@ def run_evaluate(config: EvaluateConfig, run_dir: str | Path, progress: Callable
                            echo) as stage:
         ev = evaluate_run(config, run_dir, progress)
         sae_config = sae_stage_config(ev.run_dir)
-        figures = save_figures(ev, stage / FIGURES_DIR) if config.figures else {}
+        figures = save_figures(ev, stage / files.FIGURES_DIR) if config.figures else {}
         records = ev.records()
-        files.atomic_write_json(stage / METRICS_FILE, {
+        files.atomic_write_json(stage / files.METRICS_FILE, {
             "format_version": files.FORMAT_VERSION, "run_dir": str(ev.run_dir),
             "methods": ev.methods, "instances": [r.instance.id for r in ev.results],
             "records": records})
-        files.atomic_write_bytes(stage / METRICS_CSV, write_csv(records).encode())
-        (stage / REPORT_FILE).write_text(render_report(ev, figures))
+        files.write_csv(stage / files.METRICS_CSV, records, files.METRICS_CSV_COLUMNS)
+        (stage / files.REPORT_FILE).write_text(render_report(ev, figures))
         files.atomic_write_json(stage / files.CONFIG_FILE, {
             "stage": "evaluate", "config": config.to_dict(),
             "config_sha256": files.config_sha256(config.to_dict()), "run_dir": str(ev.run_dir),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from data import files
 from evaluate.oracle import ORACLE
 from evaluate.scoring import metric_info, recovered_key
 
@@ -129,7 +130,7 @@ def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
     oracle_mean = {ORACLE: means.pop(ORACLE)} if ORACLE in means else {}
     errors = [n for n in ev.notes if n.get("kind") == "error"]
     notes = [n for n in ev.notes if n.get("kind") != "error"]
-    fig = lambda key: f"figures/{figures[key]}"  # noqa: E731
+    fig = lambda key: f"{files.FIGURES_DIR}/{figures[key]}"  # noqa: E731
     out = [f"# Evaluation of `{ev.run_dir}`", ""]
 
     # ---- summary ------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
         out += ["", f"{len(notes)} note(s) at the end: something was skipped."]
 
     # ---- method comparison --------------------------------------------------------------
-    out += ["", f"## Method comparison (mean over instances)", ""]
+    out += ["", "## Method comparison (mean over instances)", ""]
     if ev.methods:
         out += [table(means, metrics, reference=oracle_mean)]
         off = sorted({m for r in res for m, sc in r.scores.items() if off_target(sc.scalars)})
@@ -201,7 +202,8 @@ def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
                 f"mean D_i {fmt('x', v['mean_dimensionality'])}. Evaluated on {v['rows']} "
                 + ("held-out rows" if r.instance.split == "heldout" else "training rows (no held-out split)")
                 + f" drawn from {v['candidate_rows']}"
-                + (f"; stage 2 fitted on {', '.join(map(str, fit_rows))} training rows." if fit_rows else "."),
+                + (f"; stage 2 fitted on {', '.join(map(str, fit_rows))} training rows."
+                   if fit_rows else "."),
                 ""]
         if _off_target_text(r):
             out += [_off_target_text(r), ""]

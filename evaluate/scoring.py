@@ -83,12 +83,19 @@ def score_dictionary(G: np.ndarray, A: np.ndarray, H: np.ndarray, H_hat: np.ndar
         s["dead_fraction"] = s["dead_latents"] / max(len(A), 1)
     if len(G) == 0:
         return out
-    matched = gm.matched_cosines(G, A)  # [n_true], NaN where unmatched
-    true_index, atom_index, _ = gm.hungarian_match(G, A)
+    # each matching once, handed to every metric that reads it: the signed Hungarian one
+    # (matched_cos, recovered_<t>, the atom order, code r), the one on |cos| (mcc), and each
+    # atom's best true feature by |cos| (uniqueness, precision/recall/F1)
+    C = gm.cosine_matrix(G, A)
+    signed_match = gm.hungarian_match(G, A, C=C)
+    abs_match = gm.hungarian_match(G, A, signed=False, C=C)
+    best = gm.best_true_feature(A, G)
+    matched = gm.matched_cosines(G, A, match=signed_match)  # [n_true], NaN where unmatched
+    true_index, atom_index, _ = signed_match
     s.update(mmcs=gm.mmcs(G, A), mmcs_abs=gm.mmcs(G, A, signed=False),
              reverse_mmcs=gm.mmcs(A, G), reverse_mmcs_abs=gm.mmcs(A, G, signed=False),
              matched_cos=float(np.nan_to_num(matched, nan=0.0).mean()),
-             mcc=gm.mcc(G, A), uniqueness=gm.uniqueness(G, A))
+             mcc=gm.mcc(G, A, abs_match=abs_match), uniqueness=gm.uniqueness(G, A, best=best))
     for t in thresholds:
         s[recovered_key(t)] = gm.recovered_fraction(matched, t)
     out.per_feature = {"best_cos": gm.per_feature_max_cosine(G, A),
@@ -98,7 +105,7 @@ def score_dictionary(G: np.ndarray, A: np.ndarray, H: np.ndarray, H_hat: np.ndar
     out.atom_order = np.concatenate([order, np.setdiff1d(np.arange(len(A)), order)])
     if has_rows:
         s["true_l0"] = float(np.count_nonzero(true_acts, axis=1).mean())
-        s.update(cm.firing_classification(codes, true_acts, A, G))
+        s.update(cm.firing_classification(codes, true_acts, A, G, best=best))
         r = cm.code_correlation(codes, true_acts, atom_index, true_index)
         s["code_correlation"] = float(r.mean())
         per = np.full(len(G), np.nan)

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from data.configs import ConfigError, JSONConfig  # noqa: F401 (re-exported)
 from data.worlds import PRESETS, WORLD_VALUES, World, WorldFields
@@ -18,20 +16,24 @@ class GenerateConfig(JSONConfig, WorldFields):
     """Stage 1's fields; the benchmark-world fields of the synthetic source (probability
     schedule, copula, hierarchy, magnitudes) come from data.worlds.WorldFields."""
 
-    source: str = "toy"
-    """'toy': train toy models; 'synthetic': a random ground-truth dictionary, no training."""
-    model_kind: str = "relu_output"
-    """Toy model: linear, relu_output, relu_hidden or abs."""
+    source: str = dataclasses.field(default="toy", metadata={"choices": SOURCES})
+    """toy: train toy models; synthetic: a random unit-norm ground-truth dictionary with sparse
+    nonnegative codes, no training."""
+    model_kind: str = dataclasses.field(default="relu_output", metadata={"choices": MODEL_KINDS})
+    """Toy model: linear x' = WᵀWx + b; relu_output x' = ReLU(WᵀWx + b); relu_hidden
+    h = ReLU(Wx); abs h = ReLU(W_in x) with target |x|."""
     n_features: int = 40
     """Number of true features n."""
     d_hidden: int = 10
     """Width d of the hidden layer, i.e. of the activations written to disk."""
     feature_probability: tuple[float, ...] = (0.3, 0.1, 0.03, 0.01, 0.003)
-    """One instance per value: the probability 1 - S that each feature is nonzero."""
+    """One instance per value: the probability 1 - S that each feature is nonzero (the p_max of
+    a non-constant probability_schedule)."""
     importance_decay: float = 1.0
     """Feature importance I_i = decay ** i (toy models only)."""
-    value: str = "auto"
-    """Value distribution of a firing feature: uniform, signed_uniform, or auto (signed for abs)."""
+    value: str = dataclasses.field(default="auto", metadata={"choices": ("auto",) + WORLD_VALUES})
+    """Value of a firing feature: uniform [0, 1], signed_uniform [-1, 1], folded_normal
+    |N(mean, std)| (synthetic source), or auto (signed_uniform for the abs model, else uniform)."""
     n_correlated_sets: int = 0
     """Correlated feature sets (all members fire together)."""
     n_anticorrelated_sets: int = 0
@@ -121,15 +123,3 @@ class GenerateConfig(JSONConfig, WorldFields):
     @property
     def instance_ids(self) -> list[str]:
         return [f"{j:02d}-p{p:g}" for j, p in enumerate(self.feature_probability)]
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "GenerateConfig":
-        """Read a config file: either a bare field dict or a saved config.json."""
-        from data.files import read_json
-
-        values = read_json(path)
-        if isinstance(values, dict) and "config" in values and isinstance(values["config"], dict):
-            values = values["config"]
-        if not isinstance(values, dict):
-            raise ConfigError("config", f"{path}: expected a JSON object of config fields")
-        return cls.from_dict(values, source=str(path))

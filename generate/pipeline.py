@@ -150,7 +150,7 @@ def _build(config: GenerateConfig, stage: Path, progress: Callable) -> None:
                                   probability[j], config.represented_threshold)
         _save(folder / files.GROUND_TRUTH_FILE, gt, meta)
         weights = (model.instance_state(j) if config.source == "toy"
-                   else {"W": directions[j].T.contiguous()})  # h = W x, W: [d, n]
+                   else {files.MODEL_W: directions[j].T.contiguous()})  # h = W x, W: [d, n]
         _save(folder / files.MODEL_FILE, weights, meta)
         write_manifest(
             folder, config.d_hidden, config.n_features, train[j].finish(),

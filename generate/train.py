@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from data.distributions import FeatureDistribution
-from models.toy import ToyModel, importance_weighted_mse
+from models.toy import ToyModel
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int = 0, final_fraction: float = 0.05) -> float:
@@ -33,7 +33,7 @@ def train_toy_models(model: ToyModel, dist: FeatureDistribution, steps: int, bat
         x = dist.sample(batch_size, generator, device)  # [batch, inst, n]
         out = model(x)
         per_instance = (importance * (model.target(x) - out) ** 2).mean(dim=(0, 2))  # [inst]
-        loss = per_instance.sum()
+        loss = per_instance.sum()  # summed: an instance's gradient ignores how many train beside it
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+from data import files
+
 MODEL_KINDS = ("linear", "relu_output", "relu_hidden", "abs")
 
 
@@ -54,15 +56,8 @@ class ToyModel(nn.Module):
         return x.abs() if self.kind == "abs" else x
 
     def instance_state(self, instance: int) -> dict[str, torch.Tensor]:
-        """The weights of one instance, detached, for model.safetensors."""
-        return {name: p[instance].detach().cpu().contiguous() for name, p in self.named_parameters()}
-
-
-def importance_weighted_mse(out: torch.Tensor, target: torch.Tensor,
-                            importance: torch.Tensor) -> torch.Tensor:
-    """sum_i I_i (target_i - out_i)^2, averaged over batch and features, summed over instances.
-
-    out, target: [batch, inst, n]; importance: [n] or [inst, n]. Summing over instances keeps
-    each instance's gradient independent of how many instances train beside it.
-    """
-    return (importance * (target - out) ** 2).mean(dim=(0, 2)).sum()
+        """The weights of one instance, detached, for model.safetensors (keys from data.files)."""
+        params = {files.MODEL_W: self.W, files.MODEL_W_OUT: getattr(self, "W_out", None),
+                  files.MODEL_B_FINAL: self.b_final}
+        return {key: p[instance].detach().cpu().contiguous() for key, p in params.items()
+                if p is not None}

@@ -3,8 +3,9 @@ from sae.ksvd import KSVD
 from sae.methods import METHODS, build, load
 from sae.mod import MOD
 from sae.omp import batch_omp, omp_encode
+from sae.sae_estimators import BatchTopKSAE, L1SAE, TopKSAE
+from sae.sae_module import SparseAutoencoder
 from sae.sklearn_baseline import SklearnDictionary
-from sae.sparse_autoencoder import BatchTopKSAE, L1SAE, SparseAutoencoder, TopKSAE
 
 __all__ = ["METHODS", "build", "load", "KSVD", "MOD", "L1SAE", "TopKSAE", "BatchTopKSAE",
            "SparseAutoencoder", "SklearnDictionary", "batch_omp", "omp_encode"]

@@ -1,22 +1,39 @@
 """The estimator contract shared by every dictionary method.
 
-scikit-learn's conventions: `__init__` only stores parameters, `fit(H) -> self`,
-`transform(H) -> codes`, `inverse_transform(codes) -> H`, fitted atoms in `components_`
-as unit-norm **rows** [n_components, d], `random_state` turned into a generator once in `fit`.
-Each method also has a frozen config dataclass (`config_class`) with one field per
-`__init__` parameter; it validates in `__post_init__` (numbers through `check_number`, so
-nan, inf and out-of-range values are refused alike, by name) and is what `save` writes to
-config.json.
+scikit-learn's conventions: `fit(H) -> self`, `transform(H) -> codes`,
+`inverse_transform(codes) -> H`, fitted atoms in `components_` as unit-norm **rows**
+[n_components, d], `random_state` turned into a generator once in `fit`.
+
+Every estimator is built the same way, from keyword arguments only: `KSVD(n_components=64)`.
+Its parameters are the fields of one frozen config dataclass (`config_class`), documented
+once there, by the string literal after each field (`param_docs` reads them; they also make
+the estimator's `help()` and `inspect.signature`). `__init__` and `set_params` validate
+through that dataclass, whose `__post_init__` checks every field with `check_param` (numbers
+through `data.configs.check_number`), so a bad value is a `ConfigError` naming the field,
+the same for every method, before any fit. `get_params` / `set_params` / `clone` behave as in
+scikit-learn (`sklearn.base.clone` works); the config is what `save` writes to config.json.
+
+`random_state` defaults to 0 for every method, not None: a fit is then reproducible by
+default, and the config that config.json records (and hashes) is enough to redo it, which a
+None (fresh entropy) would not be. Pass None to draw a seed from the OS. The stage passes
+random_state=config.seed in any case.
+
+Progress: `fit(H, progress=callback)` calls `callback(done, total, info)` after each unit of
+work (an SAE's optimiser step, a k-SVD/MOD iteration, sklearn's whole fit): `done` units so
+far, `total` of them (None when unknown, as for an SAE on an iterable of unknown length),
+`info` the `log_` entry written at that unit ({} when none was).
 """
 from __future__ import annotations
 
 import abc
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
+import typing
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -25,8 +42,43 @@ from data import files
 from data.shards import safetensors_bytes
 from data.configs import ConfigError, check_number  # noqa: F401 (re-exported)
 from data.environment import load_device, resolve_device  # noqa: F401 (re-exported)
+from sae.param_docs import param_docs  # noqa: F401 (re-exported)
+from sae.param_docs import field_default, parameters_section
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
+Progress = Callable[[int, "int | None", dict], None]  # progress(done, total, info)
+
+
+def check_param(name: str, value, *, choices=None, when: str | None = None,
+                boolean: bool = False, device: bool = False,
+                at_most: tuple[str, Any] | None = None, **number) -> None:
+    """The one check of an estimator config field: a ConfigError naming `name` unless `value`
+    is valid. With `number` rules (low, high, low_open, high_open, integer, optional) it must
+    be such a number (`check_number`); `at_most=(field, bound)`: also <= another field's value;
+    `choices`: one of them; `boolean`: True or False; `device`: a torch device this machine
+    has ("auto" = cuda when available, else cpu). `when`: the condition (on other fields)
+    that made the rule stricter, shown in the message."""
+    if number or at_most is not None:
+        try:
+            check_number(name, value, **number)
+        except ConfigError as err:
+            if not when:
+                raise
+            raise ConfigError(name, err.message.replace(", got ", f" when {when}, got ", 1)) from None
+        if at_most is not None and value is not None and value > at_most[1]:
+            raise ConfigError(name, f"must be <= {at_most[0]}={at_most[1]}, got {value!r}")
+    if choices is not None and value not in choices:
+        condition = f" when {when}" if when else ""
+        raise ConfigError(name, f"must be one of {list(choices)}{condition}, got {value!r}")
+    if boolean and not isinstance(value, bool):
+        raise ConfigError(name, f"must be True or False, got {value!r}")
+    if device:
+        if not isinstance(value, str):
+            raise ConfigError(name, f"must be a device name (auto, cpu, cuda, cuda:N), got {value!r}")
+        try:
+            resolve_device(value)
+        except ValueError as err:
+            raise ConfigError(name, str(err)) from None
 
 
 def torch_generator(random_state: int | None, device: torch.device) -> torch.Generator:
@@ -74,8 +126,10 @@ def config_hash(config: dict) -> str:
 
 
 class DictionaryEstimator(abc.ABC):
-    """Base class: subclasses set `method`, `config_class`, implement `_fit`, `_encode`.
+    """Base class: subclasses set `method`, `config_class`, implement `fit`, `transform`,
+    `inverse_transform`.
 
+    Parameters: the fields of `config_class`, as keyword arguments (see the module docstring).
     Fitted state: `components_` [n_components, d] float32 numpy, unit-norm rows.
     Subclasses may keep more fitted tensors and list them in `_extra_tensors()` /
     restore them in `_load_extra(tensors)` so that save -> load gives the same transform.
@@ -84,39 +138,87 @@ class DictionaryEstimator(abc.ABC):
     method: ClassVar[str] = ""
     config_class: ClassVar[type] = object
 
-    # -- config ---------------------------------------------------------------------------
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not dataclasses.is_dataclass(cls.config_class):
+            return
+        try:
+            types = typing.get_type_hints(cls.config_class)
+        except (NameError, TypeError):  # an annotation that does not resolve: show it as text
+            types = {}
+        cls.__signature__ = inspect.Signature(
+            [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=field_default(f),
+                               annotation=types.get(f.name, f.type))
+             for f in dataclasses.fields(cls.config_class)])
+        if "__doc__" in vars(cls) and cls.__doc__:
+            cls.__doc__ = inspect.cleandoc(cls.__doc__) + "\n\n" + parameters_section(cls.config_class)
+
+    def __init__(self, **params):
+        config = self._validated(params)
+        for name in self._param_names():
+            setattr(self, name, params[name] if name in params else getattr(config, name))
+
+    # -- parameters ------------------------------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls.config_class)]
+
+    @classmethod
+    def _validated(cls, params: dict):
+        """The config of `params`; a ConfigError for an unknown, missing or invalid one."""
+        names = cls._param_names()
+        for name in params:
+            if name not in names:
+                raise ConfigError(name, f"{cls.__name__} has no parameter {name!r}; "
+                                        f"valid: {', '.join(names)}")
+        required = [f.name for f in dataclasses.fields(cls.config_class)
+                    if field_default(f) is inspect.Parameter.empty and f.name not in params]
+        if required:
+            listed = ", ".join(repr(name) for name in required)
+            raise ConfigError(required[0], f"{cls.__name__}() missing {len(required)} required "
+                                           f"keyword-only argument{'s' * (len(required) > 1)}: "
+                                           f"{listed}")
+        return cls.config_class(**params)
+
     def get_config(self):
-        fields = [f.name for f in dataclasses.fields(self.config_class)]
-        return self.config_class(**{name: getattr(self, name) for name in fields})
+        """The parameters as the (validated) config dataclass."""
+        return self.config_class(**self.get_params())
 
     def get_params(self, deep: bool = True) -> dict:
-        return dataclasses.asdict(self.get_config())
+        """The constructor arguments, {name: value} (`deep` is accepted for scikit-learn)."""
+        return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params) -> "DictionaryEstimator":
-        valid = {f.name for f in dataclasses.fields(self.config_class)}
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(f"{type(self).__name__} has no parameter {key!r}; "
-                                 f"valid: {sorted(valid)}")
-            setattr(self, key, value)
+        """Set some parameters (validated together with the others first); returns self."""
+        self._validated({**self.get_params(), **params})
+        for name, value in params.items():
+            setattr(self, name, value)
         return self
+
+    def clone(self) -> "DictionaryEstimator":
+        """An unfitted estimator with the same parameters (as `sklearn.base.clone`)."""
+        return type(self)(**self.get_params())
+
+    def __repr__(self) -> str:
+        """The parameters that differ from their defaults, as scikit-learn shows them."""
+        shown = []
+        for field in dataclasses.fields(self.config_class):
+            default, value = field_default(field), getattr(self, field.name)
+            if default is inspect.Parameter.empty or value != default:
+                shown.append(f"{field.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     @classmethod
     def from_config(cls, config: dict | Any) -> "DictionaryEstimator":
         if dataclasses.is_dataclass(config):
             config = dataclasses.asdict(config)
-        valid = {f.name for f in dataclasses.fields(cls.config_class)}
-        unknown = set(config) - valid
-        if unknown:
-            raise ValueError(f"unknown {cls.method} config keys {sorted(unknown)}; "
-                             f"valid: {sorted(valid)}")
-        cls.config_class(**config)  # validates
         return cls(**config)
 
     # -- the estimator API ------------------------------------------------------------------
     @abc.abstractmethod
-    def fit(self, H: ArrayLike, y=None) -> "DictionaryEstimator":
-        """Learn components_ from H [n_samples, d]; returns self."""
+    def fit(self, H: ArrayLike, y=None, progress: Progress | None = None) -> "DictionaryEstimator":
+        """Learn components_ from H [n_samples, d]; returns self. `progress(done, total, info)`
+        is called after each unit of work (the module docstring)."""
 
     @abc.abstractmethod
     def transform(self, H: ArrayLike) -> ArrayLike:
@@ -126,8 +228,8 @@ class DictionaryEstimator(abc.ABC):
     def inverse_transform(self, codes: ArrayLike) -> ArrayLike:
         """Reconstruction [n_samples, d] of codes [n_samples, n_components]."""
 
-    def fit_transform(self, H: ArrayLike, y=None) -> ArrayLike:
-        return self.fit(H).transform(H)
+    def fit_transform(self, H: ArrayLike, y=None, progress: Progress | None = None) -> ArrayLike:
+        return self.fit(H, progress=progress).transform(H)
 
     def _check_fitted(self) -> None:
         if getattr(self, "components_", None) is None:
@@ -224,3 +326,4 @@ def _names(device: str, target: torch.device) -> bool:
         return resolve_device(device) == target
     except ValueError:
         return False
+

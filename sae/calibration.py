@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 
 from sae.base import as_tensor_2d, resolve_device, torch_generator
-from sae.sparse_autoencoder import L1SAEConfig
+from sae.sae_configs import L1SAEConfig
 
 DEFAULT_MAX_FITS = 10
 DEFAULT_EVAL_ROWS = 4096  # held-aside rows a probe's L0 is measured on, when subsampling
@@ -139,7 +139,7 @@ def calibrate_l1_coefficient(
         max_fits: int = DEFAULT_MAX_FITS, subsample_rows: int | None = None,
         eval_rows: int = DEFAULT_EVAL_ROWS, probe_steps: int | None = None,
         initial_l1_coefficient: float | None = None,
-        progress: Callable[[int, int], None] | None = None) -> CalibrationResult:
+        progress: Callable[[int, int, dict], None] | None = None) -> CalibrationResult:
     """Search lambda (in log) until a probe's mean L0 is within target_l0 * (1 +- tolerance).
 
     H: [rows, d] array or tensor, the rows of the full fit.
@@ -153,7 +153,8 @@ def calibrate_l1_coefficient(
     probe_steps: None: the full fit's steps; else n_steps of each probe, an l1_warmup_steps
         scaled by probe_steps / the full fit's steps.
     initial_l1_coefficient: the first lambda; None: params' l1_coefficient (or L1's default).
-    progress: called as progress(probes done, max_fits) after each probe.
+    progress: called as progress(probes done, max_fits, {"l1_coefficient", "l0"}) after each
+        probe (the estimators' progress signature).
 
     Lambda moves by 2-8x (log-log extrapolation of the last two probes) until the target is
     bracketed, then by log-log interpolation inside the bracket, kept away from its ends, and
@@ -221,7 +222,7 @@ def calibrate_l1_coefficient(
         if best is None or miss(l0) < best[0]:
             best = (miss(l0), lam, l0, est)
         if progress is not None:
-            progress(len(history), max_fits)
+            progress(len(history), max_fits, {"l1_coefficient": lam, "l0": l0})
         if low <= l0 <= high:
             break
         was_bracketed = dense is not None and sparse is not None

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
-from data.cli import (click_progress, optional_options, os_error_line, read_config_file,
-                      set_cpu_threads)
-from sae.config import DEFAULT_METHODS, ConfigError, SAEStageConfig
+from data.cli import (click_progress, config_file_option, optional_options, os_error_line,
+                      read_config_file, set_cpu_threads, threads_option)
+from data.config_cli import ConfigOptions
+from sae.config import ConfigError, SAEStageConfig
 
-# options that set one hyperparameter of every method that has it
+# options that set one hyperparameter of every method that has it (under "*" in params)
 _SHARED_PARAMS = [
     ("--l1-coefficient", float, "l1: weight of the decoder-norm-weighted L1 penalty."),
     ("--lr", float, "SAEs: Adam learning rate."),
@@ -37,40 +38,23 @@ class _MaxRows(click.ParamType):
             self.fail(f"{value!r} is not an integer or none", param, ctx)
 
 
-def _csv(value: str | None) -> tuple[str, ...] | None:
-    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+# one option per config field (help, type and choices from sae/config.py); `params` is
+# --param and the shared hyperparameter options
+OPTIONS = ConfigOptions(SAEStageConfig, skip=("params",), names={"instances": "--instance"},
+                        types={"max_rows": _MaxRows()}, off={"drop_zero_rows": "--keep-zero-rows"},
+                        hints={"params": "--param"})
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("runs/default"), help="Run folder written by `generate`.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="JSON stage config (a saved sae/config.json works).")
-@click.option("--methods", default=None,
-              help=f"Comma-separated, from: {', '.join(DEFAULT_METHODS)} [default: all].")
-@click.option("--instance", "instances", default=None,
-              help="Comma-separated instance ids [default: every instance].")
-@click.option("--dict-ratio", type=float, default=None, help="Atoms per true direction [1.0].")
-@click.option("--size-basis", type=click.Choice(["represented", "features"]), default=None,
-              help="What --dict-ratio multiplies [represented].")
-@click.option("--n-components", type=int, default=None, help="Absolute dictionary size.")
-@click.option("--k", type=int, default=None,
-              help="Active atoms per row [expected active features, rounded up].")
-@click.option("--max-rows", type=_MaxRows(), default=None,
-              help="Fit on at most this many rows; 0 or none: every row (SAEs stream) [32768].")
-@click.option("--on-nonfinite", type=click.Choice(["error", "drop"]), default=None,
-              help="A row with NaN/inf: stop naming shard and row, or drop and count it [error].")
-@click.option("--target-l0", type=float, default=None,
-              help="L0 the L1 SAE's coefficient is calibrated to [the k TopK gets].")
-@click.option("--drop-zero-rows/--keep-zero-rows", default=None,
-              help="Leave out rows where no feature fired [drop].")
-@click.option("--seed", type=int, default=None, help="random_state of every method [0].")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N [auto].")
+@config_file_option("JSON stage config (a saved sae/config.json works); options override it.")
+@OPTIONS
 @click.option("--param", "raw_params", multiple=True, metavar="METHOD.KEY=VALUE",
               help="Any method hyperparameter, e.g. topk.aux_coefficient=0.5 or *.lr=0.003.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads [torch's default].")
+@threads_option
 @optional_options(_SHARED_PARAMS)
-def main(run_dir, config_file, methods, instances, raw_params, threads, **options):
+def main(run_dir, config_file, raw_params, threads, **options):
     """Fit dictionaries to every instance's activations in RUN_DIR/generate and write them to
     RUN_DIR/sae/<instance>/<method>/."""
     from data.environment import resolve_device
@@ -81,16 +65,9 @@ def main(run_dir, config_file, methods, instances, raw_params, threads, **option
     set_cpu_threads(threads)
 
     values = read_config_file(config_file) if config_file is not None else {}
+    values.update(OPTIONS.given(options))
     shared = {flag[2:].replace("-", "_"): options.pop(flag[2:].replace("-", "_"))
               for flag, _, _ in _SHARED_PARAMS}
-    for key in ("dict_ratio", "size_basis", "n_components", "k", "max_rows", "drop_zero_rows",
-                "seed", "device", "on_nonfinite", "target_l0"):
-        if options.get(key) is not None:
-            values[key] = options[key]
-    if methods is not None:
-        values["methods"] = _csv(methods)
-    if instances is not None:
-        values["instances"] = _csv(instances)
     if not isinstance(values.get("params", {}), dict) or not all(
             isinstance(p, dict) for p in values.get("params", {}).values()):
         raise click.BadParameter("params must map a method to an object of parameters",
@@ -110,12 +87,7 @@ def main(run_dir, config_file, methods, instances, raw_params, threads, **option
             parsed = value
         params.setdefault(method, {})[key] = parsed
     values["params"] = {m: p for m, p in params.items() if p}
-    try:
-        config = SAEStageConfig.from_dict(values, source=str(config_file or "options"))
-    except ConfigError as err:
-        raise click.BadParameter(err.message, param_hint=_hint(err.field)) from None
-    except (TypeError, ValueError) as err:
-        raise click.BadParameter(str(err), param_hint="--config") from None
+    config = OPTIONS.build(values, source=str(config_file or "options"))
     try:
         resolve_device(config.device)
     except ValueError as err:
@@ -123,7 +95,7 @@ def main(run_dir, config_file, methods, instances, raw_params, threads, **option
     try:
         out = run_sae(config, run_dir, progress=click_progress, echo=click.echo)
     except ConfigError as err:
-        raise click.BadParameter(err.message, param_hint=_hint(err.field)) from None
+        raise _bad_parameter(err) from None
     except StageWriteError as err:
         raise click.ClickException(err.strerror or str(err)) from None
     except (StageInputError, ShardError, FileNotFoundError) as err:
@@ -135,8 +107,12 @@ def main(run_dir, config_file, methods, instances, raw_params, threads, **option
     click.echo(f"wrote {out}")
 
 
-def _hint(field: str) -> str:
-    return "--param" if field == "params" else f"--{field.replace('_', '-')}"
+def _bad_parameter(err: ConfigError) -> click.BadParameter:
+    """A refusal while fitting, naming its option: a method's hyperparameter (topk.lr) is a
+    --param, a stage field the option of that field."""
+    if "." in err.field:
+        return click.BadParameter(str(err), param_hint="--param")
+    return OPTIONS.bad_parameter(err)
 
 
 if __name__ == "__main__":

@@ -22,33 +22,34 @@ STAGE_METHOD_DEFAULTS = {"l1": {"l1_coefficient": 0.3, "init": "random", "l1_war
 
 @dataclass(frozen=True)
 class SAEStageConfig(JSONConfig):
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={"choices": DEFAULT_METHODS})
     """Dictionary methods to fit, in this order."""
     instances: tuple[str, ...] = ()
     """Instance ids to fit; empty means every instance of the run."""
     dict_ratio: float = 1.0
     """Dictionary size as a multiple of the size basis (ignored when n_components is set)."""
-    size_basis: str = "represented"
-    """'represented': true directions the model represents; 'features': all true directions."""
+    size_basis: str = field(default="represented", metadata={"choices": SIZE_BASES})
+    """What dict_ratio multiplies: represented, the true directions the model represents; or
+    features, all true directions."""
     n_components: int | None = None
-    """Absolute dictionary size; overrides dict_ratio."""
+    """Absolute dictionary size; overrides dict_ratio (none: dict_ratio sets it)."""
     k: int | None = None
-    """Active atoms per row for topk/batchtopk/ksvd/mod/sklearn; None: the expected number of
+    """Active atoms per row for topk/batchtopk/ksvd/mod/sklearn; none: the expected number of
     active represented features per row of the instance, rounded up (at most d)."""
     max_rows: int | None = 32768
     """Fit on at most this many rows of each instance (the first ones in file order, after
-    dropping zero rows); 0 or None: every row. The SAEs then stream the shards through
+    dropping zero rows); 0 or none: every row. The SAEs then stream the shards through
     `datasets` (one shard in memory at a time); k-SVD, MOD and sklearn read them all."""
     drop_zero_rows: bool = True
     """Leave out rows where no feature fired (h = 0): they hold no direction to learn, and at
     feature probability 0.003 they are 88% of the rows."""
-    on_nonfinite: str = "error"
+    on_nonfinite: str = field(default="error", metadata={"choices": NONFINITE_POLICIES})
     """A row holding NaN or inf: "error" (stop, naming the shard and the row) or "drop" (leave
     it out; the count per shard goes into config.json and the evaluation report)."""
     target_l0: float | None = None
     """The L0 (active latents per row) every method is compared at, and the L1 SAE's
     coefficient is calibrated to (a search in log lambda over fits, sae/calibration.py);
-    None: the k that TopK gets on the instance. Set l1.l1_coefficient to fix it instead."""
+    none: the k that TopK gets on the instance. Set l1.l1_coefficient to fix it instead."""
     seed: int = 0
     """random_state of every method."""
     device: str = "auto"
@@ -80,7 +81,8 @@ class SAEStageConfig(JSONConfig):
             raise ConfigError("on_nonfinite", f"must be one of {', '.join(NONFINITE_POLICIES)}, "
                                               f"got {self.on_nonfinite!r}")
         if self.size_basis not in SIZE_BASES:
-            raise ConfigError("size_basis", f"must be one of {', '.join(SIZE_BASES)}, got {self.size_basis!r}")
+            raise ConfigError("size_basis",
+                              f"must be one of {', '.join(SIZE_BASES)}, got {self.size_basis!r}")
         if not isinstance(self.drop_zero_rows, bool):
             raise ConfigError("drop_zero_rows", f"must be true or false, got {self.drop_zero_rows!r}")
         if not isinstance(self.params, dict) or not all(isinstance(v, dict) for v in self.params.values()):

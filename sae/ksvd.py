@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from sae._sparse_coding_dictionary import SparseCodingConfig, SparseCodingDictionary
+from sae.base import check_param
 from sae.omp import sparse_reconstruct
+from sae.sparse_coding import SparseCodingConfig, SparseCodingDictionary
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class KSVDConfig(SparseCodingConfig):
     """k-SVD: SparseCodingConfig plus the choice of atom update."""
 
@@ -33,12 +34,11 @@ class KSVDConfig(SparseCodingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.approximate, bool):
-            raise ValueError(f"approximate must be True or False, got {self.approximate!r}")
+        check_param("approximate", self.approximate, boolean=True)
 
 
 class KSVD(SparseCodingDictionary):
-    """k-SVD dictionary learning with OMP coding; see KSVDConfig for the parameters.
+    """k-SVD dictionary learning with OMP coding. For example:
 
         est = KSVD(n_components=64, k=3, nonnegative=True).fit(H)   # H [n_samples, d]
         codes = est.transform(H)                                     # [n_samples, 64]
@@ -47,29 +47,6 @@ class KSVD(SparseCodingDictionary):
 
     method = "ksvd"
     config_class = KSVDConfig
-
-    def __init__(self, n_components: int, k: int = 3, tol: float | None = None,
-                 n_iter: int = 30, nonnegative: bool = False, init: str = "data",
-                 batch_size: int | None = None, max_coherence: float = 0.99,
-                 n_swaps: int = 1, swap_gain_factor: float = 2.0, reseed: str = "pca",
-                 overcomplete: float = 0.0, purify: bool = False, random_state: int | None = 0, device: str = "auto",
-                 approximate: bool = False):
-        self.n_components = n_components
-        self.k = k
-        self.tol = tol
-        self.n_iter = n_iter
-        self.nonnegative = nonnegative
-        self.init = init
-        self.batch_size = batch_size
-        self.max_coherence = max_coherence
-        self.n_swaps = n_swaps
-        self.swap_gain_factor = swap_gain_factor
-        self.reseed = reseed
-        self.overcomplete = overcomplete
-        self.purify = purify
-        self.random_state = random_state
-        self.device = device
-        self.approximate = approximate
 
     def _update(self, X, D, idx, val, gen):
         order = torch.randperm(D.shape[0], generator=gen, device=D.device)

@@ -1,6 +1,7 @@
 """The method registry: a name on the command line -> an estimator class and fixed settings."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -8,8 +9,8 @@ from data import files
 from data.configs import ConfigError
 from sae.ksvd import KSVD
 from sae.mod import MOD
+from sae.sae_estimators import BatchTopKSAE, L1SAE, TopKSAE
 from sae.sklearn_baseline import SklearnDictionary
-from sae.sparse_autoencoder import BatchTopKSAE, L1SAE, TopKSAE
 
 # name -> (estimator class, parameters that define the variant)
 METHODS = {
@@ -26,8 +27,6 @@ SAE_METHODS = ("l1", "topk", "batchtopk")
 
 
 def param_names(method: str) -> set[str]:
-    import dataclasses
-
     cls, _ = METHODS[method]
     return {f.name for f in dataclasses.fields(cls.config_class)}
 
@@ -42,8 +41,7 @@ def build(method: str, params: dict):
     accepted = param_names(method)
     kwargs = {k: v for k, v in params.items() if k in accepted}
     try:
-        est = cls(**{**kwargs, **fixed})
-        est.get_config()  # k-SVD, MOD and sklearn store their parameters unchecked
+        est = cls(**{**kwargs, **fixed})  # validates
     except ConfigError as err:
         raise ConfigError(f"{method}.{err.field}", err.message) from None
     except (ValueError, TypeError) as err:

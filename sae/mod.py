@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from sae.base import check_number
-from sae._sparse_coding_dictionary import (SparseCodingConfig, SparseCodingDictionary,
-                                           sparse_codes_as_matrix)
+from sae.base import check_param
+from sae.sparse_coding import SparseCodingConfig, SparseCodingDictionary
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MODConfig(SparseCodingConfig):
     """MOD: SparseCodingConfig plus the ridge of the normal equations."""
 
@@ -26,37 +25,14 @@ class MODConfig(SparseCodingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_number("ridge", self.ridge, low=0)
+        check_param("ridge", self.ridge, low=0)
 
 
 class MOD(SparseCodingDictionary):
-    """MOD dictionary learning with OMP coding; see MODConfig for the parameters."""
+    """MOD dictionary learning with OMP coding."""
 
     method = "mod"
     config_class = MODConfig
-
-    def __init__(self, n_components: int, k: int = 3, tol: float | None = None,
-                 n_iter: int = 30, nonnegative: bool = False, init: str = "data",
-                 batch_size: int | None = None, max_coherence: float = 0.99,
-                 n_swaps: int = 1, swap_gain_factor: float = 2.0, reseed: str = "pca",
-                 overcomplete: float = 0.0, purify: bool = False, random_state: int | None = 0, device: str = "auto",
-                 ridge: float = 1e-6):
-        self.n_components = n_components
-        self.k = k
-        self.tol = tol
-        self.n_iter = n_iter
-        self.nonnegative = nonnegative
-        self.init = init
-        self.batch_size = batch_size
-        self.max_coherence = max_coherence
-        self.n_swaps = n_swaps
-        self.swap_gain_factor = swap_gain_factor
-        self.reseed = reseed
-        self.overcomplete = overcomplete
-        self.purify = purify
-        self.random_state = random_state
-        self.device = device
-        self.ridge = ridge
 
     def _update(self, X, D, idx, val, gen):
         return mod_update(X, D, idx, val, ridge=self.ridge)
@@ -105,3 +81,14 @@ def _gram_of_sparse_codes(idx: torch.Tensor, val: torch.Tensor, n_components: in
         cells = (i.unsqueeze(2) * M + i.unsqueeze(1)).flatten()   # [c * k * k]
         out.index_add_(0, cells, (v.unsqueeze(2) * v.unsqueeze(1)).flatten())
     return out.view(M, M)
+
+
+def sparse_codes_as_matrix(idx: torch.Tensor, val: torch.Tensor,
+                           n_components: int) -> torch.Tensor:
+    """The codes as a sparse COO matrix [n_samples, n_components] (MOD's normal equations)."""
+    n_samples, k = idx.shape
+    keep = (val != 0).flatten()
+    rows = torch.arange(n_samples, device=idx.device).repeat_interleave(k)[keep]
+    # indices are built in range here, so skip torch's invariant checks (and their warning)
+    return torch.sparse_coo_tensor(torch.stack([rows, idx.flatten()[keep]]), val.flatten()[keep],
+                                   (n_samples, n_components), check_invariants=False).coalesce()

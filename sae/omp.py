@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from sae.nnls import nnls_gram
+
 # Chunk sizing: each step makes ~6 passes over [chunk, n_components] arrays, fastest when
 # one of them stays in a core's L2 cache (measured on CPU: 2-3x faster than 8x larger
 # chunks), while fewer, larger chunks amortise the per-step Python overhead. The
@@ -174,14 +176,9 @@ def _omp_chunk(G: torch.Tensor, alpha0: torch.Tensor, n_steps: int, tol: float |
         if n_active == 0:
             break
         if n_active <= active.shape[0] // 2:
-            # most rows have stopped: write them out and drop them, so that the long tail
-            # of a tol-stopped batch does not pay for the whole chunk
-            L_out[live], z_out[live], idx_out[live] = L, z, idx
-            keep = active.nonzero().squeeze(1)
-            live, raw, inv_lkk, L, z, idx = (live[keep], raw[:, keep], inv_lkk[keep],
-                                             L[keep], z[keep], idx[keep])
-            alpha, score, floor, active = alpha[keep], score[keep], floor[keep], active[keep]
-            resid2 = resid2[keep] if resid2 is not None else None
+            live, (raw,), (inv_lkk, L, z, idx, alpha, score, floor, active, resid2) = _compact(
+                active, live, [(L_out, L), (z_out, z), (idx_out, idx)], (raw,),
+                (inv_lkk, L, z, idx, alpha, score, floor, active, resid2))
         b = active.shape[0]
 
         torch.abs(alpha, out=score[:, :M])
@@ -213,6 +210,25 @@ def _omp_chunk(G: torch.Tensor, alpha0: torch.Tensor, n_steps: int, tol: float |
     gamma = torch.linalg.solve_triangular(L_out.transpose(1, 2), z_out.unsqueeze(2),
                                           upper=True).squeeze(2)  # [B, n_steps]
     return idx_out, gamma * (idx_out >= 0)
+
+
+def _compact(active: torch.Tensor, live: torch.Tensor,
+             finished: list[tuple[torch.Tensor, torch.Tensor]], steps_first: tuple,
+             rows_first: tuple) -> tuple[torch.Tensor, list, list]:
+    """Drop the stopped rows from a chunk's working set, once most rows have stopped, so that
+    the long tail of a tol-stopped batch does not pay for the whole chunk.
+
+    active [b] bool: the working rows still going; live [b]: their rows in the chunk.
+    finished: (output [B, ...], state [b, ...]) pairs; every working row's state is written
+    to output[live] first (the stopped rows' final values; the others are written again).
+    steps_first: state [n_steps, b, ...], kept along dim 1; rows_first: state [b, ...] (or
+    None), kept along dim 0. Returns (live, steps_first, rows_first) for the rows kept.
+    """
+    for output, state in finished:
+        output[live] = state
+    keep = active.nonzero().squeeze(1)
+    return (live[keep], [t[:, keep] for t in steps_first],
+            [t[keep] if t is not None else None for t in rows_first])
 
 
 def _minus_combination_(base: torch.Tensor, coef: torch.Tensor,
@@ -298,14 +314,10 @@ def _nonnegative_omp_chunk(G: torch.Tensor, alpha0: torch.Tensor, n_steps: int,
         if n_active == 0:
             break
         if n_active <= active.shape[0] // 2:
-            c_out[live], idx_out[live] = c, idx
-            keep = active.nonzero().squeeze(1)
-            live, Gsel, Gss, L, b_sup, c, idx, passive = (
-                live[keep], Gsel[:, keep], Gss[keep], L[keep], b_sup[keep], c[keep],
-                idx[keep], passive[keep])
-            a0, alpha, score, floor, active = (a0[keep], alpha[keep], score[keep],
-                                               floor[keep], active[keep])
-            n2 = n2[keep] if n2 is not None else None
+            live, (Gsel,), (Gss, L, b_sup, c, idx, passive, a0, alpha, score, floor, active,
+                            n2) = _compact(
+                active, live, [(c_out, c), (idx_out, idx)], (Gsel,),
+                (Gss, L, b_sup, c, idx, passive, a0, alpha, score, floor, active, n2))
         b = active.shape[0]
 
         score[:, :M] = alpha
@@ -330,9 +342,9 @@ def _nonnegative_omp_chunk(G: torch.Tensor, alpha0: torch.Tensor, n_steps: int,
         passive[:, n] = active
 
         m = n + 1
-        c[:, :m], passive[:, :m] = _nnls_gram(Gss[:, :m, :m], b_sup[:, :m], c[:, :m],
-                                              passive[:, :m], floor, active.nonzero().squeeze(1),
-                                              max_iter=3 * m + 10)
+        c[:, :m], passive[:, :m] = nnls_gram(Gss[:, :m, :m], b_sup[:, :m], c[:, :m],
+                                             passive[:, :m], floor, active.nonzero().squeeze(1),
+                                             max_iter=3 * m + 10)
         alpha = _minus_combination_(a0.clone(), c[:, :m], Gsel)
         if tol is not None:
             # ||h - c D_I||^2 = ||h||^2 - 2 c.DH[I] + c^T G[I,I] c
@@ -342,46 +354,3 @@ def _nonnegative_omp_chunk(G: torch.Tensor, alpha0: torch.Tensor, n_steps: int,
 
     c_out[live], idx_out[live] = c, idx
     return torch.where(c_out > 0, idx_out, -1), c_out * (c_out > 0)
-
-
-def _nnls_gram(Gss: torch.Tensor, b: torch.Tensor, c: torch.Tensor, passive: torch.Tensor,
-               floor: torch.Tensor, todo: torch.Tensor,
-               max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lawson-Hanson: min_{c >= 0} c^T Gss c - 2 b^T c for every row, warm-started.
-
-    Gss [A, m, m] symmetric positive definite; b [A, m]; c [A, m] a feasible start (>= 0,
-    zero outside `passive`); passive [A, m] bool, the slots allowed to be positive (a newly
-    added slot starts passive at value 0); floor [A]: a gradient must exceed it to re-enter;
-    todo [T] int64: the rows to solve (the others are returned as given). Rows that have
-    converged leave the working batch. Returns (c, passive).
-    """
-    c, passive = c.clone(), passive.clone()
-    eye = torch.eye(c.shape[1], dtype=c.dtype, device=c.device)
-    for _ in range(max_iter):
-        if todo.numel() == 0:
-            break
-        G_t, b_t, c_t, p_t = Gss[todo], b[todo], c[todo], passive[todo]
-        T = todo.numel()
-        # least squares on the passive set: the system is G_PP there, identity elsewhere
-        pp = p_t.unsqueeze(2) & p_t.unsqueeze(1)
-        s = torch.linalg.solve(torch.where(pp, G_t, eye), (b_t * p_t).unsqueeze(2)).squeeze(2)
-        s = s * p_t                                                # [T, m]
-        blocked = p_t & (s <= 0)
-        feasible = ~blocked.any(1)
-        # infeasible rows: walk from c towards s until the first coefficient reaches zero
-        ratio = torch.where(blocked, c_t / (c_t - s).clamp_min(torch.finfo(c.dtype).tiny),
-                            torch.inf)
-        t, j_block = ratio.min(1)                                  # [T]
-        t = torch.where(feasible, 1.0, t.clamp(0.0, 1.0))
-        new_c = c_t + t.unsqueeze(1) * (s - c_t)
-        new_p = p_t & (new_c > 0)
-        new_p[torch.arange(T, device=c.device), j_block] &= feasible
-        new_c = new_c * new_p
-        # feasible rows are optimal on P; a slot off P with a positive gradient re-enters
-        grad = b_t - (G_t @ new_c.unsqueeze(2)).squeeze(2)
-        gmax, j_enter = torch.where(new_p, -torch.inf, grad).max(1)
-        enter = feasible & (gmax > floor[todo])
-        new_p[torch.arange(T, device=c.device)[enter], j_enter[enter]] = True
-        c[todo], passive[todo] = new_c, new_p
-        todo = todo[~feasible | enter]
-    return c, passive

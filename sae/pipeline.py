@@ -21,18 +21,15 @@ import torch
 from data import files
 from data.cli import silent_progress
 from data.environment import environment, resolve_device
+from data.errors import StageInputError
 from data.instance_files import read_ground_truth
 from data.loader import RowFilter, stream_activations
-from data.shards import (ShardError, lists_checksums, manifest_checksums, read_shard, shard_entries, take_rows,
-                         usable_rows, verify_files, verify_instance)
+from data.shards import (ShardError, lists_checksums, manifest_checksums, read_shard, shard_entries,
+                         take_rows, usable_rows, verify_files, verify_instance)
 from data.staging import stage_transaction
 from sae.calibration import calibrate_l1_coefficient, mean_l0
 from sae.config import ConfigError, SAEStageConfig
 from sae.methods import SAE_METHODS, build
-
-
-class StageInputError(ValueError):
-    """Stage 1's output is missing or does not fit the request."""
 
 
 def instance_facts(gt: dict[str, np.ndarray]) -> dict:
@@ -215,7 +212,8 @@ def _calibrated(plan: InstancePlan, est, config: SAEStageConfig, device, progres
     with progress(f"{plan.instance_id} l1 calibrating to L0 {target:g}", 10) as bar:
         result = calibrate_l1_coefficient(H.to(device), params, target,
                                           tolerance=CALIBRATION_TOLERANCE,
-                                          progress=lambda done, total: bar.update(1, ""))
+                                          progress=lambda done, total, info: bar.update(
+                                              1, f"L0 {info['l0']:.3g}"))
     record = result.to_dict()
     if plan.H is not None:
         result.estimator.calibration_ = record
@@ -308,17 +306,15 @@ def _write_dictionary(out: Path, plan: InstancePlan, method: str, est, seconds: 
 
 
 def _progress_adapter(bar):
-    """SAEs call progress(step, total), k-SVD/MOD/sklearn progress(log_entry)."""
-    state = {"done": 0}
+    """An estimator's progress(done, total, info) -> the bar: moved to `done`, showing the
+    FVU of the latest log entry (info is {} at a step that wrote none)."""
+    state = {"done": 0, "text": ""}
 
-    def update(*args):
-        if len(args) == 2:
-            step, _ = args
-            bar.update(step - state["done"], "")
-            state["done"] = step
-        else:
-            entry = args[0]
-            bar.update(1, f"FVU {_fmt(entry.get('fvu'))}")
+    def update(done: int, total: int | None, info: dict) -> None:
+        if "fvu" in info:
+            state["text"] = f"FVU {_fmt(info['fvu'])}"
+        bar.update(done - state["done"], state["text"])
+        state["done"] = done
     return update
 
 

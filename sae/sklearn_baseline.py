@@ -13,13 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sae.base import ArrayLike, DictionaryEstimator, as_tensor_2d, check_number
+from data.measures import fvu
+from sae.base import ArrayLike, DictionaryEstimator, Progress, as_tensor_2d, check_param
 
 FIT_ALGORITHMS = ("lars", "cd")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SklearnDictionaryConfig:
+    """scikit-learn's MiniBatchDictionaryLearning's parameters, and OMP's k for transform."""
+
     n_components: int
     """number of atoms"""
     k: int = 3
@@ -35,35 +38,31 @@ class SklearnDictionaryConfig:
     positive_code: bool = False
     """nonnegative codes while fitting"""
     random_state: int | None = 0
-    """seed passed to scikit-learn"""
+    """seed passed to scikit-learn (None: fresh entropy)"""
 
     def __post_init__(self):
-        check_number("n_components", self.n_components, low=1, integer=True)
-        check_number("k", self.k, low=1, integer=True)
-        check_number("alpha", self.alpha, low=0)
-        check_number("batch_size", self.batch_size, low=1, integer=True)
-        check_number("max_iter", self.max_iter, low=1, integer=True)
-        check_number("random_state", self.random_state, low=0, integer=True, optional=True)
-        if not isinstance(self.positive_code, bool):
-            raise ValueError(f"positive_code must be True or False, got {self.positive_code!r}")
-        if self.fit_algorithm not in FIT_ALGORITHMS:
-            raise ValueError(f"fit_algorithm={self.fit_algorithm!r}: expected one of {FIT_ALGORITHMS}")
-        if self.positive_code and self.fit_algorithm == "lars":
-            raise ValueError("positive_code=True needs fit_algorithm='cd'")
+        check_param("n_components", self.n_components, low=1, integer=True)
+        check_param("k", self.k, low=1, integer=True)
+        check_param("alpha", self.alpha, low=0)
+        check_param("batch_size", self.batch_size, low=1, integer=True)
+        check_param("max_iter", self.max_iter, low=1, integer=True)
+        check_param("random_state", self.random_state, low=0, integer=True, optional=True)
+        check_param("positive_code", self.positive_code, boolean=True)
+        check_param("fit_algorithm", self.fit_algorithm,
+                    choices=("cd",) if self.positive_code else FIT_ALGORITHMS,
+                    when="positive_code=True" if self.positive_code else None)
 
 
 class SklearnDictionary(DictionaryEstimator):
+    """scikit-learn's MiniBatchDictionaryLearning (CPU, float64 inside), atoms renormalised
+    to unit norm; transform codes by OMP with k nonzeros."""
+
     method = "sklearn"
     config_class = SklearnDictionaryConfig
 
-    def __init__(self, n_components: int, k: int = 3, alpha: float = 0.1, batch_size: int = 256,
-                 max_iter: int = 10, fit_algorithm: str = "cd", positive_code: bool = False,
-                 random_state: int | None = 0):
-        self.n_components, self.k, self.alpha = n_components, k, alpha
-        self.batch_size, self.max_iter, self.fit_algorithm = batch_size, max_iter, fit_algorithm
-        self.positive_code, self.random_state = positive_code, random_state
-
-    def fit(self, H: ArrayLike, y=None, progress=None) -> "SklearnDictionary":
+    def fit(self, H: ArrayLike, y=None, progress: Progress | None = None) -> "SklearnDictionary":
+        """Fit on H [n_samples, d] in one call to scikit-learn; `progress(1, 1, log_entry)`
+        at the end."""
         from sklearn.decomposition import MiniBatchDictionaryLearning
         from sklearn.exceptions import ConvergenceWarning
 
@@ -88,13 +87,12 @@ class SklearnDictionary(DictionaryEstimator):
         self.n_iter_ = int(learner.n_iter_)
         self.fitted_device_ = "cpu"
         codes = self._encode(X)
-        residual = X - codes @ self.components_
         self.log_ = [{"iteration": self.n_iter_, "seconds": time.perf_counter() - started,
-                      "fvu": float((residual ** 2).sum() / ((X - X.mean(0)) ** 2).sum()),
+                      "fvu": fvu(X, codes @ self.components_),
                       "l0": float((codes != 0).sum(1).mean()),
                       "lasso_not_converged": n_unconverged}]
         if progress is not None:
-            progress(self.log_[-1])
+            progress(1, 1, self.log_[-1])
         return self
 
     def _encode(self, X: np.ndarray) -> np.ndarray:

@@ -66,8 +66,9 @@ def test_a_refused_target_raises_naming_target_l0(planted, target):
 def test_out_of_probes_returns_the_closest_probe_and_reports_progress(planted):
     calls = []
     result = calibrate_l1_coefficient(planted, params(), 1.0, initial_l1_coefficient=1e-3,
-                                      max_fits=2, progress=lambda i, n: calls.append((i, n)))
-    assert calls == [(1, 2), (2, 2)]
+                                      max_fits=2, progress=lambda i, n, info: calls.append((i, n, info)))
+    assert [(i, n) for i, n, _ in calls] == [(1, 2), (2, 2)]
+    assert [info["l1_coefficient"] for _, _, info in calls] == [1e-3, 2e-3]
     assert not result.within_tolerance and result.n_fits == 2
     assert result.l1_coefficient == 2e-3  # the denser start moved up 2x: the closer of two
     assert result.to_dict()["history"] == [list(p) for p in result.history]

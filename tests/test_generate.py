@@ -26,13 +26,24 @@ def test_activations_on_disk_equal_W_x(tmp_path, kind):
         assert torch.equal(gt[files.GT_DIRECTIONS], W.T)
 
 
+def test_ground_truth_marks_represented_by_norm_and_gives_hand_computed_dimensionality():
+    from generate.pipeline import ground_truth_tensors
+    # e1 at norm 0.4 (below the 0.5 threshold), an antipodal pair at norm 1 on e2, e3 at 0.5
+    directions = torch.tensor([[0.4, 0, 0], [0, 1.0, 0], [0, -1.0, 0], [0, 0, 0.5]])
+    gt = ground_truth_tensors(directions, torch.arange(4), torch.ones(4), torch.ones(4),
+                              torch.full((4,), 0.1), threshold=0.5)
+    assert gt[files.GT_REPRESENTED].tolist() == [False, True, True, False]  # 0.5 is not above
+    assert gt[files.GT_NORMS].tolist() == pytest.approx([0.4, 1.0, 1.0, 0.5])
+    # D_i = ||W_i||^2 / sum_j (W^_i . W_j)^2: alone on its axis 1; each of the pair 1/2
+    assert gt[files.GT_DIMENSIONALITY].tolist() == pytest.approx([1.0, 0.5, 0.5, 1.0])
+
+
 def test_ground_truth_file_holds_the_documented_tensors(tiny_run):
     inst = files.instance_dir(tiny_run, "01-p0.05")
     gt = load_file(str(inst / files.GROUND_TRUTH_FILE))
     n = 12
     assert gt[files.GT_DIRECTIONS].shape == (n, 4)
     assert gt[files.GT_FEATURE_INDEX].dtype == torch.int64 and gt[files.GT_SIGN].dtype == torch.int8
-    assert torch.equal(gt[files.GT_REPRESENTED], gt[files.GT_DIRECTIONS].norm(dim=1) > 0.5)
     assert torch.allclose(gt[files.GT_PROBABILITY], torch.full((n,), 0.05))
     assert torch.allclose(gt[files.GT_IMPORTANCE], torch.ones(n))
     assert gt[files.GT_DIMENSIONALITY].shape == (n,)
@@ -126,3 +137,83 @@ def test_interrupted_generate_keeps_the_previous_run(tmp_path, monkeypatch):
     assert after == before
     # no staging folder left; the run's lock file stays (an flock is released, not deleted)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "generate"]
+
+
+def _synthetic(tmp_path, *args):
+    result = CliRunner().invoke(main, ["--source", "synthetic", "--n-features", "20", "--d-hidden", "8",
+                                       "--rows", "4000", "--heldout-rows", "500", "--device", "cpu",
+                                       "--run-dir", str(tmp_path), *args])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((files.generate_dir(tmp_path) / files.CONFIG_FILE).read_text())["config"]
+    (instance_id,) = files.list_instances(tmp_path)
+    return saved, files.instance_dir(tmp_path, instance_id)
+
+
+def test_mean_active_sets_the_feature_probability_to_mean_active_over_n(tmp_path):
+    saved, inst = _synthetic(tmp_path, "--mean-active", "3", "--feature-probability", "0.5,0.9")
+    assert saved["feature_probability"] == [3 / 20]
+    assert inst.name == "00-p0.15"
+    x = read_all(inst, with_x=True)[1]
+    assert (x != 0).sum(1).mean() == pytest.approx(3.0, rel=0.05)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mean-active", "0"], "--mean-active: must lie in (0, n_features=20], got 0.0"),
+    (["--mean-active", "21"], "--mean-active: must lie in (0, n_features=20], got 21.0"),
+])
+def test_mean_active_outside_0_n_is_refused(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["--source", "synthetic", "--n-features", "20", *args,
+                                       "--run-dir", str(tmp_path)])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+def test_noise_std_adds_gaussian_noise_of_that_std_to_h(tmp_path):
+    saved, inst = _synthetic(tmp_path, "--noise-std", "0.05", "--mean-active", "2")
+    assert saved["noise_std"] == 0.05
+    atoms = load_file(str(inst / files.GROUND_TRUTH_FILE))[files.GT_DIRECTIONS].numpy()
+    h, x = read_all(inst, with_x=True)
+    noise = h - x @ atoms  # 4000 x 8 draws
+    assert noise.std() == pytest.approx(0.05, rel=0.03)
+    assert abs(noise.mean()) < 0.002
+    assert abs(np.corrcoef(noise[:, 0], noise[:, 1])[0, 1]) < 0.1  # independent per dimension
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "--config: .*not valid JSON"),
+    ('["n_features"]', "--config: .*expected a JSON object of config fields"),
+    ('{"n_features": "many"}', "--config: "),
+    ('{"d_hidden": 0}', "--d-hidden: must be >= 1, got 0"),
+    ('{"world": "giant"}', "--world: unknown preset 'giant'"),
+])
+def test_a_bad_config_file_is_one_line_naming_the_option(tmp_path, text, message):
+    import re
+    path = tmp_path / "cfg.json"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["--config", str(path), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert re.search(message, " ".join(result.output.split())), result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_options_override_the_config_file_and_world_sits_between(tmp_path, monkeypatch):
+    import generate.pipeline
+
+    seen = []
+    monkeypatch.setattr(generate.pipeline, "run_generate",
+                        lambda config, run_dir, **kw: seen.append(config) or run_dir)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"config": {"n_features": 64, "rows": 999, "seed": 3,
+                                           "correlation_rank": 2}}))
+    result = CliRunner().invoke(main, ["--config", str(path), "--world", "sharkey", "--rows", "777",
+                                       "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    # the file, then the preset's fields over it, then the options over both
+    assert (config.n_features, config.rows, config.seed, config.world) == (512, 777, 3, "sharkey")
+    assert config.correlation_rank == 2 and config.hierarchy_exclusive is True
+    # `none` unsets an optional field the file set; a bool option takes true/false
+    result = CliRunner().invoke(main, ["--config", str(path), "--correlation-rank", "none",
+                                       "--source", "synthetic", "--hierarchy-exclusive", "false",
+                                       "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert seen[1].correlation_rank is None and seen[1].hierarchy_exclusive is False

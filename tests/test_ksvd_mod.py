@@ -1,17 +1,17 @@
 """k-SVD and MOD: planted recovery, the atom updates against dense algebra, the estimator API."""
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
+from data.configs import ConfigError
 from data.planted import planted_problem
 from evaluate.metrics import mmcs
-from sae._sparse_coding_dictionary import duplicate_atoms, prune_atoms, removal_cost
+from sae.atom_maintenance import duplicate_atoms, prune_atoms, removal_cost
 from sae.base import DictionaryEstimator
 from sae.ksvd import KSVD, KSVDConfig, ksvd_sweep
 from sae.mod import MOD, MODConfig, mod_update
 from sae.omp import omp_encode, sparse_reconstruct
+from sae.sparse_coding import Phase, schedule
 
 
 def planted(n_samples=20_000, n_features=64, d=32, active=3, seed=0):
@@ -198,8 +198,11 @@ def test_input_kinds_and_shapes(small_data, cls):
 
 def test_log_and_progress(small_data):
     H, _ = small_data
-    seen = []
-    est = MOD(n_components=16, k=2, n_iter=4).fit(H, progress=seen.append)
+    calls = []
+    est = MOD(n_components=16, k=2, n_iter=4).fit(
+        H, progress=lambda done, total, info: calls.append((done, total, info)))
+    assert [(done, total) for done, total, _ in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    seen = [info for _, _, info in calls]
     assert seen == est.log_ and [e["iteration"] for e in seen] == [1, 2, 3, 4]
     assert set(seen[0]) == {"iteration", "fvu", "l0", "n_unused_atoms", "n_duplicate_atoms",
                             "n_swapped_atoms", "seconds"}
@@ -215,11 +218,20 @@ def test_same_seed_same_atoms(small_data):
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("cls, config_class", [(KSVD, KSVDConfig), (MOD, MODConfig)])
-def test_init_defaults_are_the_config_defaults(cls, config_class):
+_SHARED_DEFAULTS = {"k": 3, "tol": None, "n_iter": 30, "nonnegative": False, "init": "data",
+                    "batch_size": None, "max_coherence": 0.99, "n_swaps": 1,
+                    "swap_gain_factor": 2.0, "reseed": "pca", "overcomplete": 0.0,
+                    "purify": False, "random_state": 0, "device": "auto"}
+
+
+@pytest.mark.parametrize("cls, own", [(KSVD, {"approximate": False}), (MOD, {"ridge": 1e-6})])
+def test_the_documented_defaults(cls, own):
     assert issubclass(cls, DictionaryEstimator)
-    assert cls(n_components=5).get_config() == config_class(n_components=5)
-    assert {f.name for f in dataclasses.fields(config_class)} == set(cls(5).get_params())
+    est = cls(n_components=5)
+    assert est.get_params() == {"n_components": 5, **_SHARED_DEFAULTS, **own}
+    assert list(est.get_params())[:2] == ["n_components", "k"]  # the config's field order
+    assert repr(est) == f"{cls.__name__}(n_components=5)"
+    assert repr(cls(n_components=5, k=2)) == f"{cls.__name__}(n_components=5, k=2)"
 
 
 @pytest.mark.parametrize("cls", [KSVD, MOD])
@@ -235,9 +247,9 @@ def test_bad_input_is_named(small_data, cls):
         cls(n_components=0).fit(H)
     with pytest.raises(ValueError, match="k=9 nonzeros per sample exceeds d=8"):
         cls(n_components=16, k=9).fit(H)
-    with pytest.raises(ValueError, match="k=5 nonzeros per sample exceeds n_components=4"):
+    with pytest.raises(ValueError, match="^k: must be <= n_components=4, got 5$"):
         cls(n_components=4, k=5).fit(H)
-    with pytest.raises(ValueError, match="init must be one of"):
+    with pytest.raises(ValueError, match=r"^init: must be one of \['data', 'random'\], got 'kmeans'$"):
         cls(n_components=4, init="kmeans").fit(H)
     est = cls(n_components=4, k=1, n_iter=1).fit(H)
     with pytest.raises(ValueError, match="H has d=5 columns, but this dictionary has d=8"):
@@ -252,18 +264,38 @@ def test_bad_input_is_named(small_data, cls):
 def test_config_validation_messages():
     with pytest.raises(ValueError, match=r"^tol: must be None or finite and >= 0, got -1\.0$"):
         KSVDConfig(n_components=4, tol=-1.0)
-    with pytest.raises(ValueError, match="approximate must be True or False"):
+    with pytest.raises(ValueError, match="^approximate: must be True or False, got 'yes'$"):
         KSVDConfig(n_components=4, approximate="yes")
     with pytest.raises(ValueError, match=r"^ridge: must be finite and >= 0, got -0\.001$"):
         MODConfig(n_components=4, ridge=-1e-3)
-    with pytest.raises(ValueError, match="device must be 'auto', 'cpu'"):
+    with pytest.raises(ValueError, match="^device: device 'tpu' is not a torch device"):
         MODConfig(n_components=4, device="tpu")
     with pytest.raises(ValueError, match=r"^max_coherence: must be finite and in \(0, 1\], got 1\.5$"):
         MODConfig(n_components=4, max_coherence=1.5)
+    # pruning needs iterations after it; 4 spare atoms here, none at overcomplete=0.1 of 4
+    with pytest.raises(ConfigError, match=r"^n_iter: must be an integer >= 5 when "
+                                          r"overcomplete=1\.0 \(to settle after pruning\), got 4$"):
+        KSVDConfig(n_components=4, overcomplete=1.0, n_iter=4)
+    assert KSVDConfig(n_components=4, overcomplete=0.1, n_iter=4).n_iter == 4
+
+
+def test_the_schedule_by_hand():
+    # 30 iterations with spare atoms: the spare ones live through iteration 23 (the last
+    # quarter, 7 iterations, is left to the atoms kept) and are pruned before 24's coding;
+    # no swaps in the 3 iterations before the pruning, nor in the last 3
+    phases = {i: schedule(i, 30, n_spare=8) for i in range(1, 31)}
+    assert [i for i, p in phases.items() if p.prune] == [24]
+    assert [i for i, p in phases.items() if p.settling] == [21, 22, 23, 28, 29, 30]
+    # no spare atoms: no pruning, settling only at the end
+    assert [i for i in range(1, 31) if schedule(i, 30, 0).settling] == [28, 29, 30]
+    assert not any(schedule(i, 30, 0).prune for i in range(1, 31))
+    # short fits leave SWAP_GRACE_ITERATIONS + 1 = 4 iterations after the pruning
+    assert [i for i in range(1, 8) if schedule(i, 7, 2).prune] == [4]
+    assert schedule(1, 7, 2) == Phase(prune=False, settling=True)
 
 
 def test_cluster_reseeding_finds_each_missing_direction_separately():
-    from sae._sparse_coding_dictionary import cluster_directions
+    from sae.atom_maintenance import cluster_directions
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.eye(8)[0], torch.eye(8)[1]
@@ -279,7 +311,7 @@ def test_cluster_reseeding_finds_each_missing_direction_separately():
 
 
 def test_purify_turns_a_mixture_into_its_strongest_feature_and_leaves_clean_atoms():
-    from sae._sparse_coding_dictionary import purify_atoms
+    from sae.atom_maintenance import purify_atoms
     e = torch.eye(6)
     mix = torch.nn.functional.normalize(e[0] + e[1], dim=0)
     D = torch.stack([mix, e[2], e[3], e[4]])

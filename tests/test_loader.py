@@ -19,9 +19,9 @@ def test_dataset_yields_every_row_in_order_with_x(tiny_run):
     assert isinstance(ds, datasets.Dataset) and len(ds) == len(h) == 5000
     batches = list(ds.iter(batch_size=1024))
     assert isinstance(batches[0][files.H], torch.Tensor)
-    assert batches[0][files.H].shape == (1024, 4) and batches[0]["x"].shape == (1024, 12)
+    assert batches[0][files.H].shape == (1024, 4) and batches[0][files.X_DENSE].shape == (1024, 12)
     assert np.array_equal(torch.cat([b[files.H] for b in batches]).numpy(), h)
-    assert np.array_equal(torch.cat([b["x"] for b in batches]).numpy(), x)
+    assert np.array_equal(torch.cat([b[files.X_DENSE] for b in batches]).numpy(), x)
     assert np.array_equal(ds[1234][files.H].numpy(), h[1234])
 
 
@@ -33,7 +33,7 @@ def test_streaming_dataset_yields_every_row_in_order_one_shard_at_a_time(tiny_ru
     assert stream.num_shards == 3  # 5000 rows in shards of 2000
     got = list(stream.iter(batch_size=700))
     assert np.array_equal(torch.cat([b[files.H] for b in got]).numpy(), h)
-    assert np.array_equal(torch.cat([b["x"] for b in got]).numpy(), x)
+    assert np.array_equal(torch.cat([b[files.X_DENSE] for b in got]).numpy(), x)
 
 
 def test_shuffled_stream_is_a_permutation_of_the_rows(tiny_run):

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from evaluate.metrics import (cosine_matrix, dimensions_per_feature, duplicate_fraction,
-                              frobenius_norm_sq, hungarian_match, matched_cosines, mcc, mmcs,
-                              per_feature_max_cosine, recovered_fraction, superposition,
-                              uniqueness)
+from evaluate.metrics import (best_true_feature, cosine_matrix, dimensions_per_feature,
+                              duplicate_fraction, frobenius_norm_sq, hungarian_match,
+                              matched_cosines, mcc, mmcs, per_feature_max_cosine,
+                              recovered_fraction, superposition, uniqueness)
 
 
 def _unit_rows(n, d, seed=0):
@@ -66,6 +66,41 @@ def test_uniqueness_of_k_atoms_on_one_feature_is_one_over_k():
 def test_mcc_of_random_atoms_is_well_below_one():
     score = mcc(_unit_rows(40, 64, 3), _unit_rows(40, 64, 4))
     assert 0.05 < score < 0.5
+
+
+def test_the_signed_and_absolute_matchings_differ_and_each_is_handed_on_as_computed():
+    # e1, e2 against -e1 and (0.6, 0.8): signed, -e1 is worth less than nothing, so e1 takes
+    # (0.6, 0.8) and e2 is left -e1 (cos 0); on |cos|, -e1 serves e1 and (0.6, 0.8) serves e2
+    G, A = np.eye(2), np.array([[-1.0, 0.0], [0.6, 0.8]])
+    signed, absolute = hungarian_match(G, A), hungarian_match(G, A, signed=False)
+    assert signed[1].tolist() == [1, 0] and absolute[1].tolist() == [0, 1]
+    assert np.allclose(signed[2], [0.6, 0.0]) and np.allclose(absolute[2], [1.0, 0.8])
+    with_C = hungarian_match(G, A, C=cosine_matrix(G, A))
+    assert all(np.array_equal(x, y) for x, y in zip(with_C, signed))
+    assert np.allclose(matched_cosines(G, A, match=signed), [0.6, 0.0])
+    assert mcc(G, A, abs_match=absolute) == mcc(G, A) == pytest.approx(0.9)
+    best = best_true_feature(A, G)
+    assert best.tolist() == [0, 1] and uniqueness(G, A, best=best) == uniqueness(G, A) == 1.0
+
+
+def test_score_dictionary_reads_each_matching_where_it_belongs():
+    from evaluate.scoring import score_dictionary
+
+    G, A = np.eye(2), np.array([[-1.0, 0.0], [0.6, 0.8]])
+    H = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    codes = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])   # atom 1 fires with e1, atom 0 with e2
+    true_acts = H.copy()
+    sc = score_dictionary(G, A, H, H, codes, true_acts, (0.5,), 0.95)
+    assert sc.scalars["matched_cos"] == pytest.approx(0.3)      # signed: (0.6 + 0) / 2
+    assert sc.scalars["recovered_0.5"] == pytest.approx(0.5)
+    assert sc.scalars["mcc"] == pytest.approx(0.9)              # |cos|: (1 + 0.8) / 2
+    assert sc.scalars["uniqueness"] == 1.0
+    assert sc.atom_order.tolist() == [1, 0]                     # e1's atom first
+    # code r over the signed pairs: atom 1 vs e1 (rows 1, 0, 0 vs 1, 0, 1), atom 0 vs e2
+    assert sc.scalars["code_correlation"] == pytest.approx(0.5)
+    # latents judged against their best |cos| feature (atom 0 -> e1, atom 1 -> e2): atom 0
+    # fires on row 1 only, where e1 is 0; atom 1 fires on row 0, where e2 is 0: no hit at all
+    assert sc.scalars["precision"] == sc.scalars["recall"] == sc.scalars["f1"] == 0.0
 
 
 def test_matched_cosines_leave_surplus_features_unmatched_and_unrecovered():

@@ -5,6 +5,7 @@ import torch
 from scipy.optimize import nnls
 from sklearn.linear_model import orthogonal_mp_gram
 
+from sae.nnls import nnls_gram
 from sae.omp import batch_omp, omp_encode, sparse_reconstruct, sparse_to_dense
 
 
@@ -100,6 +101,40 @@ def test_chunking_does_not_change_the_result():
     for chunk in (1, 7, 100):
         np.testing.assert_array_equal(ours(D, H, 6, tol=0.2 * norms.mean(), chunk_size=chunk),
                                       whole)
+
+
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_dropping_stopped_rows_does_not_change_the_result(nonnegative):
+    # rows stop at different steps under tol, so the batch of 120 drops its stopped rows
+    # (the live-set compaction) several times; one row per chunk never does
+    D, H = random_problem(120, 16, 40, seed=8)
+    tol = 0.3 * (H ** 2).sum(1).mean()
+    whole = ours(D, H, 12, tol=tol, nonnegative=nonnegative)
+    assert len(set((whole != 0).sum(1))) >= 4
+    np.testing.assert_array_equal(ours(D, H, 12, tol=tol, nonnegative=nonnegative, chunk_size=1),
+                                  whole)
+
+
+def test_nnls_gram_matches_scipy():
+    rng = np.random.default_rng(9)
+    A = rng.standard_normal((6, 12, 5))                              # 6 problems, [12, 5] each
+    h = rng.standard_normal((6, 12))
+    gram = torch.from_numpy(np.einsum("aij,aik->ajk", A, A))        # [6, 5, 5] A^T A
+    b = torch.from_numpy(np.einsum("aij,ai->aj", A, h))              # [6, 5] A^T h
+    start = torch.zeros(6, 5, dtype=torch.float64)
+    coef, passive = nnls_gram(gram, b, start, torch.zeros(6, 5, dtype=torch.bool),
+                              torch.full((6,), 1e-12, dtype=torch.float64),
+                              torch.arange(6), max_iter=50)
+    expected = np.stack([nnls(A[i], h[i])[0] for i in range(6)])
+    np.testing.assert_allclose(coef.numpy(), expected, atol=1e-10)
+    assert torch.equal(passive, coef > 0)
+    assert ((expected > 0).sum(1) < 5).any()  # some bound is active: not plain least squares
+    # rows not in todo come back as given
+    untouched, _ = nnls_gram(gram, b, start, torch.zeros(6, 5, dtype=torch.bool),
+                             torch.full((6,), 1e-12, dtype=torch.float64),
+                             torch.tensor([1, 4]), max_iter=50)
+    assert torch.equal(untouched[[0, 2, 3, 5]], start[[0, 2, 3, 5]])
+    np.testing.assert_allclose(untouched[[1, 4]].numpy(), expected[[1, 4]], atol=1e-10)
 
 
 def test_zero_sample_gets_no_atom():

@@ -111,7 +111,69 @@ def test_k_larger_than_d_is_refused_naming_both(tiny_run, tmp_path):
 
 
 def test_sae_config_records_package_versions(fitted_run):
+    import sklearn
+    import torch
+
+    import data
+
     for path in [files.sae_dir(fitted_run, "01-p0.05", "l1") / files.CONFIG_FILE,
                  fitted_run / files.SAE_DIR / files.CONFIG_FILE]:
         env = json.loads(path.read_text())["environment"]
-        assert env["torch"] and env["numpy"] and env["scikit-learn"] and env["device"] == "cpu"
+        assert env["unsuperpose"] == data.__version__
+        assert env["torch"] == torch.__version__ and env["numpy"] == np.__version__
+        assert env["scikit-learn"] == sklearn.__version__ and env["device"] == "cpu"
+
+
+def test_a_saved_sae_config_given_as_config_reproduces_the_config(fitted_run, monkeypatch):
+    import sae.pipeline
+    from sae.config import SAEStageConfig
+
+    saved = json.loads((fitted_run / files.SAE_DIR / files.CONFIG_FILE).read_text())
+    seen = []
+    monkeypatch.setattr(sae.pipeline, "run_sae", lambda config, run_dir, **kw: seen.append(config)
+                        or run_dir / files.SAE_DIR)
+    config_file = str(fitted_run / files.SAE_DIR / files.CONFIG_FILE)
+    result = CliRunner().invoke(main, ["--run-dir", str(fitted_run), "--config", config_file])
+    assert result.exit_code == 0, result.output
+    assert seen[0].to_dict() == saved["config"] == SAEStageConfig.from_dict(saved["config"]).to_dict()
+    # an option over the file changes only its own field
+    result = CliRunner().invoke(main, ["--run-dir", str(fitted_run), "--config", config_file,
+                                       "--methods", "mod", "--k", "2", "--n-iter", "5"])
+    assert result.exit_code == 0, result.output
+    params = {**saved["config"]["params"]}
+    params["*"] = {**params["*"], "n_iter": 5}
+    assert seen[1].to_dict() == {**saved["config"], "methods": ["mod"], "k": 2, "params": params}
+
+
+def test_a_saved_sae_config_refits_the_same_stage(fitted_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted_run, run, ignore=shutil.ignore_patterns(files.SAE_DIR))
+    saved = fitted_run / files.SAE_DIR / files.CONFIG_FILE
+    result = CliRunner().invoke(main, ["--run-dir", str(run), "--config", str(saved),
+                                       "--methods", "topk,mod"])
+    assert result.exit_code == 0, result.output
+    again = json.loads((run / files.SAE_DIR / files.CONFIG_FILE).read_text())["config"]
+    assert again == {**json.loads(saved.read_text())["config"], "methods": ["topk", "mod"]}
+    for method in ("topk", "mod"):  # the same fit: same seed, rows and hyperparameters
+        a = files.sae_dir(fitted_run, "01-p0.05", method)
+        b = files.sae_dir(run, "01-p0.05", method)
+        weights = sorted(p.name for p in a.iterdir() if p.suffix == ".safetensors")
+        assert weights and all((a / n).read_bytes() == (b / n).read_bytes() for n in weights)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "--config: .*not valid JSON"),
+    ("[1, 2]", "--config: .*expected a JSON object of config fields"),
+    ('{"dict_ratio": 2, "sparsity": 1}', "--config: sparsity: unknown key in"),
+    ('{"max_rows": -1}', "--max-rows: must be an integer >= 0, got -1"),
+    ('{"params": {"topk": 3}}', "--config: params must map a method"),
+])
+def test_a_bad_config_file_is_one_line_naming_the_option(tiny_run, tmp_path, text, message):
+    import re
+    path = tmp_path / "sae.json"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["--run-dir", str(tiny_run), "--config", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert re.search(message, " ".join(result.output.split())), result.output

@@ -78,7 +78,8 @@ def test_manifest_whose_shape_disagrees_is_refused(instance):
     manifest = json.loads(manifest_path.read_text())
     manifest["d"] = 7
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ShardError, match=r"shard-00000\.safetensors: h has shape \(250, 6\), expected \[rows, 7\]"):
+    with pytest.raises(ShardError,
+                       match=r"shard-00000\.safetensors: h has shape \(250, 6\), expected \[rows, 7\]"):
         verify_instance(instance)
     manifest["d"] = 6
     manifest["rows"] = 601

@@ -12,9 +12,9 @@ from data.planted import planted_problem
 from evaluate.metrics import mmcs
 from sae.base import rows_to_columns
 from sae.losses import auxk_loss, decoder_weighted_l1, reconstruction_mse
-from sae.sparse_autoencoder import (SAELENS_CFG_FILE, SAELENS_WEIGHTS_FILE, BatchTopKSAE,
-                                    L1SAE, SparseAutoencoder, TopKSAE, geometric_median,
-                                    lr_multiplier)
+from sae.sae_estimators import BatchTopKSAE, L1SAE, TopKSAE, geometric_median, lr_multiplier
+from sae.sae_module import SparseAutoencoder
+from sae.saelens_export import SAELENS_CFG_FILE, SAELENS_WEIGHTS_FILE
 
 
 def hand_set(activation: str = "relu", k: int | None = None) -> SparseAutoencoder:
@@ -126,7 +126,9 @@ def test_orientation_is_converted_once():
     W_dec = torch.arange(6.0).reshape(2, 3)  # [d=2, n_components=3], atoms as columns
     rows = rows_to_columns(W_dec)
     assert rows.shape == (3, 2) and torch.equal(rows[1], W_dec[:, 1])
-    assert torch.equal(rows_to_columns(rows), W_dec)
+    # the atoms (0, 3), (1, 4), (2, 5) as rows, in memory order (gathered by embedding_bag)
+    assert torch.equal(rows, torch.tensor([[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]))
+    assert rows.is_contiguous() and rows.stride() == (2, 1)
     sae = hand_set()
     assert torch.equal(sae.components(), torch.tensor([[0.6, 0.8], [1.0, 0.0]]))
     # initialize_ takes atoms as rows, stores unit columns, and ties the encoder to them
@@ -248,9 +250,12 @@ def test_training_log_and_progress_callback():
     calls = []
     est = TopKSAE(n_components=16, k=2, random_state=0, batch_size=64, n_steps=25, lr=1e-2,
                   lr_warmup_steps=5, lr_decay_fraction=0.4, log_every=10)
-    est.fit(H, progress=lambda step, total: calls.append((step, total)))
-    assert calls == [(step, 25) for step in range(1, 26)]
+    est.fit(H, progress=lambda step, total, info: calls.append((step, total, info)))
+    assert [(step, total) for step, total, _ in calls] == [(step, 25) for step in range(1, 26)]
     assert [row["step"] for row in est.log_] == [10, 20, 25]
+    # info is the log row written at that step, {} at the others
+    assert [info for _, _, info in calls if info] == est.log_
+    assert [step for step, _, info in calls if info] == [10, 20, 25]
     assert [row["samples"] for row in est.log_] == [640, 1280, 1600]
     # the lr of a logged step is that of its last update: 0-based steps 9, 19, 24
     assert [row["lr"] for row in est.log_] == pytest.approx(

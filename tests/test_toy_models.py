@@ -38,6 +38,19 @@ def test_ground_truth_is_the_column_of_W_for_linear_and_relu_output():
         assert torch.equal(index, torch.arange(7)) and bool((sign == 1).all())
 
 
+def test_relu_hidden_ground_truth_is_relu_of_the_column_of_W():
+    model = ToyModel("relu_hidden", 1, 3, 2)
+    with torch.no_grad():  # a hand-built W [d=2, n=3]: columns (1, -1), (-2, 3), (0.5, -0.5)
+        model.W.copy_(torch.tensor([[[1.0, -2.0, 0.5], [-1.0, 3.0, -0.5]]]))
+    directions, index, sign = hidden_responses(model, signed=False)
+    # ReLU(W e_i): the negative coordinate of each column is cut to 0
+    assert torch.equal(directions[0], torch.tensor([[1.0, 0.0], [0.0, 3.0], [0.5, 0.0]]))
+    assert index.tolist() == [0, 1, 2] and sign.tolist() == [1, 1, 1]
+    directions, _, sign = hidden_responses(model, signed=True)  # -e_i too: ReLU(-W e_i)
+    assert torch.equal(directions[0, 3:], torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 0.5]]))
+    assert sign.tolist() == [1, 1, 1, -1, -1, -1]
+
+
 def test_abs_model_ground_truth_has_plus_and_minus_responses():
     gen = torch.Generator().manual_seed(2)
     model = ToyModel("abs", 2, 5, 3, generator=gen)

@@ -2,8 +2,6 @@
 values and the key metrics of that point's evaluate/metrics.json; and its summary.md."""
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -11,13 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from data import files
-from evaluate.pipeline import FIGURES_DIR, METRICS_FILE
+from data.files import read_csv  # noqa: F401 (an alias, for importers: reads aggregate.csv back)
 from evaluate.sweep.counting import counting_table
 from evaluate.sweep.grid import SEED_AXIS, Grid
-from evaluate.sweep.runner import POINT_MARKER, is_done, metrics_problem, point_dir
+from evaluate.sweep.runner import is_done, metrics_problem, point_dir
 
-AGGREGATE_CSV = "aggregate.csv"
-SUMMARY_FILE = "summary.md"
+AGGREGATE_CSV, SUMMARY_FILE = files.AGGREGATE_CSV, files.SUMMARY_FILE  # aliases, for importers
 # the metrics carried into the table (recovered_<t> for every threshold come after these)
 KEY_METRICS = ("mmcs", "matched_cos", "mcc", "fvu", "l0", "explained_variance", "dead_fraction",
                "n_components", "n_represented", "fit_seconds")
@@ -52,7 +49,7 @@ def point_rows(grid: Grid, sweep_dir: Path, notes: list[str] | None = None) -> l
     metrics = metric_columns(grid)
     for point in grid.points:
         folder = point_dir(sweep_dir, point)
-        if not is_done(folder, POINT_MARKER):
+        if not is_done(folder, files.POINT_MARKER):
             continue
         problem = metrics_problem(folder)
         if problem is not None:
@@ -61,7 +58,7 @@ def point_rows(grid: Grid, sweep_dir: Path, notes: list[str] | None = None) -> l
             continue
         gen = point.configs["generate"]
         probability = dict(zip(gen.instance_ids, gen.feature_probability))
-        records = files.read_json(files.evaluate_dir(folder) / METRICS_FILE)["records"]
+        records = files.read_json(files.evaluate_dir(folder) / files.METRICS_FILE)["records"]
         by_key: dict[tuple, dict] = defaultdict(dict)
         for rec in records:
             if rec["method"] is not None and "feature" not in rec and rec["metric"] in metrics:
@@ -78,27 +75,6 @@ def point_rows(grid: Grid, sweep_dir: Path, notes: list[str] | None = None) -> l
 def table_columns(grid: Grid) -> list[str]:
     swept = [c for c in grid.columns if c not in ID_COLUMNS]
     return ["point"] + swept + list(ID_COLUMNS[1:]) + metric_columns(grid)
-
-
-def write_csv(rows: list[dict], columns: list[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
-    return buf.getvalue()
-
-
-def _csv_value(v):
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return ""
-    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
-
-
-def read_csv(path: Path) -> list[dict]:
-    """aggregate.csv back as dicts of strings (empty string: no value)."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _hashable(v):
@@ -127,14 +103,14 @@ def render_summary(grid: Grid, rows: list[dict], figures: list[str], status: dic
     stats = {m: group_stats(rows, keys, m) for m in shown}
     lines = [f"# Sweep summary: {grid.path.name}", "",
              f"{len(grid.points)} grid points: {status.get('finished', 0)} finished, "
-             f"{len(status.get('failed', {}))} failed. Every row of `{AGGREGATE_CSV}` is one "
+             f"{len(status.get('failed', {}))} failed. Every row of `{files.AGGREGATE_CSV}` is one "
              "point x instance x method; below, rows that differ only in their seed are "
              f"averaged (mean ± std over seeds; n = seeds).", ""]
     for key, error in status.get("failed", {}).items():
         lines.append(f"- failed point `{key}`: {error}")
     for note in status.get("notes", ()):
         lines.append(f"- note: {note}")
-    lines += [f"![{f}](figures/{f})" for f in figures] + [""]
+    lines += [f"![{f}]({files.FIGURES_DIR}/{f})" for f in figures] + [""]
     header = keys + shown + ["n"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     groups = set().union(*(s.keys() for s in stats.values()))
@@ -149,7 +125,7 @@ def render_summary(grid: Grid, rows: list[dict], figures: list[str], status: dic
         estimators = [k for k in counts[0] if k not in ("instance", "method", "curve", "true_count")]
         lines += ["", "## Feature counting (Sharkey et al. 2022)", "",
                   "Estimated number of features from the sweep over dictionary size, next to the "
-                  "true count (represented directions); `counting.csv` has every curve. "
+                  f"true count (represented directions); `{files.COUNTING_CSV}` has every curve. "
                   "`dead_latents` assumes latents die once the dictionary outgrows the "
                   "features, as they do in an L1 SAE; TopK's auxiliary loss and k-SVD/MOD's "
                   "re-seeding keep latents alive, so for those methods it overcounts.", "",
@@ -175,10 +151,10 @@ def write_aggregate(grid: Grid, sweep_dir: str | Path, status: dict | None = Non
     for note in notes[known:]:
         echo(f"aggregate: note: {note}")
     status = {**(status or {}), "finished": len({r["point"] for r in rows}), "notes": notes}
-    files.atomic_write_bytes(sweep_dir / AGGREGATE_CSV, write_csv(rows, table_columns(grid)).encode())
-    figures = save_sweep_figures(grid, rows, sweep_dir / FIGURES_DIR)
+    files.write_csv(sweep_dir / files.AGGREGATE_CSV, rows, table_columns(grid))
+    figures = save_sweep_figures(grid, rows, sweep_dir / files.FIGURES_DIR)
     counts = counting_table(write_counting(grid, rows, sweep_dir, figures))
-    files.atomic_write_bytes(sweep_dir / SUMMARY_FILE,
+    files.atomic_write_bytes(sweep_dir / files.SUMMARY_FILE,
                              render_summary(grid, rows, figures, status, counts).encode())
     return rows
 
@@ -187,17 +163,17 @@ def write_counting(grid: Grid, rows: list[dict], sweep_dir: Path, figures: list[
     """Where the grid sweeps dictionary size: counting.csv and the counting figure (appended
     to `figures`); returns the estimator records."""
     from evaluate.figures import plt
-    from evaluate.sweep.counting import (COUNTING_CSV, COUNTING_FIGURE, ESTIMATORS,
-                                         count_features, counting_table, plot_counting)
+    from evaluate.sweep.counting import ESTIMATORS, count_features, counting_table, plot_counting
 
-    (sweep_dir / FIGURES_DIR / COUNTING_FIGURE).unlink(missing_ok=True)
+    figure = sweep_dir / files.FIGURES_DIR / files.COUNTING_FIGURE
+    figure.unlink(missing_ok=True)
     records = count_features(grid, rows, sweep_dir)
     if not records:
         return []
-    files.atomic_write_bytes(sweep_dir / COUNTING_CSV, write_csv(
-        counting_table(records), ["instance", "method", "curve", "true_count", *ESTIMATORS]).encode())
+    files.write_csv(sweep_dir / files.COUNTING_CSV, counting_table(records),
+                    ["instance", "method", "curve", "true_count", *ESTIMATORS])
     fig = plot_counting(records)
-    fig.savefig(sweep_dir / FIGURES_DIR / COUNTING_FIGURE, dpi=110)
+    fig.savefig(figure, dpi=110)
     plt.close(fig)
-    figures.append(COUNTING_FIGURE)
+    figures.append(files.COUNTING_FIGURE)
     return records

@@ -23,8 +23,7 @@ from data import files
 from evaluate.sweep.grid import Grid
 
 SIZE_AXES = ("sae.dict_ratio", "sae.n_components")
-COUNTING_CSV = "counting.csv"
-COUNTING_FIGURE = "feature_counting.png"
+COUNTING_CSV, COUNTING_FIGURE = files.COUNTING_CSV, files.COUNTING_FIGURE  # aliases, for importers
 ESTIMATORS = ("dead_latents", "loss_knee", "consecutive_mmcs")
 DEAD_TOL = 0.05
 
@@ -72,7 +71,8 @@ def curves(grid: Grid, rows: list[dict]) -> dict[tuple, list[dict]]:
 def _components(sweep_dir: Path, row: dict) -> np.ndarray:
     from sae import load
 
-    folder = files.sae_dir(Path(sweep_dir) / "points" / row["point"], row["instance"], row["method"])
+    point = Path(sweep_dir) / files.SWEEP_POINTS_DIR / row["point"]
+    folder = files.sae_dir(point, row["instance"], row["method"])
     return np.asarray(load(folder).components_, dtype=np.float32)
 
 

@@ -8,15 +8,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from data import files
 from evaluate.figures import DPI, method_style, plt
 from evaluate.sweep.aggregate import group_stats, recovered_columns, setting_columns
 from evaluate.sweep.grid import Grid
 from matplotlib.figure import Figure
 
-PROBABILITY_FIGURE = "recovery_vs_probability.png"
-PHASE_FIGURE = "phase_diagram.png"
-DICT_RATIO_FIGURE = "recovery_vs_dict_ratio.png"
-FRONTIER_FIGURE = "fvu_l0_frontier.png"
+SWEEP_FIGURES = (files.SWEEP_PROBABILITY_FIGURE, files.SWEEP_PHASE_FIGURE,
+                 files.SWEEP_DICT_RATIO_FIGURE, files.SWEEP_FRONTIER_FIGURE)
+# aliases of the data.files names, for the modules that import them from here
+PROBABILITY_FIGURE, PHASE_FIGURE, DICT_RATIO_FIGURE, FRONTIER_FIGURE = SWEEP_FIGURES
 AXES_SIZE = (3.4, 2.6)  # inches, one panel's plotting area
 
 
@@ -146,7 +147,7 @@ def plot_frontier(rows: list[dict], setting_keys: list[str]) -> Figure:
 def save_sweep_figures(grid: Grid, rows: list[dict], folder: Path) -> list[str]:
     """Draw the figures the sweep has the data for; returns their file names."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in (PROBABILITY_FIGURE, PHASE_FIGURE, DICT_RATIO_FIGURE, FRONTIER_FIGURE):  # none left from before
+    for name in SWEEP_FIGURES:  # none left from before
         (folder / name).unlink(missing_ok=True)
     written = []
     if not rows:
@@ -163,20 +164,20 @@ def save_sweep_figures(grid: Grid, rows: list[dict], folder: Path) -> list[str]:
         written.append(name)
 
     if len({r["feature_probability"] for r in rows}) > 1:
-        save(PROBABILITY_FIGURE, plot_metric_vs(
+        save(files.SWEEP_PROBABILITY_FIGURE, plot_metric_vs(
             rows, "feature_probability", recovered, settings,
             "feature probability 1 − S (log scale)", label,
             "Recovery against feature probability, per method", logx=True))
     varying = [c for c in settings if len({str(r.get(c)) for r in rows}) > 1]
     if len({r["feature_probability"] for r in rows}) > 1 and varying:
-        save(PHASE_FIGURE, plot_phase_diagram(rows, varying, recovered,
-                                              f"recovered at cos ≥ {recovered.split('_', 1)[1]}"))
+        save(files.SWEEP_PHASE_FIGURE, plot_phase_diagram(
+            rows, varying, recovered, f"recovered at cos ≥ {recovered.split('_', 1)[1]}"))
     if len({r["dict_ratio"] for r in rows}) > 1:
-        save(DICT_RATIO_FIGURE, plot_metric_vs(
+        save(files.SWEEP_DICT_RATIO_FIGURE, plot_metric_vs(
             rows, "dict_ratio", recovered,
             [c for c in settings if c != "sae.dict_ratio"] + ["feature_probability"],
             "dictionary ratio (atoms per represented true direction)", label,
             "Recovery against dictionary size, per method", logx=False))
     if any(r.get("l0") is not None for r in rows):
-        save(FRONTIER_FIGURE, plot_frontier(rows, settings))
+        save(files.SWEEP_FRONTIER_FIGURE, plot_frontier(rows, settings))
     return written

@@ -202,7 +202,7 @@ def load_grid(path: str | Path) -> Grid:
     points = []
     for combo in itertools.product(*(values for _, _, values in parsed)):
         values = {stage: dict(base.get(stage, {})) for stage in STAGES}
-        for (key, parts, _), value in zip(parsed, combo):
+        for (_, parts, _), value in zip(parsed, combo):
             for p, v in (zip(parts, value) if len(parts) > 1 else [(parts[0], value)]):
                 _set(values, p, v)
         at = dict(zip([k for k, _, _ in parsed], combo))

@@ -22,13 +22,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from data import files
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no locks (one sweep per folder is then up to the user)
     fcntl = None
 
-LOCK_FILE = ".sweep.lock"
-WORKERS_LOCK_FILE = ".workers.lock"
 LEFTOVER_WAIT_S = 10.0  # how long a new sweep waits for a killed sweep's workers to end
 WATCH_PARENT_S = 0.5
 PR_SET_PDEATHSIG = 1
@@ -47,7 +47,7 @@ def sweep_lock(sweep_dir: str | Path, leftover_wait: float = LEFTOVER_WAIT_S):
     if fcntl is None:
         yield
         return
-    fd = os.open(sweep_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(sweep_dir / files.SWEEP_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -67,7 +67,7 @@ def sweep_lock(sweep_dir: str | Path, leftover_wait: float = LEFTOVER_WAIT_S):
 
 
 def _wait_for_leftover_workers(sweep_dir: Path, wait: float) -> None:
-    fd = os.open(sweep_dir / WORKERS_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(sweep_dir / files.WORKERS_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + wait
         while True:
@@ -105,7 +105,8 @@ def init_worker(parent_pid: int, threads: int, sweep_dir: str | None = None) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the sweep, which stops us
     die_with_parent(parent_pid)
     if sweep_dir is not None and fcntl is not None:
-        fd = os.open(Path(sweep_dir) / WORKERS_LOCK_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(Path(sweep_dir) / files.WORKERS_LOCK_FILE,
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_SH)
         os.write(fd, f"{os.getpid()}\n".encode())
         _held.append(fd)

@@ -38,23 +38,19 @@ from data import files
 from evaluate.sweep.grid import Grid, Point
 from evaluate.sweep.guard import init_worker, sweep_lock
 
-POINTS_DIR = "points"
-GENERATE_RUNS_DIR = "generate"
-GRID_FILE = "grid.json"
-POINT_MARKER = "point.json"
-GENERATE_MARKER = "done.json"
-ERROR_FILE = "error.txt"
-STAGING_SUFFIX = ".partial"
+# aliases of the data.files names, for the modules that import them from here
+POINT_MARKER, GENERATE_MARKER, ERROR_FILE = (files.POINT_MARKER, files.GENERATE_MARKER,
+                                             files.POINT_ERROR_FILE)
 HASH_CHARS = 16  # folder names: the first 16 hex digits; the full hash is in the marker
 BACKENDS = ("local", "ray")
 
 
 def point_dir(sweep_dir: Path, point: Point) -> Path:
-    return Path(sweep_dir) / POINTS_DIR / point.hash[:HASH_CHARS]
+    return Path(sweep_dir) / files.SWEEP_POINTS_DIR / point.hash[:HASH_CHARS]
 
 
 def generate_run_dir(sweep_dir: Path, point: Point) -> Path:
-    return Path(sweep_dir) / GENERATE_RUNS_DIR / point.generate_hash[:HASH_CHARS]
+    return Path(sweep_dir) / files.SWEEP_GENERATE_DIR / point.generate_hash[:HASH_CHARS]
 
 
 def is_done(folder: Path, marker: str) -> bool:
@@ -63,14 +59,12 @@ def is_done(folder: Path, marker: str) -> bool:
 
 
 def staging_dir(folder: Path) -> Path:
-    return Path(folder).with_name(f".{Path(folder).name}{STAGING_SUFFIX}")
+    return Path(folder).with_name(f".{Path(folder).name}{files.SWEEP_STAGING_SUFFIX}")
 
 
 def metrics_problem(folder: Path) -> str | None:
     """Why a finished point's evaluate/metrics.json cannot be aggregated; None when it can."""
-    from evaluate.pipeline import METRICS_FILE
-
-    path = files.evaluate_dir(folder) / METRICS_FILE
+    path = files.evaluate_dir(folder) / files.METRICS_FILE
     try:
         records = files.read_json(path)["records"]
     except (OSError, ValueError) as err:  # missing, unreadable, not JSON (or not UTF-8)
@@ -117,7 +111,7 @@ def run_generate_task(task: dict) -> None:
     config = GenerateConfig.from_dict(task["configs"]["generate"])
     with _staged(folder):
         run_generate(config, folder)
-    files.atomic_write_json(folder / GENERATE_MARKER, {"hash": task["hash"],
+    files.atomic_write_json(folder / files.GENERATE_MARKER, {"hash": task["hash"],
                                                       "config": config.to_dict()})
 
 
@@ -134,7 +128,7 @@ def run_point_task(task: dict) -> None:
         link.symlink_to(os.path.relpath(files.generate_dir(task["generate_run"]), folder))
         run_sae(SAEStageConfig.from_dict(task["configs"]["sae"]), folder)
         run_evaluate(EvaluateConfig.from_dict(task["configs"]["evaluate"]), folder)
-    files.atomic_write_json(folder / POINT_MARKER, {
+    files.atomic_write_json(folder / files.POINT_MARKER, {
         "hash": task["hash"], "generate_hash": task["generate_hash"], "values": task["values"],
         "configs": task["configs"], "seconds": round(time.perf_counter() - started, 3)})
 
@@ -157,7 +151,7 @@ def execute(task: dict, threads: int | None = None) -> dict:
         error = f"{type(err).__name__}: {err}"
         folder = Path(task["folder"])
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / ERROR_FILE).write_text(traceback.format_exc())
+        (folder / files.POINT_ERROR_FILE).write_text(traceback.format_exc())
     return {"kind": task["kind"], "key": task["key"], "ok": error is None, "error": error,
             "seconds": round(time.perf_counter() - started, 3)}
 
@@ -235,13 +229,14 @@ def clean_leftovers(grid: Grid, sweep_dir: Path) -> list[str]:
     without their marker); returns the folders that will run again, as points/<hash>."""
     sweep_dir = Path(sweep_dir)
     removed = []
-    for parent in (sweep_dir / POINTS_DIR, sweep_dir / GENERATE_RUNS_DIR):
-        for staging in sorted(parent.glob(f".*{STAGING_SUFFIX}")):
+    suffix = files.SWEEP_STAGING_SUFFIX
+    for parent in (sweep_dir / files.SWEEP_POINTS_DIR, sweep_dir / files.SWEEP_GENERATE_DIR):
+        for staging in sorted(parent.glob(f".*{suffix}")):
             _remove(staging)
-            removed.append(f"{parent.name}/{staging.name[1:-len(STAGING_SUFFIX)]}")
+            removed.append(f"{parent.name}/{staging.name[1:-len(suffix)]}")
     for point in grid.points:
-        for folder, marker in ((generate_run_dir(sweep_dir, point), GENERATE_MARKER),
-                               (point_dir(sweep_dir, point), POINT_MARKER)):
+        for folder, marker in ((generate_run_dir(sweep_dir, point), files.GENERATE_MARKER),
+                               (point_dir(sweep_dir, point), files.POINT_MARKER)):
             if (folder.exists() or folder.is_symlink()) and not is_done(folder, marker):
                 _remove(folder)
                 removed.append(f"{folder.parent.name}/{folder.name}")
@@ -256,14 +251,14 @@ def plan(grid: Grid, sweep_dir: Path, notes: list[str] | None = None
     for point in grid.points:
         gen_dir = generate_run_dir(sweep_dir, point)
         configs = point.config_dicts()
-        if not is_done(gen_dir, GENERATE_MARKER) and point.generate_hash not in seen:
+        if not is_done(gen_dir, files.GENERATE_MARKER) and point.generate_hash not in seen:
             seen.add(point.generate_hash)
             generate_tasks.append({
                 "kind": "generate", "key": point.generate_hash[:HASH_CHARS], "folder": str(gen_dir),
                 "hash": point.generate_hash, "configs": configs,
                 "gpus": _gpus(point.configs["generate"])})
         folder = point_dir(sweep_dir, point)
-        if is_done(folder, POINT_MARKER):
+        if is_done(folder, files.POINT_MARKER):
             problem = metrics_problem(folder)
             if problem is None:
                 done += 1
@@ -292,7 +287,7 @@ def run_sweep(grid: Grid, sweep_dir: str | Path, backend: str = "local", workers
             return run_sweep(grid, sweep_dir, backend, workers, threads, ray_address, echo, False)
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    files.atomic_write_bytes(sweep_dir / GRID_FILE, grid.path.read_bytes())
+    files.atomic_write_bytes(sweep_dir / files.SWEEP_GRID_FILE, grid.path.read_bytes())
     notes: list[str] = []
     removed = clean_leftovers(grid, sweep_dir)
     if removed:

@@ -1,232 +1,24 @@
-"""What k-SVD and MOD share: the config fields, the fit loop, coding and atom replacement.
+"""Atom maintenance for the OMP-coded dictionaries (k-SVD, MOD): pure functions of tensors
+that the fit loop (sae/sparse_coding.py) calls between its updates.
 
-Both alternate two steps on H ~ C D (codes C [n_samples, n_components], atoms D as rows):
-sparse coding of every sample by batch OMP with the current atoms (`sae.omp`), then a
-dictionary update that is the only thing the two methods do differently (`_update`).
-After each update, atoms that no sample uses and near-copies of a more-used atom (the
-"dictionary clearing" of Rubinstein's K-SVD box), and at most `n_swaps` atoms whose removal
-would cost less than what a new direction would gain, are replaced by the directions that
-the dictionary explains worst: this is how the fit leaves the local minima where one atom
-mixes two features while two others split one. Every atom is then oriented so that its
-codes sum to >= 0. With `overcomplete` > 0 the fit starts with spare atoms and prunes the
-cheapest away before the end, so a long tail of rare features is learned with room to spare
-and the mixtures the spare atoms make redundant are what gets dropped.
+Atoms D are unit-norm rows [n_atoms, d]; sparse codes are (idx, val) [n_samples, k] as OMP
+returns them (index -1 / value 0 = an empty slot); R = H - C D are the residuals. Here:
+initial atoms; usage, energy and orientation; near-copies; what dropping an atom would cost
+(`removal_cost`) and pruning by it; replacing atoms by the directions the dictionary misses
+most (`replace_atoms`, seeded by principal directions or by `cluster_directions`); and
+turning an atom that mixes rare features into one of them (`purify_atoms`).
 """
 from __future__ import annotations
 
-import abc
-import time
-from dataclasses import dataclass
-from typing import Callable, ClassVar
-
 import torch
 
-from sae.base import (ArrayLike, DictionaryEstimator, as_tensor_2d, check_number,
-                      resolve_device, torch_generator, unit_norm_rows)
-from sae.omp import omp_encode, sparse_reconstruct, sparse_to_dense
+from sae.base import unit_norm_rows
+from sae.nnls import nnls_gram
 
 INITS = ("data", "random")
-RESEEDS = ("pca", "cluster")
-SWAP_GRACE_ITERATIONS = 3  # iterations a new atom has to gather samples before a swap
 REMOVAL_SPAN = 4  # atoms that may stand in for a removed one (`removal_cost`)
 
 
-@dataclass(frozen=True)
-class SparseCodingConfig:
-    """Fields common to every OMP-coded dictionary method (k-SVD, MOD)."""
-
-    n_components: int
-    """number of atoms (rows of components_)"""
-    k: int = 3
-    """most nonzero coefficients per sample, for OMP during fit and in transform"""
-    tol: float | None = None
-    """also stop coding a sample once its squared residual norm ||h - c D||^2 <= tol"""
-    n_iter: int = 30
-    """alternations of sparse coding and dictionary update"""
-    nonnegative: bool = False
-    """nonnegative codes (nonnegative OMP, sign-consistent updates); atoms stay signed"""
-    init: str = "data"
-    """initial atoms: 'data' = distinct random samples, normalised; 'random' = Gaussian"""
-    batch_size: int | None = None
-    """samples per OMP chunk (None: sized to a fixed workspace)"""
-    max_coherence: float = 0.99
-    """after each update, an atom whose cosine (|cos| for signed codes) with a more-used
-    atom exceeds this is replaced"""
-    n_swaps: int = 1
-    """per iteration, at most this many of the atoms whose removal would cost least are
-    swapped for a direction the dictionary misses, if that carries more (0: never)"""
-    swap_gain_factor: float = 2.0
-    """a swap happens only if the new direction carries more than this times the atom's
-    removal cost (0: the n_swaps cheapest atoms are swapped every iteration)"""
-    reseed: str = "pca"
-    """new directions for replaced atoms: 'pca' = principal directions of the worst residuals;
-    'cluster' = one per group of worst residuals that point the same way (|cos| > 0.5),
-    strongest sample first, so each seed follows one missing feature rather than a mix"""
-    overcomplete: float = 0.0
-    """fit with this fraction more atoms at first (0.25: 1.25 x n_components), then drop
-    the cheapest (`removal_cost`) down to n_components for the last quarter of n_iter:
-    spare atoms let rare features be learned instead of being fought over"""
-    purify: bool = False
-    """each iteration, an atom whose samples point several ways (its part of them plus their
-    residuals fall into groups, `cluster_directions`) and that no group agrees with (cos <
-    0.95) takes its strongest group's direction: a mixture of rare features becomes one of
-    them, and the rest show up in the residuals for re-seeding"""
-    random_state: int | None = 0
-    """seed of the one generator used by fit (init, atom order, replacements)"""
-    device: str = "auto"
-    """'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."""
-
-    def __post_init__(self):
-        check_number("n_components", self.n_components, low=1, integer=True)
-        check_number("k", self.k, low=1, integer=True)
-        if self.k > self.n_components:
-            raise ValueError(f"k={self.k} nonzeros per sample exceeds "
-                             f"n_components={self.n_components}")
-        check_number("tol", self.tol, low=0, optional=True)
-        check_number("n_iter", self.n_iter, low=1, integer=True)
-        if not isinstance(self.nonnegative, bool):
-            raise ValueError(f"nonnegative must be True or False, got {self.nonnegative!r}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        check_number("max_coherence", self.max_coherence, low=0, high=1, low_open=True)
-        check_number("n_swaps", self.n_swaps, low=0, integer=True)
-        check_number("overcomplete", self.overcomplete, low=0, high=4)
-        check_number("swap_gain_factor", self.swap_gain_factor, low=0)
-        if self.reseed not in RESEEDS:
-            raise ValueError(f"reseed must be one of {RESEEDS}, got {self.reseed!r}")
-        check_number("batch_size", self.batch_size, low=1, integer=True, optional=True)
-        check_number("random_state", self.random_state, low=0, integer=True, optional=True)
-        if not isinstance(self.purify, bool):
-            raise ValueError(f"purify must be True or False, got {self.purify!r}")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError):
-                raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
-                                 f"got {self.device!r}") from None
-
-
-Progress = Callable[[dict], None]
-
-
-class SparseCodingDictionary(DictionaryEstimator):
-    """Base of KSVD and MOD. Subclasses set `method`, `config_class` and `_update`.
-
-    Fitted state: `components_` [n_components, d] float32 numpy, unit-norm rows; `log_`, one
-    dict per iteration: iteration, fvu (||H - C D||^2 / ||H - mean(H)||^2 with the codes and
-    atoms at the end of the iteration, before atoms are replaced), l0 (mean nonzeros per
-    sample), n_unused_atoms (atoms no sample used), n_duplicate_atoms (atoms with
-    cos > max_coherence to a more-used one), n_swapped_atoms (see `n_swaps`): the atoms
-    replaced after this iteration; seconds (wall time of the iteration).
-    """
-
-    method: ClassVar[str] = ""
-    config_class: ClassVar[type] = SparseCodingConfig
-
-    def fit(self, H: ArrayLike, y=None, progress: Progress | None = None):
-        """Fit the atoms to H [n_samples, d]; `progress(log_entry)` after each iteration."""
-        cfg = self.get_config()
-        device = resolve_device(cfg.device)
-        X = as_tensor_2d(H, "H", device=device)                    # [n_samples, d]
-        n_samples, d = X.shape
-        if cfg.k > d:
-            raise ValueError(f"k={cfg.k} nonzeros per sample exceeds d={d}: more than d atoms "
-                             f"are linearly dependent, so OMP cannot place them")
-        gen = torch_generator(cfg.random_state, device)
-        total = (X - X.mean(0)).pow(2).sum()
-        n_spare = round(cfg.overcomplete * cfg.n_components)
-        prune_after = cfg.n_iter - max(SWAP_GRACE_ITERATIONS + 1, cfg.n_iter // 4)
-        if n_spare and prune_after < 1:
-            raise ValueError(f"overcomplete={cfg.overcomplete} needs n_iter >= "
-                             f"{SWAP_GRACE_ITERATIONS + 2} (got {cfg.n_iter}) to settle after pruning")
-        D = init_atoms(X, cfg.n_components + n_spare, cfg.init, gen)  # [n_atoms, d]
-
-        age = torch.full((D.shape[0],), SWAP_GRACE_ITERATIONS, device=device)
-        self.log_ = []
-        for iteration in range(1, cfg.n_iter + 1):
-            t0 = time.perf_counter()
-            if n_spare and iteration == prune_after + 1:
-                keep = prune_atoms(D, idx, val, cfg.n_components, signed=not cfg.nonnegative)
-                D, age = D[keep], age[keep]
-            idx, val = self._code(X, D)                            # [n_samples, k] each
-            D, val = self._update(X, D, idx, val, gen)
-            D, val = orient_atoms(D, idx, val)
-            R = X - sparse_reconstruct(idx, val, D)                # [n_samples, d]
-            usage = atom_usage(idx, val, D.shape[0])               # [n_atoms]
-            unused = usage == 0
-            duplicate = duplicate_atoms(D, usage, cfg.max_coherence,
-                                        signed=not cfg.nonnegative) & ~unused
-            entry = {"iteration": iteration,
-                     "fvu": float(R.pow(2).sum() / total) if total > 0 else float("nan"),
-                     "l0": float((val != 0).sum(1).float().mean()),
-                     "n_unused_atoms": int(unused.sum()),
-                     "n_duplicate_atoms": int(duplicate.sum())}
-            # a new atom needs a few iterations to gather its samples before it is judged
-            cost = removal_cost(D, idx, val, signed=not cfg.nonnegative)
-            cost = cost.masked_fill(age < SWAP_GRACE_ITERATIONS, torch.inf)
-            forced = unused | duplicate
-            # no swaps near the end: an atom swapped in must be updated before it is returned
-            settling = iteration > cfg.n_iter - SWAP_GRACE_ITERATIONS or (
-                n_spare and prune_after - SWAP_GRACE_ITERATIONS < iteration <= prune_after)
-            n_swaps = 0 if settling else cfg.n_swaps
-            D, new = replace_atoms(D, forced, cost, R, gen, n_swaps=n_swaps,
-                                   nonnegative=cfg.nonnegative,
-                                   gain_factor=cfg.swap_gain_factor, reseed=cfg.reseed)
-            entry["n_swapped_atoms"] = int((new & ~forced).sum())
-            if cfg.purify and not settling:
-                pure = purify_atoms(D, R, idx, val, eligible=~new & (age >= SWAP_GRACE_ITERATIONS),
-                                    nonnegative=cfg.nonnegative)
-                purified = pure.isfinite().all(1)                 # [n_atoms]
-                D = torch.where(purified.unsqueeze(1), pure, D)
-                entry["n_purified_atoms"] = int(purified.sum())
-            age = torch.where(new, 0, age + 1)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            entry["seconds"] = time.perf_counter() - t0
-            self.log_.append(entry)
-            if progress is not None:
-                progress(entry)
-        self.components_ = D.to("cpu", torch.float32).numpy()
-        self.fitted_device_ = str(device)
-        return self
-
-    @abc.abstractmethod
-    def _update(self, X: torch.Tensor, D: torch.Tensor, idx: torch.Tensor, val: torch.Tensor,
-                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """New unit-norm atoms [n_components, d] and codes `val` on the same support."""
-
-    def _code(self, X: torch.Tensor, D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return omp_encode(X, D, self.k, tol=self.tol, nonnegative=self.nonnegative,
-                          chunk_size=self.batch_size)
-
-    def transform(self, H: ArrayLike) -> ArrayLike:
-        """OMP codes [n_samples, n_components] of H on the fitted atoms (same kind as H)."""
-        self._check_fitted()
-        device = resolve_device(self.device)
-        D = torch.as_tensor(self.components_, device=device)
-        X = as_tensor_2d(H, "H", d=D.shape[1], device=device)
-        codes = sparse_to_dense(*self._code(X, D), D.shape[0])
-        return _like(codes, H)
-
-    def inverse_transform(self, codes: ArrayLike) -> ArrayLike:
-        """codes [n_samples, n_components] @ components_ -> [n_samples, d] (same kind)."""
-        self._check_fitted()
-        device = resolve_device(self.device)
-        D = torch.as_tensor(self.components_, device=device)
-        C = as_tensor_2d(codes, "codes", device=device)
-        if C.shape[1] != D.shape[0]:
-            raise ValueError(f"codes has {C.shape[1]} columns, but this dictionary has "
-                             f"n_components={D.shape[0]}")
-        return _like(C @ D, codes)
-
-
-def _like(result: torch.Tensor, reference: ArrayLike) -> ArrayLike:
-    if isinstance(reference, torch.Tensor):
-        return result.to(reference.device)
-    return result.cpu().numpy()
-
-
-# ---- pieces of the loop, pure functions of tensors ---------------------------------------
 def init_atoms(X: torch.Tensor, n_components: int, init: str,
                gen: torch.Generator) -> torch.Tensor:
     """Initial unit-norm atoms [n_components, d] from X [n_samples, d]."""
@@ -332,9 +124,7 @@ def distance_to_neighbours(D: torch.Tensor, span: int, *, signed: bool) -> torch
     if signed:
         coef = torch.linalg.solve(gram, b.unsqueeze(2)).squeeze(2)
     else:
-        from sae.omp import _nnls_gram
-
-        coef, _ = _nnls_gram(gram, b, torch.zeros_like(b), torch.zeros_like(b, dtype=torch.bool),
+        coef, _ = nnls_gram(gram, b, torch.zeros_like(b), torch.zeros_like(b, dtype=torch.bool),
                              D.new_full((M,), 1e-9), torch.arange(M, device=D.device),
                              max_iter=4 * span)
     # ||d - N^T a||^2 = 1 - 2 a.b + a^T gram a, for unit d
@@ -467,15 +257,3 @@ def cluster_directions(R: torch.Tensor, n_directions: int, *, nonnegative: bool 
     if not directions:
         return R.new_zeros(0, R.shape[1]), R.new_zeros(0)
     return torch.stack(directions), torch.stack(gains)
-
-
-def sparse_codes_as_matrix(idx: torch.Tensor, val: torch.Tensor,
-                           n_components: int) -> torch.Tensor:
-    """The codes as a sparse COO matrix [n_samples, n_components] (MOD's normal equations)."""
-    n_samples, k = idx.shape
-    keep = (val != 0).flatten()
-    rows = torch.arange(n_samples, device=idx.device).repeat_interleave(k)[keep]
-    # indices are built in range here, so skip torch's invariant checks (and their warning)
-    return torch.sparse_coo_tensor(torch.stack([rows, idx.flatten()[keep]]), val.flatten()[keep],
-                                   (n_samples, n_components), check_invariants=False).coalesce()
-

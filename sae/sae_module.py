@@ -1,0 +1,152 @@
+"""The sparse autoencoder as a torch module: the learned object of the L1, TopK and BatchTopK
+SAEs (the estimators that fit it are in sae/sae_estimators.py).
+
+    pre = (h - b_dec) W_enc + b_enc          [batch, n_components]
+    f   = act(pre)                           relu | topk | batchtopk
+    h^  = f W_dec^T + b_dec                  [batch, d]
+
+Both W_enc and W_dec are stored [d, n_components]: W_dec holds the atoms as columns (DESIGN.md)
+and W_enc is then the encoder of SAELens's layout, so tying them at start is a copy.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from sae.base import rows_to_columns, unit_norm_rows
+
+ACTIVATIONS = ("relu", "topk", "batchtopk")
+SPARSE_DECODE_RATIO = 64  # TopK decodes sparsely when k * this <= n_components
+
+
+class SAEOutput(NamedTuple):
+    h_hat: torch.Tensor     # [batch, d]
+    codes: torch.Tensor     # [batch, n_components]
+    pre_acts: torch.Tensor  # [batch, n_components]
+
+
+class SparseAutoencoder(nn.Module):
+    """The learned object: parameters, encode/decode, and in-place constraint helpers.
+
+    forward has no side effects; BatchTopK's inference threshold is a buffer that the training
+    loop moves with `update_threshold_`. In train mode batchtopk keeps the k * batch largest
+    activations of the batch; in eval mode it keeps those above `threshold` (a JumpReLU).
+    """
+
+    def __init__(self, d: int, n_components: int, activation: str = "relu", k: int | None = None):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r}; valid: {list(ACTIVATIONS)}")
+        if activation != "relu" and (k is None or not 1 <= k <= n_components):
+            raise ValueError(f"{activation} needs 1 <= k <= n_components={n_components}, got k={k}")
+        self.d, self.n_components, self.activation, self.k = d, n_components, activation, k
+        # TopK's forward can decode only the k chosen atoms per row (a gather). Per training
+        # step on this CPU (d = 256, k = 32, one thread) that was 1.6-1.7x faster than the
+        # dense decoder at k/n = 1/64 and 1/128, and no faster at 1/32 (slower with two
+        # threads): the gather's backward sorts indices and scatters rows.
+        self.sparse_decode = activation == "topk" and k * SPARSE_DECODE_RATIO <= n_components
+        # zeros until `initialize_` or `load_state_dict`: a fresh module is inert, not random
+        self.W_enc = nn.Parameter(torch.zeros(d, n_components))
+        self.b_enc = nn.Parameter(torch.zeros(n_components))
+        self.W_dec = nn.Parameter(torch.zeros(d, n_components))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.register_buffer("threshold", torch.zeros(()))  # 0 = plain ReLU at inference
+
+    @torch.no_grad()
+    def initialize_(self, atoms: torch.Tensor, b_dec: torch.Tensor,
+                    encoder_atoms: torch.Tensor | None = None) -> None:
+        """atoms: [n_components, d] (any norm) become unit decoder columns; the encoder starts
+        tied to them (W_enc = W_dec, each latent reads along its own atom) unless
+        `encoder_atoms` [n_components, d] are given, normalised the same way. b_enc = 0,
+        b_dec = `b_dec` [d]."""
+        self.W_dec.copy_(rows_to_columns(unit_norm_rows(atoms)))
+        self.W_enc.copy_(self.W_dec if encoder_atoms is None else
+                         rows_to_columns(unit_norm_rows(encoder_atoms)))
+        self.b_enc.zero_()
+        self.b_dec.copy_(b_dec)
+
+    def pre_activations(self, h: torch.Tensor) -> torch.Tensor:
+        """h: [batch, d] -> (h - b_dec) W_enc + b_enc, [batch, n_components].
+
+        Computed as h W_enc + (b_enc - b_dec W_enc): the same map, but b_dec's gradient then
+        comes from a [n] x [n, d] product instead of a [batch, n] x [n, d] one (autograd would
+        otherwise form the gradient of h - b_dec, a sixth batch-sized matmul per step).
+        """
+        return torch.addmm(self.b_enc - self.b_dec @ self.W_enc, h, self.W_enc)
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """pre: [batch, n_components] -> codes f, same shape, nonnegative."""
+        if self.activation == "relu":
+            return pre.relu()
+        if self.activation == "topk":
+            values, indices = pre.topk(self.k, dim=-1, sorted=False)  # [batch, k]
+            return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+        if not self.training:
+            return pre.relu() * (pre > self.threshold)
+        # ReLU after the selection, as for TopK: the same codes (a kept negative becomes the
+        # 0 that a kept ReLU'd zero would be) without a pass and its backward over [batch, n]
+        flat = pre.flatten()                                           # [batch * n]
+        values, indices = flat.topk(min(self.k * pre.shape[0], flat.numel()), sorted=False)
+        return torch.zeros_like(flat).scatter_(0, indices, values.relu()).view_as(pre)
+
+    def encode(self, h: torch.Tensor) -> torch.Tensor:
+        """h: [batch, d] -> codes f [batch, n_components]."""
+        return self.activate(self.pre_activations(h))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes: [batch, n_components] -> h^ [batch, d]."""
+        return torch.addmm(self.b_dec, codes, self.W_dec.T)
+
+    def forward(self, h: torch.Tensor) -> SAEOutput:
+        pre = self.pre_activations(h)
+        if not self.sparse_decode:
+            codes = self.activate(pre)
+            return SAEOutput(self.decode(codes), codes, pre)
+        # embedding_bag = gather the k atoms of each row + weighted sum; the dense codes are
+        # for the caller (statistics, penalties) and cost no backward unless a loss uses them
+        values, indices = pre.topk(self.k, dim=-1, sorted=False)       # [batch, k]
+        values = values.relu()
+        # atoms as contiguous rows for the gather: a 4 * d * n byte copy, where gathering
+        # strided columns made the CPU kernel and its backward an order of magnitude slower
+        atoms = rows_to_columns(self.W_dec)                            # [n_components, d]
+        h_hat = nn.functional.embedding_bag(indices, atoms, per_sample_weights=values,
+                                            mode="sum") + self.b_dec   # [batch, d]
+        codes = torch.zeros_like(pre).scatter(-1, indices, values)
+        return SAEOutput(h_hat, codes, pre)
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale every decoder atom (column of W_dec) to unit norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def remove_parallel_grad_(self) -> None:
+        """Drop the part of W_dec.grad along each (unit) atom, before the optimiser step.
+
+        With atoms renormalised after every step that part only changes their length, which the
+        renormalisation undoes; left in, it still feeds Adam's moment estimates (Gao et al.).
+        """
+        if self.W_dec.grad is not None:
+            along = (self.W_dec.grad * self.W_dec).sum(dim=0, keepdim=True)  # [1, n_components]
+            self.W_dec.grad.sub_(along * self.W_dec)
+
+    @torch.no_grad()
+    def update_threshold_(self, codes: torch.Tensor, rate: float) -> None:
+        """Move BatchTopK's inference threshold toward this batch's smallest kept activation
+        (an exponential running mean with weight `rate`; the first batch sets it outright).
+
+        codes: [batch, n_components] from a train-mode forward.
+        """
+        smallest = codes.masked_fill(codes <= 0, float("inf")).amin()  # no compaction pass
+        if not torch.isfinite(smallest):  # nothing kept
+            return
+        if self.threshold <= 0:
+            self.threshold.copy_(smallest)
+        else:
+            self.threshold.lerp_(smallest, rate)
+
+    def components(self) -> torch.Tensor:
+        """The decoder atoms as rows, [n_components, d]."""
+        return rows_to_columns(self.W_dec.detach())

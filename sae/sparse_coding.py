@@ -1,0 +1,244 @@
+"""What k-SVD and MOD share: the config fields and the fit loop.
+
+Both alternate two steps on H ~ C D (codes C [n_samples, n_components], atoms D as rows):
+sparse coding of every sample by batch OMP with the current atoms (`sae.omp`), then a
+dictionary update that is the only thing the two methods do differently (`_update`).
+After each update, atoms that no sample uses and near-copies of a more-used atom (the
+"dictionary clearing" of Rubinstein's K-SVD box), and at most `n_swaps` atoms whose removal
+would cost less than what a new direction would gain, are replaced by the directions that
+the dictionary explains worst: this is how the fit leaves the local minima where one atom
+mixes two features while two others split one. Every atom is then oriented so that its
+codes sum to >= 0. With `overcomplete` > 0 the fit starts with spare atoms and prunes the
+cheapest away before the end, so a long tail of rare features is learned with room to spare
+and the mixtures the spare atoms make redundant are what gets dropped. When to prune and
+when to stop replacing atoms is `schedule`, a pure function of the iteration number; the
+maintenance itself is in sae/atom_maintenance.py.
+"""
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from data.measures import fvu
+from sae.atom_maintenance import (INITS, atom_usage, duplicate_atoms, init_atoms, orient_atoms,
+                                  prune_atoms, purify_atoms, removal_cost, replace_atoms)
+from sae.base import (ArrayLike, DictionaryEstimator, Progress, as_tensor_2d, check_param,
+                      resolve_device, torch_generator)
+from sae.omp import omp_encode, sparse_reconstruct, sparse_to_dense
+
+RESEEDS = ("pca", "cluster")
+SWAP_GRACE_ITERATIONS = 3  # iterations a new atom has to gather samples before a swap
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparseCodingConfig:
+    """Fields common to every OMP-coded dictionary method (k-SVD, MOD)."""
+
+    n_components: int
+    """number of atoms (rows of components_)"""
+    k: int = 3
+    """most nonzero coefficients per sample, for OMP during fit and in transform"""
+    tol: float | None = None
+    """also stop coding a sample once its squared residual norm ||h - c D||^2 <= tol"""
+    n_iter: int = 30
+    """alternations of sparse coding and dictionary update"""
+    nonnegative: bool = False
+    """nonnegative codes (nonnegative OMP, sign-consistent updates); atoms stay signed"""
+    init: str = "data"
+    """initial atoms: 'data' = distinct random samples, normalised; 'random' = Gaussian"""
+    batch_size: int | None = None
+    """samples per OMP chunk (None: sized to a fixed workspace)"""
+    max_coherence: float = 0.99
+    """after each update, an atom whose cosine (|cos| for signed codes) with a more-used
+    atom exceeds this is replaced"""
+    n_swaps: int = 1
+    """per iteration, at most this many of the atoms whose removal would cost least are
+    swapped for a direction the dictionary misses, if that carries more (0: never)"""
+    swap_gain_factor: float = 2.0
+    """a swap happens only if the new direction carries more than this times the atom's
+    removal cost (0: the n_swaps cheapest atoms are swapped every iteration)"""
+    reseed: str = "pca"
+    """new directions for replaced atoms: 'pca' = principal directions of the worst residuals;
+    'cluster' = one per group of worst residuals that point the same way (|cos| > 0.5),
+    strongest sample first, so each seed follows one missing feature rather than a mix"""
+    overcomplete: float = 0.0
+    """fit with this fraction more atoms at first (0.25: 1.25 x n_components), then drop
+    the cheapest (`removal_cost`) down to n_components for the last quarter of n_iter:
+    spare atoms let rare features be learned instead of being fought over"""
+    purify: bool = False
+    """each iteration, an atom whose samples point several ways (its part of them plus their
+    residuals fall into groups, `cluster_directions`) and that no group agrees with (cos <
+    0.95) takes its strongest group's direction: a mixture of rare features becomes one of
+    them, and the rest show up in the residuals for re-seeding"""
+    random_state: int | None = 0
+    """seed of the one generator used by fit (init, atom order, replacements); None: fresh
+    entropy"""
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."""
+
+    def __post_init__(self):
+        check_param("n_components", self.n_components, low=1, integer=True)
+        check_param("k", self.k, low=1, integer=True, at_most=("n_components", self.n_components))
+        check_param("tol", self.tol, low=0, optional=True)
+        check_param("n_iter", self.n_iter, low=1, integer=True)
+        check_param("nonnegative", self.nonnegative, boolean=True)
+        check_param("init", self.init, choices=INITS)
+        check_param("batch_size", self.batch_size, low=1, integer=True, optional=True)
+        check_param("max_coherence", self.max_coherence, low=0, high=1, low_open=True)
+        check_param("n_swaps", self.n_swaps, low=0, integer=True)
+        check_param("swap_gain_factor", self.swap_gain_factor, low=0)
+        check_param("reseed", self.reseed, choices=RESEEDS)
+        check_param("overcomplete", self.overcomplete, low=0, high=4)
+        if n_spare_atoms(self.overcomplete, self.n_components):
+            check_param("n_iter", self.n_iter, low=SWAP_GRACE_ITERATIONS + 2, integer=True,
+                        when=f"overcomplete={self.overcomplete} (to settle after pruning)")
+        check_param("purify", self.purify, boolean=True)
+        check_param("random_state", self.random_state, low=0, integer=True, optional=True)
+        check_param("device", self.device, device=True)
+
+
+def n_spare_atoms(overcomplete: float, n_components: int) -> int:
+    """Atoms fitted beyond n_components until the pruning."""
+    return round(overcomplete * n_components)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What one iteration of the fit does besides coding and updating."""
+
+    prune: bool
+    """drop the spare atoms (the cheapest by `removal_cost`) before coding"""
+    settling: bool
+    """no swaps and no purification: an atom swapped in now would not be updated enough
+    before the end of the fit, or before the pruning judges it"""
+
+
+def prune_iteration(n_iter: int) -> int:
+    """The last iteration with the spare atoms: pruning leaves the last quarter of n_iter
+    (at least SWAP_GRACE_ITERATIONS + 1 iterations) to the atoms kept."""
+    return n_iter - max(SWAP_GRACE_ITERATIONS + 1, n_iter // 4)
+
+
+def schedule(iteration: int, n_iter: int, n_spare: int) -> Phase:
+    """The phase of 1-based `iteration` of `n_iter`, with `n_spare` atoms to prune."""
+    last_spare = prune_iteration(n_iter)
+    before_pruning = bool(n_spare) and last_spare - SWAP_GRACE_ITERATIONS < iteration <= last_spare
+    return Phase(prune=bool(n_spare) and iteration == last_spare + 1,
+                 settling=iteration > n_iter - SWAP_GRACE_ITERATIONS or before_pruning)
+
+
+class SparseCodingDictionary(DictionaryEstimator):
+    """Base of KSVD and MOD. Subclasses set `method`, `config_class` and `_update`.
+
+    Fitted state: `components_` [n_components, d] float32 numpy, unit-norm rows; `log_`, one
+    dict per iteration: iteration, fvu (`data.measures.fvu` of H and C D with the codes and
+    atoms at the end of the iteration, before atoms are replaced), l0 (mean nonzeros per
+    sample), n_unused_atoms (atoms no sample used), n_duplicate_atoms (atoms with
+    cos > max_coherence to a more-used one), n_swapped_atoms (see `n_swaps`): the atoms
+    replaced after this iteration; n_purified_atoms (with purify); seconds (wall time of the
+    iteration).
+    """
+
+    method: ClassVar[str] = ""
+    config_class: ClassVar[type] = SparseCodingConfig
+
+    def fit(self, H: ArrayLike, y=None, progress: Progress | None = None):
+        """Fit the atoms to H [n_samples, d]; `progress(iteration, n_iter, log_entry)` after
+        each iteration."""
+        cfg = self.get_config()
+        device = resolve_device(cfg.device)
+        X = as_tensor_2d(H, "H", device=device)                    # [n_samples, d]
+        n_samples, d = X.shape
+        if cfg.k > d:
+            raise ValueError(f"k={cfg.k} nonzeros per sample exceeds d={d}: more than d atoms "
+                             f"are linearly dependent, so OMP cannot place them")
+        gen = torch_generator(cfg.random_state, device)
+        n_spare = n_spare_atoms(cfg.overcomplete, cfg.n_components)
+        signed = not cfg.nonnegative
+        D = init_atoms(X, cfg.n_components + n_spare, cfg.init, gen)  # [n_atoms, d]
+
+        age = torch.full((D.shape[0],), SWAP_GRACE_ITERATIONS, device=device)
+        self.log_ = []
+        for iteration in range(1, cfg.n_iter + 1):
+            t0 = time.perf_counter()
+            phase = schedule(iteration, cfg.n_iter, n_spare)
+            if phase.prune:
+                # judged on the codes of the atoms as they are now, after the last replacements
+                keep = prune_atoms(D, *self._code(X, D), cfg.n_components, signed=signed)
+                D, age = D[keep], age[keep]
+            idx, val = self._code(X, D)                            # [n_samples, k] each
+            D, val = self._update(X, D, idx, val, gen)
+            D, val = orient_atoms(D, idx, val)
+            recon = sparse_reconstruct(idx, val, D)                # [n_samples, d]
+            R = X - recon
+            usage = atom_usage(idx, val, D.shape[0])               # [n_atoms]
+            unused = usage == 0
+            duplicate = duplicate_atoms(D, usage, cfg.max_coherence, signed=signed) & ~unused
+            entry = {"iteration": iteration, "fvu": fvu(X, recon),
+                     "l0": float((val != 0).sum(1).float().mean()),
+                     "n_unused_atoms": int(unused.sum()),
+                     "n_duplicate_atoms": int(duplicate.sum())}
+            # a new atom needs a few iterations to gather its samples before it is judged
+            cost = removal_cost(D, idx, val, signed=signed)
+            cost = cost.masked_fill(age < SWAP_GRACE_ITERATIONS, torch.inf)
+            forced = unused | duplicate
+            D, new = replace_atoms(D, forced, cost, R, gen,
+                                   n_swaps=0 if phase.settling else cfg.n_swaps,
+                                   nonnegative=cfg.nonnegative,
+                                   gain_factor=cfg.swap_gain_factor, reseed=cfg.reseed)
+            entry["n_swapped_atoms"] = int((new & ~forced).sum())
+            if cfg.purify and not phase.settling:
+                pure = purify_atoms(D, R, idx, val, eligible=~new & (age >= SWAP_GRACE_ITERATIONS),
+                                    nonnegative=cfg.nonnegative)
+                purified = pure.isfinite().all(1)                 # [n_atoms]
+                D = torch.where(purified.unsqueeze(1), pure, D)
+                entry["n_purified_atoms"] = int(purified.sum())
+            age = torch.where(new, 0, age + 1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            entry["seconds"] = time.perf_counter() - t0
+            self.log_.append(entry)
+            if progress is not None:
+                progress(iteration, cfg.n_iter, entry)
+        self.components_ = D.to("cpu", torch.float32).numpy()
+        self.fitted_device_ = str(device)
+        return self
+
+    @abc.abstractmethod
+    def _update(self, X: torch.Tensor, D: torch.Tensor, idx: torch.Tensor, val: torch.Tensor,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """New unit-norm atoms [n_components, d] and codes `val` on the same support."""
+
+    def _code(self, X: torch.Tensor, D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return omp_encode(X, D, self.k, tol=self.tol, nonnegative=self.nonnegative,
+                          chunk_size=self.batch_size)
+
+    def transform(self, H: ArrayLike) -> ArrayLike:
+        """OMP codes [n_samples, n_components] of H on the fitted atoms (same kind as H)."""
+        self._check_fitted()
+        device = resolve_device(self.device)
+        D = torch.as_tensor(self.components_, device=device)
+        X = as_tensor_2d(H, "H", d=D.shape[1], device=device)
+        codes = sparse_to_dense(*self._code(X, D), D.shape[0])
+        return _like(codes, H)
+
+    def inverse_transform(self, codes: ArrayLike) -> ArrayLike:
+        """codes [n_samples, n_components] @ components_ -> [n_samples, d] (same kind)."""
+        self._check_fitted()
+        device = resolve_device(self.device)
+        D = torch.as_tensor(self.components_, device=device)
+        C = as_tensor_2d(codes, "codes", device=device)
+        if C.shape[1] != D.shape[0]:
+            raise ValueError(f"codes has {C.shape[1]} columns, but this dictionary has "
+                             f"n_components={D.shape[0]}")
+        return _like(C @ D, codes)
+
+
+def _like(result: torch.Tensor, reference: ArrayLike) -> ArrayLike:
+    if isinstance(reference, torch.Tensor):
+        return result.to(reference.device)
+    return result.cpu().numpy()
