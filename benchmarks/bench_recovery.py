@@ -48,7 +48,7 @@ def load_instance(instance_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """(H [rows, d], represented directions [n_rep, d], their probabilities [n_rep])."""
     from safetensors.torch import load_file
 
-    from data.shards import read_all
+    from data.rows import read_all
 
     H, _ = read_all(instance_dir)
     gt = load_file(str(instance_dir / files.GROUND_TRUTH_FILE))

@@ -53,7 +53,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import files  # noqa: E402
-from data.shards import take_rows, verify_instance  # noqa: E402
+from data.manifest import verify_instance  # noqa: E402
+from data.rows import take_rows  # noqa: E402
 from evaluate.code_metrics import l0  # noqa: E402
 from evaluate.inputs import read_instance  # noqa: E402
 from evaluate.scoring import score_dictionary  # noqa: E402

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from data import files
-from data.shards import ShardError, read_checked, verify_files
+from data.errors import ShardError
+from data.manifest import verify_files
+from data.safetensors_io import read_checked
 
 # key -> dtype; "gt" entries have one row per true direction (n or 2n of them), "n" per feature
 _GT_KEYS = {

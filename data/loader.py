@@ -22,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 from data import files
-from data.shards import (csr_to_dense, read_manifest, read_shard, shard_paths, usable_rows,
-                         verify_instance)
+from data.manifest import read_manifest, shard_paths, verify_instance
+from data.rows import usable_rows
+from data.shards import csr_to_dense, read_shard
 
 
 def _features(d: int, n_features: int, with_x: bool):

@@ -12,8 +12,14 @@ from dataclasses import dataclass
 import torch
 
 from data.configs import ConfigError
-from data.firing import (SCHEDULES, Hierarchy, copula_fires, exponential_endpoints,
-                         probability_schedule, random_correlation)
+from data.firing import (
+    SCHEDULES,
+    Hierarchy,
+    copula_fires,
+    exponential_endpoints,
+    probability_schedule,
+    random_correlation,
+)
 
 WORLD_VALUES = ("uniform", "signed_uniform", "folded_normal")
 

@@ -5,8 +5,14 @@ from pathlib import Path
 
 import click
 
-from data.cli import (click_progress, config_file_option, os_error_line, read_config_file,
-                      set_cpu_threads, threads_option)
+from data.cli import (
+    click_progress,
+    config_file_option,
+    os_error_line,
+    read_config_file,
+    set_cpu_threads,
+    threads_option,
+)
 from data.config_cli import ConfigOptions
 from evaluate.config import EvaluateConfig
 
@@ -24,7 +30,7 @@ OPTIONS = ConfigOptions(EvaluateConfig, names={"instances": "--instance"},
 def main(run_dir, config_file, threads, **options):
     """Score the dictionaries in RUN_DIR/sae against the ground truth in RUN_DIR/generate and
     write RUN_DIR/evaluate/ (report.md, metrics.json, metrics.csv, figures/)."""
-    from data.shards import ShardError
+    from data.errors import ShardError
     from data.staging import StageWriteError
     from evaluate.inputs import StageInputError
     from evaluate.pipeline import REPORT_FILE, run_evaluate

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from data.configs import ConfigError, JSONConfig, check_number  # noqa: F401 (re-exported)
-from data.shards import NONFINITE_POLICIES
+from data.rows import NONFINITE_POLICIES
 
 
 @dataclass(frozen=True)

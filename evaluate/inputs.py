@@ -11,10 +11,18 @@ import numpy as np
 from safetensors import safe_open
 
 from data import files
-from data.errors import StageInputError
+from data.errors import ShardError, StageInputError
 from data.instance_files import read_ground_truth, read_model
-from data.shards import (ShardError, has_heldout, lists_checksums, manifest_checksums, read_manifest,
-                         read_shard, shard_entries, usable_rows, verify_instance)
+from data.manifest import (
+    has_heldout,
+    lists_checksums,
+    manifest_checksums,
+    read_manifest,
+    shard_entries,
+    verify_instance,
+)
+from data.rows import usable_rows
+from data.shards import read_shard
 
 
 @dataclass

@@ -21,8 +21,15 @@ from data.errors import StageInputError
 from data.staging import stage_transaction
 from evaluate import metrics as gm
 from evaluate.config import EvaluateConfig
-from evaluate.inputs import (Instance, check_dictionary, check_run, find_dictionaries, read_instance,
-                             registry_order, sae_stage_config)
+from evaluate.inputs import (
+    Instance,
+    check_dictionary,
+    check_run,
+    find_dictionaries,
+    read_instance,
+    registry_order,
+    sae_stage_config,
+)
 from evaluate.scoring import Scores, score_dictionary
 
 # aliases of the data.files names, for the modules that import them from here (evaluate.cli)

@@ -5,8 +5,14 @@ from pathlib import Path
 
 import click
 
-from data.cli import (click_progress, config_file_option, os_error_line, read_config_file,
-                      set_cpu_threads, threads_option)
+from data.cli import (
+    click_progress,
+    config_file_option,
+    os_error_line,
+    read_config_file,
+    set_cpu_threads,
+    threads_option,
+)
 from data.config_cli import ConfigOptions
 from data.worlds import PRESETS, preset
 from generate.config import GenerateConfig

@@ -17,8 +17,10 @@ from data import files
 from data.cli import silent_progress
 from data.distributions import FeatureDistribution
 from data.environment import environment, resolve_device
+from data.manifest import file_entry, write_manifest
+from data.safetensors_io import safetensors_bytes
+from data.shards import ShardWriter
 from data.staging import stage_transaction
-from data.shards import ShardWriter, file_entry, safetensors_bytes, write_manifest
 from data.worlds import WorldDistribution
 from generate.config import GenerateConfig
 from generate.train import train_toy_models

@@ -3,7 +3,7 @@ from sae.ksvd import KSVD
 from sae.methods import METHODS, build, load
 from sae.mod import MOD
 from sae.omp import batch_omp, omp_encode
-from sae.sae_estimators import BatchTopKSAE, L1SAE, TopKSAE
+from sae.sae_estimators import L1SAE, BatchTopKSAE, TopKSAE
 from sae.sae_module import SparseAutoencoder
 from sae.sklearn_baseline import SklearnDictionary
 

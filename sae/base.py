@@ -39,11 +39,14 @@ import numpy as np
 import torch
 
 from data import files
-from data.shards import safetensors_bytes
 from data.configs import ConfigError, check_number  # noqa: F401 (re-exported)
 from data.environment import load_device, resolve_device  # noqa: F401 (re-exported)
-from sae.param_docs import param_docs  # noqa: F401 (re-exported)
-from sae.param_docs import field_default, parameters_section
+from data.safetensors_io import safetensors_bytes
+from sae.param_docs import (
+    field_default,
+    param_docs,  # noqa: F401 (re-exported)
+    parameters_section,
+)
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
 Progress = Callable[[int, "int | None", dict], None]  # progress(done, total, info)

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import click
 
-from data.cli import (click_progress, config_file_option, optional_options, os_error_line,
-                      read_config_file, set_cpu_threads, threads_option)
+from data.cli import (
+    click_progress,
+    config_file_option,
+    optional_options,
+    os_error_line,
+    read_config_file,
+    set_cpu_threads,
+    threads_option,
+)
 from data.config_cli import ConfigOptions
 from sae.config import ConfigError, SAEStageConfig
 
@@ -58,7 +65,7 @@ def main(run_dir, config_file, raw_params, threads, **options):
     """Fit dictionaries to every instance's activations in RUN_DIR/generate and write them to
     RUN_DIR/sae/<instance>/<method>/."""
     from data.environment import resolve_device
-    from data.shards import ShardError
+    from data.errors import ShardError
     from data.staging import StageWriteError
     from sae.pipeline import StageInputError, run_sae
 

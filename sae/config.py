@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from data.configs import ConfigError, JSONConfig, check_number  # noqa: F401 (re-exported)
-from data.shards import NONFINITE_POLICIES
+from data.rows import NONFINITE_POLICIES
 
 SIZE_BASES = ("represented", "features")
 DEFAULT_METHODS = ("l1", "topk", "batchtopk", "ksvd", "ksvd_nn", "mod", "mod_nn", "sklearn")

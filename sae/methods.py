@@ -9,7 +9,7 @@ from data import files
 from data.configs import ConfigError
 from sae.ksvd import KSVD
 from sae.mod import MOD
-from sae.sae_estimators import BatchTopKSAE, L1SAE, TopKSAE
+from sae.sae_estimators import L1SAE, BatchTopKSAE, TopKSAE
 from sae.sklearn_baseline import SklearnDictionary
 
 # name -> (estimator class, parameters that define the variant)

@@ -21,11 +21,12 @@ import torch
 from data import files
 from data.cli import silent_progress
 from data.environment import environment, resolve_device
-from data.errors import StageInputError
+from data.errors import ShardError, StageInputError
 from data.instance_files import read_ground_truth
 from data.loader import RowFilter, stream_activations
-from data.shards import (ShardError, lists_checksums, manifest_checksums, read_shard, shard_entries,
-                         take_rows, usable_rows, verify_files, verify_instance)
+from data.manifest import lists_checksums, manifest_checksums, shard_entries, verify_files, verify_instance
+from data.rows import take_rows, usable_rows
+from data.shards import read_shard
 from data.staging import stage_transaction
 from sae.calibration import calibrate_l1_coefficient, mean_l0
 from sae.config import ConfigError, SAEStageConfig

@@ -14,8 +14,15 @@ from torch import nn
 
 from data import files
 from data.measures import fvu
-from sae.base import (ArrayLike, DictionaryEstimator, Progress, as_tensor_2d, resolve_device,
-                      rows_to_columns, torch_generator)
+from sae.base import (
+    ArrayLike,
+    DictionaryEstimator,
+    Progress,
+    as_tensor_2d,
+    resolve_device,
+    rows_to_columns,
+    torch_generator,
+)
 from sae.losses import auxk_loss, decoder_weighted_l1, reconstruction_mse
 from sae.minibatches import training_batches
 from sae.sae_configs import BatchTopKSAEConfig, L1SAEConfig, SAEConfig, TopKSAEConfig

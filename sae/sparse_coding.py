@@ -24,10 +24,26 @@ from typing import ClassVar
 import torch
 
 from data.measures import fvu
-from sae.atom_maintenance import (INITS, atom_usage, duplicate_atoms, init_atoms, orient_atoms,
-                                  prune_atoms, purify_atoms, removal_cost, replace_atoms)
-from sae.base import (ArrayLike, DictionaryEstimator, Progress, as_tensor_2d, check_param,
-                      resolve_device, torch_generator)
+from sae.atom_maintenance import (
+    INITS,
+    atom_usage,
+    duplicate_atoms,
+    init_atoms,
+    orient_atoms,
+    prune_atoms,
+    purify_atoms,
+    removal_cost,
+    replace_atoms,
+)
+from sae.base import (
+    ArrayLike,
+    DictionaryEstimator,
+    Progress,
+    as_tensor_2d,
+    check_param,
+    resolve_device,
+    torch_generator,
+)
 from sae.omp import omp_encode, sparse_reconstruct, sparse_to_dense
 
 RESEEDS = ("pca", "cluster")

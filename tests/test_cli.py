@@ -70,7 +70,7 @@ def test_option_kinds_follow_the_annotations_and_the_choices_the_config_declares
     from data.cli import FloatList, NameList
     from data.config_cli import OrNone
     from data.firing import SCHEDULES
-    from data.shards import NONFINITE_POLICIES
+    from data.rows import NONFINITE_POLICIES
     from models.toy import MODEL_KINDS
 
     generate, sae, evaluate = (_options(c) for c in (generate_main, sae_main, evaluate_main))

@@ -2,8 +2,15 @@
 import numpy as np
 import pytest
 
-from evaluate.code_metrics import (code_correlation, dead_latents, explained_variance,
-                                   firing_classification, fvu, l0, shrinkage)
+from evaluate.code_metrics import (
+    code_correlation,
+    dead_latents,
+    explained_variance,
+    firing_classification,
+    fvu,
+    l0,
+    shrinkage,
+)
 from evaluate.scoring import recovered_key, score_dictionary
 
 

@@ -1,7 +1,6 @@
 """Faults and their messages: what each part of the project refuses, and how it says so."""
 import pytest
 
-
 # ---- dictionaries: devices, reproducible bytes, hyperparameter errors (sae/) ---------------
 _DICT_METHODS = ("l1", "topk", "batchtopk", "ksvd", "ksvd_nn", "mod", "mod_nn", "sklearn")
 
@@ -85,7 +84,7 @@ def test_the_safetensors_header_is_sorted_and_aligned():
     import torch
     from safetensors.torch import load
 
-    from data.shards import safetensors_bytes
+    from data.safetensors_io import safetensors_bytes
 
     tensors = {"b": torch.arange(3.0), "a": torch.ones(2, 2), "c": torch.tensor(0.5)}
     keys = [f"k{i}" for i in range(12)]
@@ -455,7 +454,8 @@ def test_a_truncated_ground_truth_is_refused_naming_the_file(run):
 def test_a_safetensors_header_whose_offsets_disagree_with_the_shape_is_refused(tmp_path):
     import struct
 
-    from data.shards import ShardError, mmap_safetensors
+    from data.errors import ShardError
+    from data.safetensors_io import mmap_safetensors
     header = json.dumps({"h": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}).encode()
     path = tmp_path / "bad.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
@@ -486,7 +486,7 @@ def test_on_nonfinite_drop_leaves_the_rows_out_and_counts_them_per_shard(run):
     assert result.exit_code == 0, result.output
     saved = json.loads((files.sae_root(run) / files.CONFIG_FILE).read_text())
     assert saved["instances"][_INST]["nonfinite_dropped"] == {"activations/shard-00000.safetensors": 2}
-    from data.shards import read_all
+    from data.rows import read_all
     H, _ = read_all(inst)
     usable = np.isfinite(H).all(1) & (np.abs(np.nan_to_num(H)).max(1) > 0)
     assert saved["instances"][_INST]["rows"] == int(usable.sum())
@@ -596,7 +596,7 @@ def test_evaluate_records_the_held_out_split_and_warns_on_a_run_without_one(run)
 
 
 def test_sae_streams_every_row_with_max_rows_0(run):
-    from data.shards import read_all
+    from data.rows import read_all
     result = _sae(run, "--methods", "topk", "--instance", _INST, "--max-rows", "0",
                   "--n-epochs", "1", "--device", "cpu", "--threads", "1")
     assert result.exit_code == 0, result.output
@@ -930,8 +930,11 @@ def test_a_held_out_shard_listed_as_a_training_shard_is_refused(run):
 
 
 def test_nonfinite_rows_past_the_rows_fitted_are_neither_read_nor_counted(tmp_path):
-    from data.shards import ShardWriter, read_manifest, take_rows
     import torch
+
+    from data.manifest import read_manifest
+    from data.rows import take_rows
+    from data.shards import ShardWriter
     h = torch.ones(100, 3)
     h[60] = float("nan")
     writer = ShardWriter(tmp_path, d=3, n_features=2, rows_per_shard=100)

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from data import files
-from data.shards import read_all
+from data.rows import read_all
 from generate.cli import main
 from generate.pipeline import run_generate
 from tests.conftest import tiny_config
@@ -120,7 +120,7 @@ def test_interrupted_generate_keeps_the_previous_run(tmp_path, monkeypatch):
     run_generate(tiny_config(steps=20), tmp_path)
     before = {p: p.read_bytes() for p in files.generate_dir(tmp_path).rglob("*") if p.is_file()}
 
-    import data.shards
+    import data.shards  # write_shard lives there
     calls = {"n": 0}
     real_write = data.shards.write_shard
 

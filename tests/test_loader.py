@@ -5,7 +5,7 @@ import torch
 
 from data import files
 from data.loader import iter_batches, load_activations, stream_activations
-from data.shards import read_all
+from data.rows import read_all
 
 
 def _first_instance(run_dir):

@@ -2,10 +2,21 @@
 import numpy as np
 import pytest
 
-from evaluate.metrics import (best_true_feature, cosine_matrix, dimensions_per_feature,
-                              duplicate_fraction, frobenius_norm_sq, hungarian_match,
-                              matched_cosines, mcc, mmcs, per_feature_max_cosine,
-                              recovered_fraction, superposition, uniqueness)
+from evaluate.metrics import (
+    best_true_feature,
+    cosine_matrix,
+    dimensions_per_feature,
+    duplicate_fraction,
+    frobenius_norm_sq,
+    hungarian_match,
+    matched_cosines,
+    mcc,
+    mmcs,
+    per_feature_max_cosine,
+    recovered_fraction,
+    superposition,
+    uniqueness,
+)
 
 
 def _unit_rows(n, d, seed=0):

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from safetensors import safe_open
 
 from data import files
-from data.shards import read_all
+from data.rows import read_all
 from sae.cli import main
 from sae.methods import METHODS
 from sae.sklearn_baseline import SklearnDictionary

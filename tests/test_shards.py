@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from data import files
+from data.errors import ShardError
+from data.manifest import verify_instance
+from data.rows import read_all
+from data.shards import ShardWriter, csr_to_dense, dense_to_csr, read_shard, write_shard
 from data.staging import StagingDir
-from data.shards import (ShardError, ShardWriter, csr_to_dense, dense_to_csr, read_all,
-                         read_shard, verify_instance, write_shard)
 
 
 def _rows(n=1000, d=6, n_features=9, seed=0):

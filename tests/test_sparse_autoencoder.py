@@ -12,7 +12,7 @@ from data.planted import planted_problem
 from evaluate.metrics import mmcs
 from sae.base import rows_to_columns
 from sae.losses import auxk_loss, decoder_weighted_l1, reconstruction_mse
-from sae.sae_estimators import BatchTopKSAE, L1SAE, TopKSAE, geometric_median, lr_multiplier
+from sae.sae_estimators import L1SAE, BatchTopKSAE, TopKSAE, geometric_median, lr_multiplier
 from sae.sae_module import SparseAutoencoder
 from sae.saelens_export import SAELENS_CFG_FILE, SAELENS_WEIGHTS_FILE
 

@@ -10,13 +10,22 @@ import sae.pipeline
 from data import files
 from evaluate.pipeline import METRICS_FILE
 from evaluate.sweep import GridError, load_grid
-from evaluate.sweep.aggregate import (AGGREGATE_CSV, SUMMARY_FILE, group_stats, metric_columns,
-                                      read_csv)
+from evaluate.sweep.aggregate import AGGREGATE_CSV, SUMMARY_FILE, group_stats, metric_columns, read_csv
 from evaluate.sweep.cli import main
-from evaluate.sweep.counting import (COUNTING_CSV, COUNTING_FIGURE, consecutive_mmcs_estimate,
-                                     dead_latent_estimate, knee_estimate)
-from evaluate.sweep.figures import (DICT_RATIO_FIGURE, FRONTIER_FIGURE, PHASE_FIGURE,
-                                    PROBABILITY_FIGURE, pareto_front)
+from evaluate.sweep.counting import (
+    COUNTING_CSV,
+    COUNTING_FIGURE,
+    consecutive_mmcs_estimate,
+    dead_latent_estimate,
+    knee_estimate,
+)
+from evaluate.sweep.figures import (
+    DICT_RATIO_FIGURE,
+    FRONTIER_FIGURE,
+    PHASE_FIGURE,
+    PROBABILITY_FIGURE,
+    pareto_front,
+)
 from evaluate.sweep.runner import ERROR_FILE, GENERATE_MARKER, POINT_MARKER, point_dir
 
 # 2 feature probabilities x 2 dictionary ratios: 4 points over 2 generate runs

@@ -10,9 +10,15 @@ from safetensors.torch import load_file
 
 from data import files
 from data.configs import ConfigError
-from data.firing import (Correlation, Hierarchy, copula_fires, correlation_from_matrix,
-                         probability_schedule, random_correlation)
-from data.shards import read_all
+from data.firing import (
+    Correlation,
+    Hierarchy,
+    copula_fires,
+    correlation_from_matrix,
+    probability_schedule,
+    random_correlation,
+)
+from data.rows import read_all
 from data.worlds import PRESETS, World, WorldDistribution, preset
 from generate.cli import main
 from generate.config import GenerateConfig

@@ -8,11 +8,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from data import files
 from evaluate.figures import DPI, method_style, plt
 from evaluate.sweep.aggregate import group_stats, recovered_columns, setting_columns
 from evaluate.sweep.grid import Grid
-from matplotlib.figure import Figure
 
 SWEEP_FIGURES = (files.SWEEP_PROBABILITY_FIGURE, files.SWEEP_PHASE_FIGURE,
                  files.SWEEP_DICT_RATIO_FIGURE, files.SWEEP_FRONTIER_FIGURE)
