@@ -28,6 +28,7 @@ def params(**overrides) -> dict:
             "lr_warmup_steps": 20, **overrides}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("initial", [0.03, 3.0])  # far below and far above the answer
 def test_calibration_lands_within_ten_percent_of_the_target(planted, initial):
     result = calibrate_l1_coefficient(planted, params(), 1.5, initial_l1_coefficient=initial)

@@ -223,6 +223,7 @@ def test_a_bad_value_in_an_evaluate_config_file_names_the_option_not_the_file(tm
 # ---- python -m and the console scripts ----------------------------------------------------------
 @pytest.mark.parametrize("module, prog", [("generate", "python -m generate"), ("sae", "python -m sae"),
                                           ("evaluate", "python -m evaluate")])
+@pytest.mark.slow
 def test_python_m_help_exits_0(module, prog):
     done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)

@@ -134,6 +134,7 @@ def test_wrong_d_and_no_represented_feature_become_notes(fitted_run, tmp_path, m
     assert ("01-p0.05", "topk", "f1_vs_oracle") in metrics
 
 
+@pytest.mark.slow
 def test_a_failed_evaluation_keeps_the_previous_output(evaluated, fitted_run, monkeypatch):
     from evaluate import EvaluateConfig, report
     from evaluate.pipeline import run_evaluate

@@ -41,6 +41,7 @@ def test_planted_recovery(planted_data, cls, kwargs):
         assert (codes >= 0).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [KSVD, MOD])
 def test_overcomplete_start_is_pruned_to_n_components(cls):
     H, A = planted(8000, 48, 32, seed=2)

@@ -15,6 +15,7 @@ def _train(kind: str, p: float, steps: int = 2000):
     return model
 
 
+@pytest.mark.slow
 def test_linear_model_represents_exactly_d_hidden_features():
     W = _train("linear", 0.05).W[0].detach()  # [d, n]
     norms = W.norm(dim=0)
@@ -23,6 +24,7 @@ def test_linear_model_represents_exactly_d_hidden_features():
     assert (W ** 2).sum().item() == pytest.approx(5.0, abs=0.05)
 
 
+@pytest.mark.slow
 def test_relu_output_model_at_high_sparsity_represents_more_than_d_hidden():
     W = _train("relu_output", 0.05).W[0].detach()
     assert (W ** 2).sum().item() > 5.0 + 1.0
@@ -62,6 +64,7 @@ def test_abs_model_ground_truth_has_plus_and_minus_responses():
     assert sign.tolist() == [1] * 5 + [-1] * 5 and index.tolist() == list(range(5)) * 2
 
 
+@pytest.mark.slow
 def test_abs_model_learns_absolute_value():
     dist = FeatureDistribution(4, (0.3,), value="signed_uniform")
     gen = torch.Generator().manual_seed(0)
