@@ -59,14 +59,15 @@ COLUMNS = ("mcc", "f1", "f1_vs_oracle", "uniqueness", "explained_variance", "l0"
 
 
 # ---- data ----------------------------------------------------------------------------------
-def load_world(root: Path, world: str, fit_rows: int, eval_rows: int, seed: int) -> dict:
+def load_world(root: Path, world: str, fit_rows: int, eval_rows: int, seed: int,
+               device: str = "cpu") -> dict:
     """A world's training rows, held-out rows with their true activations, and true
     directions, generating the world first if needed."""
     run_dir = root / world
     if not files.instances_dir(run_dir).is_dir():
         print(f"generating {world} into {run_dir} ...", flush=True)
         subprocess.run([sys.executable, "-m", "generate", "--source", "synthetic", "--world",
-                        world, "--run-dir", str(run_dir), "--threads", "1"],
+                        world, "--run-dir", str(run_dir), "--threads", "1", "--device", device],
                        check=True, cwd=Path(__file__).resolve().parents[1])
     (instance_id,) = files.list_instances(run_dir)
     folder = files.instance_dir(run_dir, instance_id)
@@ -80,15 +81,15 @@ def load_world(root: Path, world: str, fit_rows: int, eval_rows: int, seed: int)
 
 # ---- methods -------------------------------------------------------------------------------
 def method_params(method: str, n_components: int, k: int, samples: int, n_rows: int,
-                  seed: int) -> dict:
+                  seed: int, device: str = "cpu") -> dict:
     """Every method at n_components atoms, L0 k and `samples` training samples."""
-    common = dict(n_components=n_components, random_state=seed, device="cpu")
+    common = dict(n_components=n_components, random_state=seed, device=device)
     if method in SAE_METHODS or method not in ("ksvd", "ksvd_nn", "mod", "mod_nn", "sklearn"):
         sae = {**common, "lr": SAE_LR, "batch_size": SAE_BATCH,
                "n_steps": max(1, samples // SAE_BATCH)}
         return sae if method == "l1" else {**sae, "k": k}
     if method == "sklearn":
-        return {**common, "k": k, "max_iter": 1, "alpha": SKLEARN_ALPHA}
+        return {**common, "device": "cpu", "k": k, "max_iter": 1, "alpha": SKLEARN_ALPHA}
     return {**common, "k": k, "n_iter": max(1, min(MAX_ITER, math.ceil(samples / n_rows)))}
 
 
@@ -118,7 +119,7 @@ def score(est, world: dict) -> dict:
 
 
 def run_world(world_name: str, args) -> dict:
-    world = load_world(args.root, world_name, args.fit_rows, args.eval_rows, args.seed)
+    world = load_world(args.root, world_name, args.fit_rows, args.eval_rows, args.seed, args.device)
     H, G = world["H"], world["G"]
     n_components = args.n_components or len(G)
     k = args.k or max(1, round(world["expected_l0"]))
@@ -129,7 +130,8 @@ def run_world(world_name: str, args) -> dict:
           f"{oracle['f1']:.3f}", flush=True)
     rows = [{"method": ORACLE, **{c: oracle.get(c) for c in COLUMNS}}]
     for method in args.methods:
-        params = method_params(method, n_components, k, args.samples, len(H), args.seed)
+        params = method_params(method, n_components, k, args.samples, len(H), args.seed,
+                               args.device)
         est, seconds, calibration = fit(method, params, H, k)
         s = score(est, world)
         s["f1_vs_oracle"] = f1_vs_oracle(s.get("f1"), oracle.get("f1"))
@@ -199,6 +201,7 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=int, default=None, help="L0 (default: the world's mean L0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (sklearn always on cpu)")
     p.add_argument("--out", type=Path, default=None, help="folder for worlds.json and the figure "
                    "(default: --root)")
     args = p.parse_args(argv)
