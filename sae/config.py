@@ -58,7 +58,8 @@ class SAEStageConfig(JSONConfig):
     """Per-method hyperparameters: {"l1": {"l1_coefficient": 0.1}, "*": {"lr": 3e-3}}."""
 
     def __post_init__(self):
-        from sae.methods import METHODS, param_names
+        from sae.methods import ALL_METHODS as METHODS  # the defaults and the extra ones
+        from sae.methods import param_names
 
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "instances", tuple(self.instances))

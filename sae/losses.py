@@ -60,3 +60,75 @@ def auxk_loss(residual: torch.Tensor, pre_acts: torch.Tensor, dead_mask: torch.T
                                               per_sample_weights=values.relu(),
                                               mode="sum")                       # [batch, d]
     return coefficient * reconstruction_mse(residual.detach(), recon)
+
+
+# ---- JumpReLU (Rajamanoharan et al. 2024): straight-through estimators -----------------------
+def rectangle_kernel(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """K((pre - theta) / epsilon) / epsilon with the rectangle K(u) = 1 for |u| < 1/2, else 0:
+    1 / epsilon where |pre - theta| < epsilon / 2, zero elsewhere. [batch, n_components]."""
+    return ((pre - threshold).abs() < bandwidth / 2).to(pre.dtype) / bandwidth
+
+
+class _JumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        mask = pre > threshold
+        ctx.save_for_backward(pre, threshold, mask)
+        ctx.bandwidth = bandwidth
+        return pre * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold, mask = ctx.saved_tensors
+        grad_pre = grad * mask
+        grad_theta = -(grad * threshold * rectangle_kernel(pre, threshold, ctx.bandwidth)).sum(dim=0)
+        return grad_pre, grad_theta, None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        grad_theta = -(grad * rectangle_kernel(pre, threshold, ctx.bandwidth)).sum(dim=0)
+        return torch.zeros_like(pre), grad_theta, None
+
+
+def jumprelu(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """JumpReLU_theta(pre) = pre * H(pre - theta), with the paper's pseudo-derivatives:
+    d/d pre = H(pre - theta) (the jump passes no gradient to pre), and
+    d/d theta = -(theta / epsilon) K((pre - theta) / epsilon), K the rectangle kernel.
+
+    pre: [batch, n_components]; threshold: [n_components] theta > 0; bandwidth: epsilon."""
+    return _JumpReLU.apply(pre, threshold, bandwidth)
+
+
+def jumprelu_l0(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """mean_b sum_i H(pre_bi - theta_i), the L0 of the JumpReLU codes, with the pseudo-derivative
+    d/d theta_i = -(1 / epsilon) K((pre - theta_i) / epsilon) (summed over the batch, / batch)
+    and none to pre: the L0 penalty trains only the thresholds."""
+    return _Step.apply(pre, threshold, bandwidth).sum(dim=-1).mean()
+
+
+# ---- Matryoshka (Bussmann et al. 2025): nested prefixes -------------------------------------
+def prefix_reconstruction_mses(h: torch.Tensor, codes: torch.Tensor, W_dec: torch.Tensor,
+                               b_dec: torch.Tensor, widths: tuple[int, ...]) -> torch.Tensor:
+    """[len(widths)] the reconstruction MSE (`reconstruction_mse`) of each prefix's decode:
+    entry j is mean_b || h_b - (b_dec + sum_{i < widths[j]} f_bi W_dec,i) ||^2, the codes f
+    the same for every prefix (the batch-top-k codes of the whole dictionary, restricted).
+
+    h: [batch, d]; codes: [batch, n_components]; W_dec: [d, n_components] atoms as columns;
+    b_dec: [d]; widths: strictly increasing latent counts, the last at most n_components.
+    Built as a running sum over the segments between consecutive widths (one decode in all).
+    """
+    mses, h_hat, start = [], b_dec.expand_as(h), 0
+    for width in widths:
+        h_hat = h_hat + codes[:, start:width] @ W_dec[:, start:width].T  # [batch, d]
+        mses.append(reconstruction_mse(h, h_hat))
+        start = width
+    return torch.stack(mses)

@@ -9,7 +9,7 @@ from data import files
 from data.configs import ConfigError
 from sae.ksvd import KSVD
 from sae.mod import MOD
-from sae.sae_estimators import L1SAE, BatchTopKSAE, TopKSAE
+from sae.sae_estimators import L1SAE, BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, TopKSAE
 from sae.sklearn_baseline import SklearnDictionary
 
 # name -> (estimator class, parameters that define the variant)
@@ -22,12 +22,17 @@ METHODS = {
     "mod": (MOD, {"nonnegative": False}),
     "mod_nn": (MOD, {"nonnegative": True}),
     "sklearn": (SklearnDictionary, {}),
+    "matryoshka": (MatryoshkaSAE, {}),
+    "jumprelu": (JumpReLUSAE, {}),
 }
-SAE_METHODS = ("l1", "topk", "batchtopk")
+# every method of the stage; the default run fits sae.config.DEFAULT_METHODS, which leaves out
+# the two frontier SAEs (matryoshka, jumprelu) so that its table stays comparable across runs
+ALL_METHODS = METHODS
+SAE_METHODS = ("l1", "topk", "batchtopk", "matryoshka", "jumprelu")
 
 
 def param_names(method: str) -> set[str]:
-    cls, _ = METHODS[method]
+    cls, _ = ALL_METHODS[method]
     return {f.name for f in dataclasses.fields(cls.config_class)}
 
 
@@ -35,9 +40,9 @@ def build(method: str, params: dict):
     """An unfitted estimator of `method` with `params` (only the ones it accepts are used),
     validated now: a bad value is refused before any fit, named as `method.param`
     (ConfigError "topk.lr: must be finite and > 0, got nan")."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    cls, fixed = METHODS[method]
+    if method not in ALL_METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(ALL_METHODS)}")
+    cls, fixed = ALL_METHODS[method]
     accepted = param_names(method)
     kwargs = {k: v for k, v in params.items() if k in accepted}
     try:
@@ -58,7 +63,7 @@ def load(directory: str | os.PathLike, device: str | None = None):
     path = Path(directory) / files.CONFIG_FILE
     saved = files.read_json(path)
     method = saved.get("method") if isinstance(saved, dict) else None
-    classes = {cls.method: cls for cls, _ in METHODS.values()}
+    classes = {cls.method: cls for cls, _ in ALL_METHODS.values()}
     if method not in classes:
         raise ValueError(f"{path}: method {method!r} is none of {', '.join(classes)}")
     return classes[method].load(directory, device=device)

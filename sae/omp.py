@@ -20,12 +20,17 @@ Q[k, :] (so no triangular solve per step), q = (G[:, k] - Q w) / L_kk, z_n = alp
 and the correlations with the residual update as alpha -= q z_n, the squared residual norm
 as ||r||^2 -= z_n^2. The coefficients come from one triangular solve L^T gamma = z at the end.
 This is the same arithmetic as Batch-OMP's progressive Cholesky, in fewer kernel launches.
+On the CPU in float32/float64, the signed variant runs this arithmetic in a small C kernel
+(compiled on first use, see "native kernel" below), one sample at a time with its state in
+cache; the torch code is the fallback (no C compiler, other devices) and the reference.
 """
 from __future__ import annotations
+
 
 import torch
 
 from sae.nnls import nnls_gram
+from sae.omp_native import native_lib, native_omp
 
 # Chunk sizing: each step makes ~6 passes over [chunk, n_components] arrays, fastest when
 # one of them stays in a core's L2 cache (measured on CPU: 2-3x faster than 8x larger
@@ -52,7 +57,8 @@ def batch_omp(G: torch.Tensor, DH: torch.Tensor, n_nonzero_coefs: int | None = N
         with ||h||^2 <= tol gets no atom at all. Stopped samples stay fixed while others go on.
     nonnegative: only atoms with a positive correlation with the residual enter, and the
         coefficients on the support solve a nonnegative least-squares problem (below).
-    chunk_size: samples per chunk; bounds the [chunk, n_steps, n_components] workspace.
+    chunk_size: samples per chunk; bounds the [chunk, n_steps, n_components] workspace
+        (of the torch implementation; the native kernel works per sample and ignores it).
 
     Returns (indices [n_samples, n_steps] int64, values [n_samples, n_steps]); n_steps is
     n_nonzero_coefs (or n_components). Every sample also stops when no atom correlates with
@@ -88,6 +94,10 @@ def batch_omp(G: torch.Tensor, DH: torch.Tensor, n_nonzero_coefs: int | None = N
     chunk = chunk_size or default_chunk_size(n_steps, n_components, DH.element_size())
     code_chunk = _nonnegative_omp_chunk if nonnegative else _omp_chunk
 
+    lib = None if nonnegative or DH.device.type != "cpu" or DH.dtype not in (
+        torch.float32, torch.float64) or n_samples == 0 else native_lib()
+    if lib is not None:
+        return native_omp(lib, G.contiguous(), DH.contiguous(), n_steps, tol, norms_squared)
     indices = torch.empty(n_samples, n_steps, dtype=torch.long, device=DH.device)
     values = DH.new_empty(n_samples, n_steps)
     for start in range(0, n_samples, chunk):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from sae.base import check_param
+from sae.base import ConfigError, check_param
 
 INITS = ("data", "random")
 B_DEC_INITS = ("mean", "median", "zeros")
@@ -109,3 +109,82 @@ class BatchTopKSAEConfig(TopKSAEConfig):
     def __post_init__(self):
         super().__post_init__()
         check_param("threshold_rate", self.threshold_rate, low=0, high=1, low_open=True)
+
+
+def default_prefixes(n_components: int) -> tuple[int, ...]:
+    """Matryoshka's default nested widths: n/16, n/8, n/4, n/2, n (rounded, at least 1,
+    duplicates dropped), e.g. (4, 8, 16, 32, 64) for n = 64 and (1, 2, 3, 6) for n = 6."""
+    widths = [max(1, round(n_components / div)) for div in (16, 8, 4, 2)] + [n_components]
+    return tuple(sorted(set(widths)))
+
+
+def resolve_prefixes(prefixes, n_components: int) -> tuple[int, ...]:
+    """The nested widths (latent counts) of `prefixes`: None -> `default_prefixes`; else each
+    entry an int size in [1, n_components] or a float fraction in (0, 1] of n_components
+    (rounded, at least 1). Strictly increasing; n_components is appended when the last is
+    smaller, so the whole dictionary is always the outermost prefix. A ValueError when bad."""
+    if prefixes is None:
+        return default_prefixes(n_components)
+    if isinstance(prefixes, (str, bytes)) or not hasattr(prefixes, "__iter__"):
+        raise ValueError(f"must be None or a sequence of sizes or fractions, got {prefixes!r}")
+    widths = []
+    for entry in prefixes:
+        if isinstance(entry, bool) or not isinstance(entry, (int, float)):
+            raise ValueError(f"entries must be sizes (int) or fractions (float), got {entry!r}")
+        if isinstance(entry, int):
+            if not 1 <= entry <= n_components:
+                raise ValueError(f"a size must be in [1, n_components={n_components}], "
+                                 f"got {entry!r}")
+            widths.append(entry)
+        else:
+            if not 0 < entry <= 1:
+                raise ValueError(f"a fraction must be in (0, 1], got {entry!r}")
+            widths.append(max(1, round(entry * n_components)))
+    if not widths:
+        raise ValueError("needs at least one width")
+    if any(b <= a for a, b in zip(widths, widths[1:])):
+        raise ValueError(f"widths must be strictly increasing, got {widths} "
+                         f"(n_components={n_components})")
+    if widths[-1] < n_components:
+        widths.append(n_components)
+    return tuple(widths)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MatryoshkaSAEConfig(BatchTopKSAEConfig):
+    """Matryoshka BatchTopK: BatchTopKSAEConfig plus the nested prefixes."""
+
+    prefixes: tuple | None = None
+    """nested widths, each prefix of the dictionary trained to reconstruct alone: sizes
+    (ints) or fractions of n_components (floats), strictly increasing; n_components is added
+    as the last when missing. None: n/16, n/8, n/4, n/2, n"""
+
+    def __post_init__(self):
+        super().__post_init__()
+        try:
+            resolve_prefixes(self.prefixes, self.n_components)
+        except ValueError as err:
+            raise ConfigError("prefixes", str(err)) from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JumpReLUSAEConfig(SAEConfig):
+    """JumpReLU (Rajamanoharan et al. 2024): SAEConfig plus the threshold and the L0 penalty."""
+
+    l0_coefficient: float = 0.1
+    """lambda on the batch-mean L0 (its gradient reaches only the thresholds, through the
+    straight-through estimator); the stage calibrates it to the target L0 like L1's lambda"""
+    l0_warmup_steps: int = 0
+    """ramp lambda linearly from ~0 over this many steps"""
+    bandwidth: float = 0.1
+    """epsilon, the width of the rectangle kernel in the thresholds' pseudo-derivative (in
+    the units of the pre-activations)"""
+    init_threshold: float = 0.1
+    """theta of every latent at the start (theta = exp(log_theta) is what is trained)"""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_param("l0_coefficient", self.l0_coefficient, low=0)
+        check_param("l0_warmup_steps", self.l0_warmup_steps, low=0, integer=True)
+        check_param("bandwidth", self.bandwidth, low=0, low_open=True)
+        check_param("init_threshold", self.init_threshold, low=0, low_open=True)

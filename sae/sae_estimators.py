@@ -1,6 +1,7 @@
 """The estimators that fit a sparse autoencoder (sae/sae_module.py): the L1 SAE, the TopK
-SAE (Gao et al. 2024) and BatchTopK (Bussmann et al. 2024). One training loop; a method
-names its activation and its sparsity penalty. Parameters: sae/sae_configs.py.
+SAE (Gao et al. 2024), BatchTopK (Bussmann et al. 2024), Matryoshka BatchTopK (Bussmann et
+al. 2025) and JumpReLU (Rajamanoharan et al. 2024). One training loop; a method names its
+activation and its sparsity penalty. Parameters: sae/sae_configs.py.
 """
 from __future__ import annotations
 
@@ -23,10 +24,24 @@ from sae.base import (
     rows_to_columns,
     torch_generator,
 )
-from sae.losses import auxk_loss, decoder_weighted_l1, reconstruction_mse
+from sae.losses import (
+    auxk_loss,
+    decoder_weighted_l1,
+    jumprelu_l0,
+    prefix_reconstruction_mses,
+    reconstruction_mse,
+)
 from sae.minibatches import training_batches
-from sae.sae_configs import BatchTopKSAEConfig, L1SAEConfig, SAEConfig, TopKSAEConfig
-from sae.sae_module import SAEOutput, SparseAutoencoder
+from sae.sae_configs import (
+    BatchTopKSAEConfig,
+    JumpReLUSAEConfig,
+    L1SAEConfig,
+    MatryoshkaSAEConfig,
+    SAEConfig,
+    TopKSAEConfig,
+    resolve_prefixes,
+)
+from sae.sae_module import K_ACTIVATIONS, SAEOutput, SparseAutoencoder
 from sae.saelens_export import export_saelens
 
 _TRANSFORM_CHUNK = 16384  # rows per forward pass in transform, to bound [rows, n] memory
@@ -70,6 +85,8 @@ class _SAEEstimator(DictionaryEstimator):
 
     config_class: ClassVar[type] = SAEConfig
     activation: ClassVar[str] = ""
+    # the penalty coefficient a target-L0 calibration searches (None: none, the L0 is set by k)
+    calibrated_coefficient: ClassVar[str | None] = None
 
     # -- what differs between methods --------------------------------------------------------
     @abc.abstractmethod
@@ -79,6 +96,13 @@ class _SAEEstimator(DictionaryEstimator):
 
     def _after_step(self, sae: SparseAutoencoder, out: SAEOutput) -> None:
         pass
+
+    def _new_module(self, d: int, n_components: int) -> SparseAutoencoder:
+        return SparseAutoencoder(d, n_components, self.activation, getattr(self, "k", None),
+                                 getattr(self, "bandwidth", 0.1))
+
+    def _setup(self, sae: SparseAutoencoder) -> None:
+        """After `initialize_`, before the first step: a method's own initial state."""
 
     def _initial_tensors(self, X: torch.Tensor, cfg, gen: torch.Generator):
         """X: [rows, d] the data seen at init (all of it in memory, else the first minibatch)
@@ -118,12 +142,12 @@ class _SAEEstimator(DictionaryEstimator):
         first = next(batches)                                          # [batch, d]
         d = first.shape[1]
         init_data = H if isinstance(H, torch.Tensor) else first
-        if self.activation != "relu" and cfg.k > d:
+        if self.activation in K_ACTIVATIONS and cfg.k > d:
             raise ValueError(f"k={cfg.k} exceeds d={d}: more active latents per row than "
                              "dimensions cannot give a unique sparse code")
-        sae = SparseAutoencoder(d, cfg.n_components, self.activation,
-                                getattr(cfg, "k", None)).to(device)
+        sae = self._new_module(d, cfg.n_components).to(device)
         sae.initialize_(*self._initial_tensors(init_data, cfg, gen))
+        self._setup(sae)
         self.sae_, self.log_ = sae, []
         opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
         since_fired = torch.zeros(cfg.n_components, dtype=torch.long, device=device)
@@ -213,11 +237,13 @@ class _SAEEstimator(DictionaryEstimator):
             raise ValueError(f"{files.DICTIONARY_FILE} lacks the {self.method} tensors "
                              f"{sorted(missing)}")
         n_components, d = self.components_.shape
-        sae = SparseAutoencoder(d, n_components, self.activation, getattr(self, "k", None))
-        sae.load_state_dict({"W_enc": tensors[files.SAE_W_ENC], "b_enc": tensors[files.SAE_B_ENC],
-                             "W_dec": rows_to_columns(torch.from_numpy(self.components_)),
-                             "b_dec": tensors[files.SAE_B_DEC],
-                             "threshold": tensors[files.SAE_THRESHOLD]})
+        sae = self._new_module(d, n_components)
+        state = {"W_enc": tensors[files.SAE_W_ENC], "b_enc": tensors[files.SAE_B_ENC],
+                 "W_dec": rows_to_columns(torch.from_numpy(self.components_)),
+                 "b_dec": tensors[files.SAE_B_DEC], "threshold": tensors[files.SAE_THRESHOLD]}
+        if self.activation == "jumprelu":  # inference reads `threshold`, saved exactly
+            state["log_threshold"] = tensors[files.SAE_THRESHOLD].log()
+        sae.load_state_dict(state)
         self.sae_ = sae.to(resolve_device(self.device)).eval()
 
     def export_saelens(self, directory):
@@ -233,6 +259,7 @@ class L1SAE(_SAEEstimator):
     method = "l1"
     config_class = L1SAEConfig
     activation = "relu"
+    calibrated_coefficient = "l1_coefficient"
 
     def _penalty(self, sae, h, out, step, dead):
         ramp = min(1.0, (step + 1) / self.l1_warmup_steps) if self.l1_warmup_steps else 1.0
@@ -266,3 +293,61 @@ class BatchTopKSAE(TopKSAE):
 
     def _after_step(self, sae, out):
         sae.update_threshold_(out.codes, self.threshold_rate)
+
+
+class MatryoshkaSAE(BatchTopKSAE):
+    """Matryoshka BatchTopK (Bussmann et al. 2025): BatchTopK whose nested prefixes of the
+    dictionary (latents 0..m-1 for each width m of `prefixes`) are each trained to
+    reconstruct alone.
+
+    Loss: sum over the widths m of mean_b ||h_b - (b_dec + sum_{i < m} f_bi W_dec,i)||^2, with
+    f the batch-top-k codes of the whole dictionary restricted to the prefix (the outermost
+    term, m = n_components, is the usual reconstruction MSE), plus AuxK as for BatchTopK. The
+    log's `prefix_mse` is the sum of the inner terms (m < n_components).
+
+    Latent order: the index order is the prefix order, fixed from the start; latents are not
+    re-sorted during training. The nested loss itself sends the features that most reduce
+    the error, the frequent and general ones, to the early latents (the gradient of every
+    inner term reaches only its prefix), as in the paper. Inference as BatchTopK: the codes
+    above one learned threshold (a running mean of the smallest kept activation).
+    """
+
+    method = "matryoshka"
+    config_class = MatryoshkaSAEConfig
+
+    def prefix_widths(self) -> tuple[int, ...]:
+        """The nested widths, resolved (`sae.sae_configs.resolve_prefixes`)."""
+        return resolve_prefixes(self.prefixes, self.n_components)
+
+    def _penalty(self, sae, h, out, step, dead):
+        aux, terms = super()._penalty(sae, h, out, step, dead)
+        inner = self.prefix_widths()[:-1]
+        prefix = (prefix_reconstruction_mses(h, out.codes, sae.W_dec, sae.b_dec, inner).sum()
+                  if inner else h.new_zeros(()))
+        return aux + prefix, {**terms, "prefix_mse": prefix}
+
+
+class JumpReLUSAE(_SAEEstimator):
+    """JumpReLU (Rajamanoharan et al. 2024): f_i = pre_i * [pre_i > theta_i], one threshold per
+    latent, theta = exp(log_theta) trained by straight-through estimators with a rectangle
+    kernel of width epsilon (`bandwidth`); loss ||h - h^||^2 + lambda * mean_b L0(f_b), lambda
+    ramped over l0_warmup_steps. The L0's pseudo-derivative is -(1/epsilon) K((pre - theta) /
+    epsilon) in theta (none in pre); the codes' is -(theta/epsilon) K(...) (sae/losses.py)."""
+
+    method = "jumprelu"
+    config_class = JumpReLUSAEConfig
+    activation = "jumprelu"
+    calibrated_coefficient = "l0_coefficient"
+
+    def _setup(self, sae):
+        with torch.no_grad():
+            sae.log_threshold.fill_(float(np.log(self.init_threshold)))
+        sae.sync_threshold_()
+
+    def _penalty(self, sae, h, out, step, dead):
+        ramp = min(1.0, (step + 1) / self.l0_warmup_steps) if self.l0_warmup_steps else 1.0
+        l0 = jumprelu_l0(out.pre_acts, sae.log_threshold.exp(), self.bandwidth)
+        return self.l0_coefficient * ramp * l0, {"l0_penalty": l0}
+
+    def _after_step(self, sae, out):
+        sae.sync_threshold_()

@@ -1,8 +1,8 @@
-"""The sparse autoencoder as a torch module: the learned object of the L1, TopK and BatchTopK
-SAEs (the estimators that fit it are in sae/sae_estimators.py).
+"""The sparse autoencoder as a torch module: the learned object of the L1, TopK, BatchTopK,
+Matryoshka and JumpReLU SAEs (the estimators that fit it are in sae/sae_estimators.py).
 
     pre = (h - b_dec) W_enc + b_enc          [batch, n_components]
-    f   = act(pre)                           relu | topk | batchtopk
+    f   = act(pre)                           relu | topk | batchtopk | jumprelu
     h^  = f W_dec^T + b_dec                  [batch, d]
 
 Both W_enc and W_dec are stored [d, n_components]: W_dec holds the atoms as columns (DESIGN.md)
@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from sae.base import rows_to_columns, unit_norm_rows
+from sae.losses import jumprelu
 
-ACTIVATIONS = ("relu", "topk", "batchtopk")
+ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
+K_ACTIVATIONS = ("topk", "batchtopk")  # the activations that take a k
 SPARSE_DECODE_RATIO = 64  # TopK decodes sparsely when k * this <= n_components
 
 
@@ -33,15 +35,22 @@ class SparseAutoencoder(nn.Module):
     forward has no side effects; BatchTopK's inference threshold is a buffer that the training
     loop moves with `update_threshold_`. In train mode batchtopk keeps the k * batch largest
     activations of the batch; in eval mode it keeps those above `threshold` (a JumpReLU).
+
+    jumprelu: one threshold per latent, theta = exp(log_threshold) (a parameter), f = pre *
+    [pre > theta]; in train mode through the straight-through estimator of `sae.losses.jumprelu`
+    with kernel width `bandwidth`. `threshold` [n_components] is the buffer inference (and
+    save/load) uses, synchronised from log_threshold by `sync_threshold_` after each step.
     """
 
-    def __init__(self, d: int, n_components: int, activation: str = "relu", k: int | None = None):
+    def __init__(self, d: int, n_components: int, activation: str = "relu", k: int | None = None,
+                 bandwidth: float = 0.1):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r}; valid: {list(ACTIVATIONS)}")
-        if activation != "relu" and (k is None or not 1 <= k <= n_components):
+        if activation in K_ACTIVATIONS and (k is None or not 1 <= k <= n_components):
             raise ValueError(f"{activation} needs 1 <= k <= n_components={n_components}, got k={k}")
         self.d, self.n_components, self.activation, self.k = d, n_components, activation, k
+        self.bandwidth = bandwidth
         # TopK's forward can decode only the k chosen atoms per row (a gather). Per training
         # step on this CPU (d = 256, k = 32, one thread) that was 1.6-1.7x faster than the
         # dense decoder at k/n = 1/64 and 1/128, and no faster at 1/32 (slower with two
@@ -52,7 +61,11 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n_components))
         self.W_dec = nn.Parameter(torch.zeros(d, n_components))
         self.b_dec = nn.Parameter(torch.zeros(d))
-        self.register_buffer("threshold", torch.zeros(()))  # 0 = plain ReLU at inference
+        if activation == "jumprelu":
+            self.log_threshold = nn.Parameter(torch.zeros(n_components))  # theta = 1 until set
+            self.register_buffer("threshold", torch.ones(n_components))
+        else:
+            self.register_buffer("threshold", torch.zeros(()))  # 0 = plain ReLU at inference
 
     @torch.no_grad()
     def initialize_(self, atoms: torch.Tensor, b_dec: torch.Tensor,
@@ -83,6 +96,8 @@ class SparseAutoencoder(nn.Module):
         if self.activation == "topk":
             values, indices = pre.topk(self.k, dim=-1, sorted=False)  # [batch, k]
             return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+        if self.activation == "jumprelu" and self.training:
+            return jumprelu(pre, self.log_threshold.exp(), self.bandwidth)
         if not self.training:
             return pre.relu() * (pre > self.threshold)
         # ReLU after the selection, as for TopK: the same codes (a kept negative becomes the
@@ -146,6 +161,11 @@ class SparseAutoencoder(nn.Module):
             self.threshold.copy_(smallest)
         else:
             self.threshold.lerp_(smallest, rate)
+
+    @torch.no_grad()
+    def sync_threshold_(self) -> None:
+        """jumprelu: the inference threshold buffer <- exp(log_threshold)."""
+        self.threshold.copy_(self.log_threshold.exp())
 
     def components(self) -> torch.Tensor:
         """The decoder atoms as rows, [n_components, d]."""

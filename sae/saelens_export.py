@@ -12,15 +12,17 @@ SAELENS_CFG_FILE = files.SAELENS_CFG_FILE  # re-exported; data/files.py owns fil
 SAELENS_WEIGHTS_FILE = files.SAELENS_WEIGHTS_FILE
 # SAELens reads a cfg without this as pre-6.0 and rewrites its keys; ours is the 6.x schema.
 SAELENS_SCHEMA_VERSION = "6.0.0"
-ARCHITECTURES = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu"}
+ARCHITECTURES = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu",
+                 "jumprelu": "jumprelu"}
 
 
 def export_saelens(sae, method: str, directory: str | os.PathLike) -> Path:
     """Write SAELens's `cfg.json` + `sae_weights.safetensors` for `sae` (a SparseAutoencoder
     fitted by the estimator `method`) to `directory`.
 
-    L1 -> "standard", TopK -> "topk" (with k), BatchTopK -> "jumprelu" with its inference
-    threshold on every latent, which is how SAELens itself saves a trained BatchTopK SAE.
+    L1 -> "standard", TopK -> "topk" (with k), BatchTopK and Matryoshka -> "jumprelu" with
+    their inference threshold on every latent, which is how SAELens itself saves a trained
+    (Matryoshka) BatchTopK SAE; JumpReLU -> "jumprelu" with its per-latent thresholds.
     """
     from safetensors.torch import save
 
@@ -38,7 +40,7 @@ def export_saelens(sae, method: str, directory: str | os.PathLike) -> Path:
                         "unsuperpose_method": method}}
     if sae.activation == "topk":
         cfg["k"] = sae.k
-    if sae.activation == "batchtopk":
+    if sae.activation in ("batchtopk", "jumprelu"):
         tensors["threshold"] = sae.threshold.expand(sae.n_components)  # [d_sae]
     tensors = {key: t.to("cpu", torch.float32).contiguous() for key, t in tensors.items()}
     files.atomic_write_bytes(directory / SAELENS_WEIGHTS_FILE, save(tensors))

@@ -18,12 +18,16 @@ FAST = {"l1": {"n_steps": 20, "batch_size": 64, "log_every": 5},
         "batchtopk": {"n_steps": 20, "batch_size": 64, "log_every": 5, "k": 2},
         "ksvd": {"n_iter": 3, "k": 2}, "ksvd_nn": {"n_iter": 3, "k": 2},
         "mod": {"n_iter": 3, "k": 2}, "mod_nn": {"n_iter": 3, "k": 2},
-        "sklearn": {"max_iter": 1, "k": 2}}
+        "sklearn": {"max_iter": 1, "k": 2},
+        "matryoshka": {"n_steps": 20, "batch_size": 64, "log_every": 5, "k": 2},
+        "jumprelu": {"n_steps": 20, "batch_size": 64, "log_every": 5}}
 # a valid value other than the default, per parameter kind, for the round trips
 OTHER = {"l1": {"lr": 3e-3, "l1_coefficient": 0.05}, "topk": {"k": 3, "aux_k": 4},
          "batchtopk": {"threshold_rate": 0.1}, "ksvd": {"approximate": True, "tol": 1e-3},
          "ksvd_nn": {"n_swaps": 0}, "mod": {"ridge": 1e-3}, "mod_nn": {"reseed": "cluster"},
-         "sklearn": {"alpha": 0.5, "fit_algorithm": "lars"}}
+         "sklearn": {"alpha": 0.5, "fit_algorithm": "lars"},
+         "matryoshka": {"prefixes": (0.25, 6), "threshold_rate": 0.1},
+         "jumprelu": {"l0_coefficient": 0.5, "bandwidth": 0.2}}
 
 
 def make(method: str, **params):
@@ -81,7 +85,7 @@ def test_construction_is_validated_by_the_config(method):
         make(method, random_state=-1)
     with pytest.raises(ConfigError, match=f"^n_components: {cls.__name__}\\(\\) missing 1 "
                                           "required keyword-only argument: 'n_components'$"):
-        cls(**({"k": 2} if method.endswith("topk") else {}))
+        cls(**({"k": 2} if method.endswith("topk") or method == "matryoshka" else {}))
     with pytest.raises(TypeError):
         cls(12)  # keyword only, as scikit-learn's newer estimators
 

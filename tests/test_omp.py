@@ -5,8 +5,19 @@ import torch
 from scipy.optimize import nnls
 from sklearn.linear_model import orthogonal_mp_gram
 
+import sae.omp_native as omp_native
 from sae.nnls import nnls_gram
 from sae.omp import batch_omp, omp_encode, sparse_reconstruct, sparse_to_dense
+
+
+@pytest.fixture(params=["native", "torch"])
+def backend(request, monkeypatch):
+    """Run a test on the C kernel (where a compiler builds it) and on the torch fallback."""
+    if request.param == "torch":
+        monkeypatch.setattr(omp_native, "_native", [None])
+    elif omp_native.native_lib() is None:
+        pytest.skip("no C compiler: the native OMP kernel is not built")
+    return request.param
 
 
 def random_problem(n_samples, d, n_components, seed):
@@ -47,7 +58,7 @@ def naive_nonnegative_omp(D, h, k, tol=None):
 
 @pytest.mark.parametrize("n_samples, d, n_components, k", [(300, 20, 50, 5), (200, 64, 256, 12),
                                                            (100, 10, 10, 10)])
-def test_matches_sklearn_at_fixed_sparsity(n_samples, d, n_components, k):
+def test_matches_sklearn_at_fixed_sparsity(n_samples, d, n_components, k, backend):
     D, H = random_problem(n_samples, d, n_components, seed=k)
     expected = orthogonal_mp_gram(D @ D.T, (H @ D.T).T, n_nonzero_coefs=k).T
     got = ours(D, H, k, chunk_size=64)
@@ -56,7 +67,7 @@ def test_matches_sklearn_at_fixed_sparsity(n_samples, d, n_components, k):
     assert ((got != 0).sum(1) == k).all()
 
 
-def test_matches_sklearn_at_tolerance():
+def test_matches_sklearn_at_tolerance(backend):
     D, H = random_problem(400, 20, 50, seed=1)
     norms = (H ** 2).sum(1)
     tol = 0.3 * norms.mean()
@@ -73,7 +84,7 @@ def test_matches_sklearn_at_tolerance():
     assert (((H - got @ D) ** 2).sum(1) <= tol * (1 + 1e-9)).all()
 
 
-def test_sparsity_caps_the_tolerance_stop():
+def test_sparsity_caps_the_tolerance_stop(backend):
     D, H = random_problem(300, 20, 50, seed=2)
     norms = (H ** 2).sum(1)
     tol = 0.1 * norms.mean()
@@ -94,7 +105,7 @@ def test_orthonormal_atoms_give_the_largest_correlations():
     np.testing.assert_allclose(got, [[0, -3.0, 0, 2.0, 0, 0, 1.0, 0]], atol=1e-12)
 
 
-def test_chunking_does_not_change_the_result():
+def test_chunking_does_not_change_the_result(backend):
     D, H = random_problem(250, 16, 40, seed=4)
     norms = (H ** 2).sum(1)
     whole = ours(D, H, 6, tol=0.2 * norms.mean())
@@ -104,7 +115,7 @@ def test_chunking_does_not_change_the_result():
 
 
 @pytest.mark.parametrize("nonnegative", [False, True])
-def test_dropping_stopped_rows_does_not_change_the_result(nonnegative):
+def test_dropping_stopped_rows_does_not_change_the_result(nonnegative, backend):
     # rows stop at different steps under tol, so the batch of 120 drops its stopped rows
     # (the live-set compaction) several times; one row per chunk never does
     D, H = random_problem(120, 16, 40, seed=8)
@@ -113,6 +124,25 @@ def test_dropping_stopped_rows_does_not_change_the_result(nonnegative):
     assert len(set((whole != 0).sum(1))) >= 4
     np.testing.assert_array_equal(ours(D, H, 12, tol=tol, nonnegative=nonnegative, chunk_size=1),
                                   whole)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("with_tol", [False, True])
+def test_native_kernel_equals_torch_fallback(dtype, atol, with_tol, monkeypatch):
+    if omp_native.native_lib() is None:
+        pytest.skip("no C compiler: the native OMP kernel is not built")
+    D, H = random_problem(300, 24, 70, seed=12)
+    G, DH = torch.from_numpy(D @ D.T).to(dtype), torch.from_numpy(H @ D.T).to(dtype)
+    kwargs = {}
+    if with_tol:
+        norms = torch.from_numpy((H ** 2).sum(1)).to(dtype)
+        kwargs = {"tol": 0.3 * float(norms.mean()), "norms_squared": norms}
+    idx, val = batch_omp(G, DH, 10, **kwargs)
+    monkeypatch.setattr(omp_native, "_native", [None])
+    idx_t, val_t = batch_omp(G, DH, 10, **kwargs)
+    assert val.dtype == dtype
+    torch.testing.assert_close(idx, idx_t, rtol=0, atol=0)
+    torch.testing.assert_close(val, val_t, rtol=0, atol=atol)
 
 
 def test_nnls_gram_matches_scipy():
@@ -137,7 +167,7 @@ def test_nnls_gram_matches_scipy():
     np.testing.assert_allclose(untouched[[1, 4]].numpy(), expected[[1, 4]], atol=1e-10)
 
 
-def test_zero_sample_gets_no_atom():
+def test_zero_sample_gets_no_atom(backend):
     D, H = random_problem(5, 12, 30, seed=5)
     H[2] = 0
     for nonnegative in (False, True):
