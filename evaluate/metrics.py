@@ -166,3 +166,28 @@ def superposition(W: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     overlap = (unit.T @ W) ** 2  # [n, n]
     np.fill_diagonal(overlap, 0.0)
     return np.where(norms > eps, overlap.sum(axis=1), 0.0)
+
+
+def interference(G: np.ndarray, chunk_entries: int = 1 << 23) -> float:
+    """Mean max |cos| among the true directions G [n_true, d]:
+    (1 / n_true) sum_i max_{j != i} |cos(G_i, G_j)|.
+
+    Range [0, 1]: 0 when the directions are mutually orthogonal, 1 when every direction has
+    a parallel or antipodal partner; two directions at 60 degrees give 0.5. n random unit
+    directions in d dims score a little under sqrt(2 ln n / d): 0.21 for 1,024 in 256, 0.15 for
+    SynthSAEBench-16k's 16,384 in 768. Invariant to permuting, rescaling and sign-flipping
+    rows; a zero row has cosine 0 with everything. NaN for fewer than two directions. The
+    |cos| matrix is formed a block of rows (about chunk_entries entries) at a time, never
+    [n_true, n_true] whole.
+    """
+    G = np.asarray(G, dtype=np.float64)
+    if len(G) < 2:
+        return float("nan")
+    unit = G / np.maximum(np.linalg.norm(G, axis=1, keepdims=True), 1e-12)
+    best = np.empty(len(G))
+    chunk = max(1, chunk_entries // len(G))
+    for lo in range(0, len(G), chunk):
+        C = np.abs(unit[lo:lo + chunk] @ unit.T)  # [chunk, n_true]
+        C[np.arange(len(C)), lo + np.arange(len(C))] = -np.inf
+        best[lo:lo + chunk] = C.max(axis=1)
+    return float(best.mean())

@@ -122,7 +122,8 @@ def _record(instance, method, metric, value, feature=None, sign=None, note=None)
 
 
 def toy_model_view(inst: Instance) -> dict[str, float]:
-    """||W||_F^2, d / ||W||_F^2, how many directions are represented, their mean D_i."""
+    """||W||_F^2, d / ||W||_F^2, how many directions are represented, their mean D_i, and
+    their interference (mean max |cos| among the represented directions, metrics.interference)."""
     D = inst.gt[files.GT_DIMENSIONALITY][inst.represented]
     return {"d": inst.d, "n_features": int(inst.W.shape[1]),
             "n_true_directions": int(len(inst.represented)),
@@ -130,6 +131,7 @@ def toy_model_view(inst: Instance) -> dict[str, float]:
             "frobenius_norm_sq": gm.frobenius_norm_sq(inst.W),
             "dimensions_per_feature": gm.dimensions_per_feature(inst.W),
             "mean_dimensionality": float(D.mean()) if len(D) else float("nan"),
+            "interference": gm.interference(inst.G),
             "rows": int(len(inst.H)), "candidate_rows": inst.candidate_rows}
 
 

@@ -199,7 +199,8 @@ def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
                 f"Toy model: ‖W‖²_F = {v['frobenius_norm_sq']:.3g}, d / ‖W‖²_F = "
                 f"{v['dimensions_per_feature']:.3g} dimensions per feature; "
                 f"{v['n_represented']} of {v['n_true_directions']} true directions represented, "
-                f"mean D_i {fmt('x', v['mean_dimensionality'])}. Evaluated on {v['rows']} "
+                f"mean D_i {fmt('x', v['mean_dimensionality'])}, interference (mean max |cos| "
+                f"between them) {fmt('x', v.get('interference'))}. Evaluated on {v['rows']} "
                 + ("held-out rows" if r.instance.split == "heldout" else "training rows (no held-out split)")
                 + f" drawn from {v['candidate_rows']}"
                 + (f"; stage 2 fitted on {', '.join(map(str, fit_rows))} training rows."

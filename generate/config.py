@@ -57,6 +57,10 @@ class GenerateConfig(JSONConfig, WorldFields):
     """A true direction counts as represented when its norm exceeds this."""
     noise_std: float = 0.0
     """Gaussian noise added to synthetic activations (synthetic source only)."""
+    orthogonalize_steps: int = 0
+    """Synthetic source: steps of descent on the off-diagonal |cos| of the random unit
+    directions (data.worlds.spread_directions), lowering their mean max |cos| (the report's
+    interference); 0: plain random unit vectors."""
     world: str = ""
     """The named preset the fields started from (data/worlds.py PRESETS); a label only."""
     seed: int = 0
@@ -92,6 +96,10 @@ class GenerateConfig(JSONConfig, WorldFields):
             ("represented_threshold", self.represented_threshold >= 0,
              f"must be >= 0, got {self.represented_threshold}"),
             ("noise_std", self.noise_std >= 0, f"must be >= 0, got {self.noise_std}"),
+            ("orthogonalize_steps", self.orthogonalize_steps >= 0,
+             f"must be >= 0, got {self.orthogonalize_steps}"),
+            ("orthogonalize_steps", self.source == "synthetic" or not self.orthogonalize_steps,
+             "spreads the synthetic dictionary, so it needs --source synthetic"),
         ]
         for field, ok, message in checks:
             if not ok:

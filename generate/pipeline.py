@@ -21,7 +21,7 @@ from data.manifest import file_entry, write_manifest
 from data.safetensors_io import safetensors_bytes
 from data.shards import ShardWriter
 from data.staging import stage_transaction
-from data.worlds import WorldDistribution
+from data.worlds import WorldDistribution, spread_directions
 from generate.config import GenerateConfig
 from generate.train import train_toy_models
 from models.ground_truth import feature_dimensionality, hidden_responses
@@ -47,9 +47,9 @@ class SyntheticGenerator:
     """
 
     def __init__(self, n_instances: int, n_features: int, d: int, noise_std: float,
-                 generator: torch.Generator, device):
+                 generator: torch.Generator, device, orthogonalize_steps: int = 0):
         atoms = torch.randn((n_instances, n_features, d), generator=generator, device=device)
-        self.atoms = atoms / atoms.norm(dim=-1, keepdim=True)  # [inst, n, d]
+        self.atoms = spread_directions(atoms, orthogonalize_steps)  # [inst, n, d], unit rows
         self.noise_std = noise_std
 
     def hidden(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -70,11 +70,28 @@ def ground_truth_tensors(directions: torch.Tensor, feature_index: torch.Tensor, 
         files.GT_FEATURE_INDEX: feature_index.long(),
         files.GT_SIGN: sign.to(torch.int8),
         files.GT_REPRESENTED: norms > threshold,
-        files.GT_DIMENSIONALITY: feature_dimensionality(directions).float(),
+        files.GT_DIMENSIONALITY: _dimensionality(directions).float(),
         files.GT_NORMS: norms.float(),
         files.GT_IMPORTANCE: importance.float(),
         files.GT_PROBABILITY: probability.float(),
     }
+
+
+DENSE_DIMENSIONALITY = 4096  # above this many directions, D_i goes through the [d, d] Gram
+
+
+def _dimensionality(directions: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """models.ground_truth.feature_dimensionality of directions [n_gt, d]; for more than
+    DENSE_DIMENSIONALITY directions the same D_i = ||W_i||^2 / (W^_i S W^_i), S = sum_j W_j W_jᵀ
+    [d, d], so that no [n_gt, n_gt] matrix is formed (SynthSAEBench-16k: 16,384 directions)."""
+    if len(directions) <= DENSE_DIMENSIONALITY:
+        return feature_dimensionality(directions, eps)
+    w = directions.double()
+    norms_sq = (w ** 2).sum(-1)
+    unit = w / norms_sq.clamp_min(eps).sqrt()[:, None]
+    overlap = ((unit @ (w.T @ w)) * unit).sum(-1)  # sum_j (W^_i . W_j)^2
+    dim = norms_sq / overlap.clamp_min(eps)
+    return torch.where(norms_sq > eps, dim, torch.zeros_like(dim)).float()
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -124,7 +141,7 @@ def _build(config: GenerateConfig, stage: Path, progress: Callable) -> None:
         directions, feature_index, sign = hidden_responses(model, dist.signed)
     else:
         model = SyntheticGenerator(n_inst, config.n_features, config.d_hidden, config.noise_std,
-                                   gen, device)
+                                   gen, device, config.orthogonalize_steps)
         hidden = model.hidden
         world = config.world_spec
         dist = (distribution(config) if world.first_world_field is None  # the plain case

@@ -217,3 +217,35 @@ def test_options_override_the_config_file_and_world_sits_between(tmp_path, monke
                                        "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert seen[1].correlation_rank is None and seen[1].hierarchy_exclusive is False
+
+
+def test_orthogonalize_steps_spreads_the_seeds_directions_and_h_follows(tmp_path):
+    from data.worlds import spread_directions
+    from evaluate.metrics import interference
+
+    args = ["--source", "synthetic", "--n-features", "48", "--d-hidden", "16", "--mean-active", "2",
+            "--rows", "500", "--heldout-rows", "0", "--device", "cpu"]
+    atoms = {}
+    for steps in (0, 40):
+        out = tmp_path / str(steps)
+        result = CliRunner().invoke(main, args + ["--orthogonalize-steps", str(steps), "--run-dir", str(out)])
+        assert result.exit_code == 0, result.output
+        inst = files.instance_dir(out, files.list_instances(out)[0])
+        atoms[steps] = load_file(str(inst / files.GROUND_TRUTH_FILE))[files.GT_DIRECTIONS]
+        h, x = read_all(inst, with_x=True)
+        assert np.allclose(h, x @ atoms[steps].numpy(), atol=1e-5)
+    assert torch.allclose(atoms[40].norm(dim=1), torch.ones(48), atol=1e-5)
+    assert torch.allclose(atoms[40], spread_directions(atoms[0][None], 40)[0], atol=1e-5)
+    plain, spread = interference(atoms[0].numpy()), interference(atoms[40].numpy())
+    assert spread < plain - 0.1, (plain, spread)
+
+
+def test_dimensionality_through_the_d_by_d_gram_equals_the_dense_one(monkeypatch):
+    from generate import pipeline
+    from models.ground_truth import feature_dimensionality
+
+    w = torch.randn((300, 20), generator=torch.Generator().manual_seed(0))
+    w[5] = 0.0  # a zero direction gets 0 either way
+    monkeypatch.setattr(pipeline, "DENSE_DIMENSIONALITY", 100)
+    assert torch.allclose(pipeline._dimensionality(w), feature_dimensionality(w), rtol=1e-4)
+    assert pipeline._dimensionality(w)[5] == 0.0

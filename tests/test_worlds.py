@@ -3,6 +3,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,7 +20,8 @@ from data.firing import (
     random_correlation,
 )
 from data.rows import read_all
-from data.worlds import PRESETS, World, WorldDistribution, preset
+from data.worlds import PRESETS, World, WorldDistribution, preset, spread_directions
+from evaluate.metrics import interference
 from generate.cli import main
 from generate.config import GenerateConfig
 
@@ -178,8 +180,9 @@ def test_folded_normal_magnitudes_follow_the_per_feature_mean():
 
 
 # ---- presets through the command -------------------------------------------------------------
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "synthsaebench-small"
-                                  else n for n in PRESETS])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
+                                  if n in ("synthsaebench-small", "interference")
+                                  else n for n in PRESETS if n != "synthsaebench-16k"])
 def test_preset_generates_through_the_cli_with_its_schedule_as_ground_truth(tmp_path, name):
     result = CliRunner().invoke(main, ["--world", name, "--rows", "2000", "--rows-per-shard", "1000",
                                        "--device", "cpu", "--run-dir", str(tmp_path)])
@@ -191,7 +194,7 @@ def test_preset_generates_through_the_cli_with_its_schedule_as_ground_truth(tmp_
     n = cfg["n_features"]
     assert gt[files.GT_DIRECTIONS].shape == (n, cfg["d_hidden"])
     stated = probability_schedule(cfg["probability_schedule"], n, cfg["feature_probability"][0],
-                                  cfg["p_min"], cfg.get("zipf_exponent", 1.0))
+                                  cfg.get("p_min", 1e-3), cfg.get("zipf_exponent", 1.0))
     probability = gt[files.GT_PROBABILITY]
     roots = cfg.get("hierarchy_roots", 0)
     free = Hierarchy(roots, 4, 3, True).parent(n) < 0 if roots else torch.ones(n, dtype=torch.bool)
@@ -207,13 +210,95 @@ def test_preset_generates_through_the_cli_with_its_schedule_as_ground_truth(tmp_
     assert (x != 0).sum(1).mean() == pytest.approx(probability.sum().item(), rel=0.1)
 
 
+# ---- the ladder: simple, interference, synthsaebench-16k -----------------------------------
+_SYNTHSAEBENCH = dict(feature_probability=(0.4,), probability_schedule="zipf", p_min=5e-4,
+                      zipf_exponent=0.5, correlation_rank=25, correlation_scale=0.1,
+                      hierarchy_branching=4, hierarchy_depth=3, hierarchy_exclusive=True,
+                      value="folded_normal", magnitude_mean=(5.0, 4.0), magnitude_std=0.5,
+                      magnitude_std_spread=0.5)
+
+
+@pytest.mark.parametrize("name, fields", [
+    ("simple", dict(n_features=1024, d_hidden=256, feature_probability=(0.01,),
+                    probability_schedule="constant", value="folded_normal", magnitude_mean=(1.0,),
+                    magnitude_std=0.0, magnitude_std_spread=0.0, orthogonalize_steps=50,
+                    hierarchy_roots=0, correlation_rank=None)),
+    ("interference", dict(n_features=2048, d_hidden=160, hierarchy_roots=16,
+                          orthogonalize_steps=50, **_SYNTHSAEBENCH)),
+    ("synthsaebench-16k", dict(n_features=16384, d_hidden=768, hierarchy_roots=128,
+                               orthogonalize_steps=0, **_SYNTHSAEBENCH)),
+])
+def test_ladder_presets_resolve_to_their_documented_fields(name, fields):
+    config = GenerateConfig(**preset(name))
+    assert config.source == "synthetic" and config.world == name
+    for field, value in fields.items():
+        assert getattr(config, field) == value, field
+    if config.hierarchy_roots:  # SynthSAEBench's share of features in trees: 2/3
+        assert config.world_spec.hierarchy.n_tree / config.n_features == pytest.approx(0.664, abs=0.01)
+
+
+def test_simple_preset_draws_unit_magnitudes_with_p_0_01():
+    config = GenerateConfig(**preset("simple"))
+    world = WorldDistribution(config.world_spec, config.n_features, config.feature_probability, _gen())
+    x = world.sample(4000, _gen(1))[:, 0]
+    assert set(x.unique().tolist()) == {0.0, 1.0}
+    assert (x != 0).float().mean().item() == pytest.approx(0.01, rel=0.05)
+
+
+def test_spreading_lowers_the_interference_of_the_simple_world():
+    atoms = torch.randn((1, 1024, 256), generator=_gen())
+    plain = interference(spread_directions(atoms, 0)[0].numpy())
+    spread = spread_directions(atoms, PRESETS["simple"]["orthogonalize_steps"])
+    assert torch.allclose(spread.norm(dim=-1), torch.ones(1, 1024), atol=1e-5)
+    assert plain == pytest.approx(0.212, abs=0.01)  # random: about sqrt(2 ln n / d) territory
+    assert interference(spread[0].numpy()) < 0.10  # measured 0.096
+    assert torch.equal(spread, spread_directions(atoms, 50))  # deterministic
+    square = spread_directions(torch.randn((64, 64), generator=_gen()), 200)  # n = d
+    assert interference(square.numpy()) < 0.05  # towards an orthonormal basis
+
+
+def test_interference_preset_has_the_benchmarks_interference():
+    cfg = PRESETS["interference"]
+    atoms = torch.randn((1, cfg["n_features"], cfg["d_hidden"]), generator=_gen())
+    spread = spread_directions(atoms, cfg["orthogonalize_steps"])[0].numpy()
+    assert interference(spread) == pytest.approx(0.15, abs=0.01)  # measured 0.153
+
+
+def test_interference_on_hand_built_directions():
+    assert interference(np.eye(5)) == 0.0
+    at_60 = np.array([[1.0, 0.0], [0.5, np.sqrt(3) / 2]])
+    assert interference(at_60) == pytest.approx(0.5)
+    assert interference(np.array([[2.0, 0.0], [-1.0, 0.0], [0.0, 3.0]])) == pytest.approx(2 / 3)
+    assert interference(np.vstack([np.eye(3), at_60 @ np.eye(2, 3)]), chunk_entries=5) == pytest.approx(
+        interference(np.vstack([np.eye(3), at_60 @ np.eye(2, 3)])))  # blocks change nothing
+    assert math.isnan(interference(np.eye(1))) and math.isnan(interference(np.zeros((0, 3))))
+
+
+def test_synthsaebench_16k_draws_rows_with_a_low_rank_copula_only(monkeypatch):
+    def dense(self):
+        raise AssertionError("formed the dense [n, n] copula matrix")
+
+    monkeypatch.setattr(Correlation, "matrix", dense)
+    config = GenerateConfig(**preset("synthsaebench-16k"))
+    world = WorldDistribution(config.world_spec, config.n_features, config.feature_probability, _gen())
+    n_free = 16384 - (10880 - 128)
+    assert world.correlation.factor.shape == (n_free, 25) and world.correlation.diag.shape == (n_free,)
+    x = world.sample(2048, _gen(1))  # [rows, 1, n]
+    assert x.shape == (2048, 1, 16384) and bool((x >= 0).all())
+    assert (x != 0).sum(-1).float().mean().item() == pytest.approx(
+        world.probability().sum().item(), rel=0.05)
+
+
 # ---- errors ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("args, message", [
     (["--source", "synthetic", "--feature-probability", "1.5"], "--feature-probability.*(0, 1]"),
     (["--world", "synthsaebench-small", "--p-min", "0.5"], "--p-min.*p_min=0.5 > p_max=0.4"),
     (["--world", "synthsaebench-small", "--p-min", "0"], "--p-min.*must lie in (0, 1], got 0.0"),
     (["--world", "sharkey", "--correlation-rank", "0"], "--correlation-rank.*must be >= 1"),
-    (["--world", "giant"], "--world.*'giant' is not one of 'sharkey', 'synthsaebench-small'"),
+    (["--world", "giant"], "--world.*'giant' is not one of 'sharkey', 'synthsaebench-small', "
+                           "'simple', 'interference', 'synthsaebench-16k'"),
+    (["--orthogonalize-steps", "5"], "--orthogonalize-steps.*needs --source synthetic"),
+    (["--source", "synthetic", "--orthogonalize-steps", "-1"], "--orthogonalize-steps.*must be >= 0"),
     (["--hierarchy-roots", "2"], "--hierarchy-roots.*need --source synthetic"),
     (["--source", "synthetic", "--n-features", "20", "--hierarchy-roots", "1"],
      "--hierarchy-roots.*need 85 features, but n_features is 20"),
@@ -239,3 +324,20 @@ def test_bad_world_values_name_the_field():
         random_correlation(10, 0, 0.1, _gen())
     with pytest.raises(ConfigError, match=r"correlation_rank: must be <= the 10 features"):
         GenerateConfig(source="synthetic", n_features=10, correlation_rank=11)
+
+
+def test_toy_model_view_and_report_give_each_instances_interference(tmp_path):
+    from evaluate.config import EvaluateConfig
+    from evaluate.inputs import read_instance
+    from evaluate.pipeline import Evaluation, InstanceResult, toy_model_view
+    from evaluate.report import render_report
+
+    result = CliRunner().invoke(main, ["--world", "simple", "--rows", "600", "--heldout-rows", "300",
+                                       "--device", "cpu", "--run-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (instance_id,) = files.list_instances(tmp_path)
+    inst = read_instance(tmp_path, instance_id, 1000, False, 0)
+    view = toy_model_view(inst)
+    assert view["interference"] == pytest.approx(interference(inst.G)) == pytest.approx(0.096, abs=0.01)
+    report = render_report(Evaluation(tmp_path, EvaluateConfig(), [InstanceResult(inst, view)], [], []), {})
+    assert f"interference (mean max |cos| between them) {view['interference']:.3f}" in report
