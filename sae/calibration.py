@@ -39,15 +39,16 @@ _MIN_BRACKET_RATIO = 1.01   # stop when the bracket is narrower (L0 jumps across
 class CalibrationResult:
     """What `calibrate_l1_coefficient` found.
 
-    l1_coefficient: the probe's lambda whose L0 was within tolerance, else the probe's closest
-        to the target in |log(L0 / target)|.
+    coefficient: the probe's lambda whose L0 was within tolerance, else the probe's closest
+        to the target in |log(L0 / target)|; `coefficient_name` says which parameter it is
+        (l1_coefficient for the L1 SAE, l0_coefficient for JumpReLU), `method` of which SAE.
     achieved_l0: that probe's mean L0 (on the fit rows, or on the held-aside rows when
         subsampling).
     history: (lambda, L0) of every probe, in the order run.
     estimator: that probe's fitted L1SAE (the full fit itself unless subsampled/shortened).
     """
 
-    l1_coefficient: float
+    coefficient: float
     achieved_l0: float
     target_l0: float
     tolerance: float
@@ -58,11 +59,18 @@ class CalibrationResult:
     probe_steps: int
     is_full_fit: bool
     seconds: float
+    method: str = "l1"
+    coefficient_name: str = "l1_coefficient"
     estimator: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def n_fits(self) -> int:
         return len(self.history)
+
+    @property
+    def l1_coefficient(self) -> float:
+        """The calibrated coefficient, under the name the L1 SAE gives it."""
+        return self.coefficient
 
     def to_dict(self) -> dict:
         """JSON-ready, without the estimator."""
@@ -70,6 +78,7 @@ class CalibrationResult:
                if f.name != "estimator"}
         out["history"] = [[lam, l0] for lam, l0 in self.history]
         out["n_fits"] = self.n_fits
+        out[self.coefficient_name] = self.coefficient  # e.g. "l1_coefficient": 0.3
         return out
 
 
@@ -139,8 +148,13 @@ def calibrate_l1_coefficient(
         max_fits: int = DEFAULT_MAX_FITS, subsample_rows: int | None = None,
         eval_rows: int = DEFAULT_EVAL_ROWS, probe_steps: int | None = None,
         initial_l1_coefficient: float | None = None,
-        progress: Callable[[int, int, dict], None] | None = None) -> CalibrationResult:
+        progress: Callable[[int, int, dict], None] | None = None,
+        method: str = "l1") -> CalibrationResult:
     """Search lambda (in log) until a probe's mean L0 is within target_l0 * (1 +- tolerance).
+
+    method: the SAE whose penalty coefficient is searched, the one its class names in
+        `calibrated_coefficient` (l1: l1_coefficient; jumprelu: l0_coefficient); its warm-up
+        (l1_warmup_steps, l0_warmup_steps) is scaled with shortened probes.
 
     H: [rows, d] array or tensor, the rows of the full fit.
     params: the L1 parameters of the full fit (n_components, random_state, device, lr, ...;
@@ -182,11 +196,19 @@ def calibrate_l1_coefficient(
         raise ValueError(f"eval_rows={eval_rows!r}: expected an integer >= 1")
     if probe_steps is not None and probe_steps < 1:
         raise ValueError(f"probe_steps={probe_steps!r}: expected an integer >= 1 or None")
+    from sae.methods import METHODS
+
+    cls = METHODS[method][0] if method in METHODS else None
+    name = getattr(cls, "calibrated_coefficient", None)
+    if name is None:
+        raise ValueError(f"method {method!r} has no penalty coefficient to calibrate")
+    warmup = name.replace("_coefficient", "_warmup_steps")
+    field_defaults = {f.name: f.default for f in dataclasses.fields(cls.config_class)}
     defaults = L1SAEConfig(n_components=1)
     lam = float(initial_l1_coefficient if initial_l1_coefficient is not None
-                else params.get("l1_coefficient", defaults.l1_coefficient))
+                else params.get(name, field_defaults[name]))
     if not (math.isfinite(lam) and lam > 0):
-        raise ValueError(f"initial l1_coefficient={lam!r}: expected a number > 0")
+        raise ValueError(f"initial {name}={lam!r}: expected a number > 0")
 
     H = as_tensor_2d(H, device=resolve_device(params.get("device", defaults.device)))
     if subsample_rows is None:
@@ -199,9 +221,8 @@ def calibrate_l1_coefficient(
     if probe_steps is not None or subsample_rows is not None:
         steps = probe_steps if probe_steps is not None else full_steps
         probe_params["n_steps"] = steps
-        if params.get("l1_warmup_steps"):
-            probe_params["l1_warmup_steps"] = max(
-                1, round(params["l1_warmup_steps"] * steps / full_steps))
+        if params.get(warmup):
+            probe_params[warmup] = max(1, round(params[warmup] * steps / full_steps))
     is_full_fit = fit_H is H and probe_params == params
 
     low, high = target_l0 * (1 - tolerance), target_l0 * (1 + tolerance)
@@ -216,13 +237,13 @@ def calibrate_l1_coefficient(
     same_side: list[tuple[float, float]] = []  # probes while not bracketed
     last_side: str | None = None               # the side of the last interpolated probe
     while len(history) < max_fits:
-        est = build("l1", {**probe_params, "l1_coefficient": lam}).fit(fit_H)
+        est = build(method, {**probe_params, name: lam}).fit(fit_H)
         l0 = mean_l0(est, eval_H)
         history.append((lam, l0))
         if best is None or miss(l0) < best[0]:
             best = (miss(l0), lam, l0, est)
         if progress is not None:
-            progress(len(history), max_fits, {"l1_coefficient": lam, "l0": l0})
+            progress(len(history), max_fits, {name: lam, "coefficient": lam, "l0": l0})
         if low <= l0 <= high:
             break
         was_bracketed = dense is not None and sparse is not None
@@ -246,7 +267,8 @@ def calibrate_l1_coefficient(
             lam = lam * factor if l0 > high else lam / factor
     _, best_lam, best_l0, best_est = best
     return CalibrationResult(
-        l1_coefficient=best_lam, achieved_l0=best_l0, target_l0=float(target_l0),
+        coefficient=best_lam, achieved_l0=best_l0, target_l0=float(target_l0),
         tolerance=tolerance, within_tolerance=low <= best_l0 <= high, history=history,
         fit_rows=int(fit_H.shape[0]), eval_rows=int(eval_H.shape[0]), probe_steps=int(steps),
-        is_full_fit=is_full_fit, seconds=time.perf_counter() - started, estimator=best_est)
+        is_full_fit=is_full_fit, seconds=time.perf_counter() - started, method=method,
+        coefficient_name=name, estimator=best_est)

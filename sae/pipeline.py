@@ -30,7 +30,7 @@ from data.shards import read_shard
 from data.staging import stage_transaction
 from sae.calibration import calibrate_l1_coefficient, mean_l0
 from sae.config import ConfigError, SAEStageConfig
-from sae.methods import SAE_METHODS, build
+from sae.methods import METHODS, SAE_METHODS, build
 
 
 def instance_facts(gt: dict[str, np.ndarray]) -> dict:
@@ -170,11 +170,13 @@ CALIBRATION_TOLERANCE = 0.05
 
 
 def calibrates(method: str, config: SAEStageConfig) -> bool:
-    """Whether the L1 SAE's coefficient is calibrated to a target L0: always with an explicit
-    --target-l0; by default unless the coefficient was fixed by the user."""
-    if method != "l1":
+    """Whether a penalty SAE's coefficient (the L1 SAE's l1_coefficient, JumpReLU's
+    l0_coefficient: its class's `calibrated_coefficient`) is calibrated to the target L0:
+    always with an explicit --target-l0; by default unless the user fixed the coefficient."""
+    name = getattr(METHODS[method][0], "calibrated_coefficient", None)
+    if name is None:
         return False
-    fixed = "l1_coefficient" in config.params.get("l1", {}) or "l1_coefficient" in config.params.get("*", {})
+    fixed = name in config.params.get(method, {}) or name in config.params.get("*", {})
     return config.target_l0 is not None or not fixed
 
 
@@ -196,9 +198,9 @@ def _fit_one(plan: InstancePlan, method: str, est, config: SAEStageConfig, devic
 
 
 def _calibrated(plan: InstancePlan, est, config: SAEStageConfig, device, progress):
-    """The L1 SAE at the coefficient whose L0 meets the target (the stage's k by default),
-    found by a search over fits (sae/calibration.py). With the rows in memory the chosen
-    probe is the full fit and is returned fitted. When the rows are only streamed,
+    """The penalty SAE (l1, jumprelu) at the coefficient whose L0 meets the target (the
+    stage's k by default), found by a search over fits (sae/calibration.py). With the rows
+    in memory the chosen probe is the full fit and is returned fitted. When the rows are only streamed,
     the search fits the first CALIBRATION_ROWS rows, and an unfitted SAE at the chosen
     coefficient is returned; its calibration record says so (is_full_fit false)."""
     target = config.target_l0 if config.target_l0 is not None else plan.k
@@ -210,8 +212,8 @@ def _calibrated(plan: InstancePlan, est, config: SAEStageConfig, device, progres
         H = torch.from_numpy(take_rows(inst, plan.manifest, CALIBRATION_ROWS,
                                        config.drop_zero_rows, config.on_nonfinite)[0])
         params.pop("n_steps", None)  # the stream's steps; these probes fit H in memory
-    with progress(f"{plan.instance_id} l1 calibrating to L0 {target:g}", 10) as bar:
-        result = calibrate_l1_coefficient(H.to(device), params, target,
+    with progress(f"{plan.instance_id} {est.method} calibrating to L0 {target:g}", 10) as bar:
+        result = calibrate_l1_coefficient(H.to(device), params, target, method=est.method,
                                           tolerance=CALIBRATION_TOLERANCE,
                                           progress=lambda done, total, info: bar.update(
                                               1, f"L0 {info['l0']:.3g}"))
@@ -219,7 +221,7 @@ def _calibrated(plan: InstancePlan, est, config: SAEStageConfig, device, progres
     if plan.H is not None:
         result.estimator.calibration_ = record
         return result.estimator
-    fresh = build("l1", {**est.get_params(), "l1_coefficient": result.l1_coefficient})
+    fresh = build(est.method, {**est.get_params(), result.coefficient_name: result.coefficient})
     fresh.calibration_ = {**record, "is_full_fit": False, "rows": H.to(device),
                           "note": f"calibrated on the first {len(H)} training rows; the "
                                   f"saved SAE streams all {plan.n_rows}"}
@@ -259,7 +261,7 @@ def run_sae(config: SAEStageConfig, run_dir: str | Path,
                      f"L0 {_fmt(last.get('l0'))}")
                 if hasattr(est, "calibration_"):
                     c = est.calibration_
-                    echo(f"    l1_coefficient {c['l1_coefficient']:.3g} from {c['n_fits']} fits: "
+                    echo(f"    {c['coefficient_name']} {c['coefficient']:.3g} from {c['n_fits']} fits: "
                          f"L0 {c['achieved_l0']:.3g}, target {c['target_l0']:g}"
                          + ("" if c["within_tolerance"] else
                             f" (NOT within {c['tolerance']:.0%}: off target)"))

@@ -945,3 +945,22 @@ def test_nonfinite_rows_past_the_rows_fitted_are_neither_read_nor_counted(tmp_pa
     assert len(H) == 50 and dropped == {}
     H, dropped = take_rows(tmp_path, manifest, 80, on_nonfinite="drop")
     assert len(H) == 80 and dropped == {"activations/shard-00000.safetensors": 1}
+
+
+@pytest.mark.slow
+def test_the_jumprelu_l0_coefficient_is_calibrated_like_the_l1_one(tmp_path):
+    from generate.cli import main as generate_main
+    run = tmp_path / "run"
+    result = CliRunner().invoke(generate_main, [
+        "--run-dir", str(run), "--n-features", "8", "--d-hidden", "4", "--feature-probability",
+        "0.05", "--steps", "300", "--rows", "12000", "--heldout-rows", "4000", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    result = _sae(run, "--methods", "jumprelu", "--device", "cpu", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    (instance,) = files.list_instances(run)
+    saved = json.loads((files.sae_dir(run, instance, "jumprelu") / files.CONFIG_FILE).read_text())
+    calibration = saved["calibration"]
+    assert calibration["method"] == "jumprelu" and calibration["coefficient_name"] == "l0_coefficient"
+    assert calibration["within_tolerance"] and abs(calibration["achieved_l0"] - 1) <= 0.05
+    assert saved["config"]["l0_coefficient"] == calibration["l0_coefficient"] == calibration["coefficient"]
+    assert "l0_coefficient" in result.output and "target 1" in result.output
