@@ -622,14 +622,20 @@ def _metric(run, method, metric, instance=None):
             and "feature" not in r and (instance is None or r["instance"] == instance)]
 
 
-@pytest.mark.slow
-def test_the_l1_coefficient_is_calibrated_to_the_stage_k_by_default(tmp_path):
+def _one_sparse_instance(tmp_path) -> Path:
+    """A toy run of one instance where the stage's k is 1: 8 features in d = 4 at p = 0.05."""
     from generate.cli import main as generate_main
     run = tmp_path / "run"
     result = CliRunner().invoke(generate_main, [
         "--run-dir", str(run), "--n-features", "8", "--d-hidden", "4", "--feature-probability",
         "0.05", "--steps", "300", "--rows", "12000", "--heldout-rows", "4000", "--device", "cpu"])
     assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.mark.slow
+def test_the_l1_coefficient_is_calibrated_to_the_stage_k_by_default(tmp_path):
+    run = _one_sparse_instance(tmp_path)
     result = _sae(run, "--methods", "l1,topk", "--device", "cpu", "--threads", "1")
     assert result.exit_code == 0, result.output
     (instance,) = files.list_instances(run)
@@ -949,12 +955,7 @@ def test_nonfinite_rows_past_the_rows_fitted_are_neither_read_nor_counted(tmp_pa
 
 @pytest.mark.slow
 def test_the_jumprelu_l0_coefficient_is_calibrated_like_the_l1_one(tmp_path):
-    from generate.cli import main as generate_main
-    run = tmp_path / "run"
-    result = CliRunner().invoke(generate_main, [
-        "--run-dir", str(run), "--n-features", "8", "--d-hidden", "4", "--feature-probability",
-        "0.05", "--steps", "300", "--rows", "12000", "--heldout-rows", "4000", "--device", "cpu"])
-    assert result.exit_code == 0, result.output
+    run = _one_sparse_instance(tmp_path)
     result = _sae(run, "--methods", "jumprelu", "--device", "cpu", "--threads", "1")
     assert result.exit_code == 0, result.output
     (instance,) = files.list_instances(run)
