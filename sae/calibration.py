@@ -126,8 +126,10 @@ def _expansion(points: list[tuple[float, float]], target: float) -> float:
         if l0_a > 0 and l0_b > 0 and lam_a != lam_b:
             slope = (math.log(l0_b) - math.log(l0_a)) / (math.log(lam_b) - math.log(lam_a))
             if slope < 0:  # L0 falls with lambda, as it should
-                factor = math.exp(abs((math.log(target) - math.log(l0_b)) / slope))
-                return min(MAX_GROWTH, max(GROWTH, factor))
+                # clamped in log space: a near-flat slope would overflow math.exp
+                log_factor = min(abs((math.log(target) - math.log(l0_b)) / slope),
+                                 math.log(MAX_GROWTH))
+                return max(GROWTH, math.exp(log_factor))
     return GROWTH
 
 

@@ -79,3 +79,9 @@ def test_full_fit_steps_follow_the_estimator():
     assert full_fit_steps({"n_steps": 7}, 10_000) == 7
     assert full_fit_steps({"batch_size": 100, "n_epochs": 3}, 1001) == 33
     assert full_fit_steps({}, 1280) == 100  # L1SAE's defaults: batch 128, 10 epochs
+
+
+def test_a_near_flat_l0_curve_moves_lambda_by_the_largest_step_without_overflow():
+    from sae.calibration import MAX_GROWTH, _expansion
+    # L0 barely moves over a 2x step of lambda: the extrapolated factor is astronomically large
+    assert _expansion([(1.0, 8.0), (2.0, 7.999999)], target=1.0) == pytest.approx(MAX_GROWTH)
