@@ -165,15 +165,18 @@ def save_figure(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
+    methods = [r["method"] for r in results[0]["rows"] if r["method"] != ORACLE]
+    style = {m: (plt.cm.tab10(i % 10), "osD^v<>ph*"[i % 10]) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results) + 1.6, 3.8),
+                             squeeze=False)
     for ax, result in zip(axes[0], results):
         for r in result["rows"]:
             if r["method"] == ORACLE:
                 ax.axhline(r["f1"], color="grey", linestyle=":", label="oracle F1")
                 continue
-            ax.scatter(r["fit_seconds"], r["f1"], s=30)
-            ax.annotate(r["method"], (r["fit_seconds"], r["f1"]), fontsize=8,
-                        xytext=(3, 3), textcoords="offset points")
+            color, marker = style.get(r["method"], ("black", "o"))
+            ax.scatter(r["fit_seconds"], r["f1"], s=40, color=color, marker=marker,
+                       label=r["method"])
         ax.set_xscale("log")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("fit time, s (log)")
@@ -181,8 +184,9 @@ def save_figure(results: list[dict], path: Path) -> None:
         ax.set_title(f"{result['world']}: {result['n_features']} in d={result['d']}, L0 {result['k']}",
                      fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    fig.subplots_adjust(right=1 - 1.5 / fig.get_figwidth(), bottom=0.16, top=0.9)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
