@@ -44,6 +44,7 @@ def test_calibration_lands_within_ten_percent_of_the_target(planted, initial):
     assert l0s[0] > 1.5 > l0s[-1]
 
 
+@pytest.mark.slow
 def test_calibration_is_deterministic_for_a_fixed_random_state(planted):
     runs = [calibrate_l1_coefficient(planted, params(), 1.5, subsample_rows=1200,
                                      eval_rows=400) for _ in range(2)]

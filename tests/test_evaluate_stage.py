@@ -103,6 +103,7 @@ def test_a_run_without_stage_2_is_refused_naming_the_path(tiny_run):
     assert re.search(r"sae: not found.*run `sae --run-dir", result.output.replace("\n", " "))
 
 
+@pytest.mark.slow
 def test_wrong_d_and_no_represented_feature_become_notes(fitted_run, tmp_path, monkeypatch):
     from evaluate.inputs import Instance
 

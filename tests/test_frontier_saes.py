@@ -124,6 +124,7 @@ RECOVERY = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(RECOVERY))
 def test_planted_recovery(method):
     problem, params = RECOVERY[method]

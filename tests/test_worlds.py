@@ -181,7 +181,7 @@ def test_folded_normal_magnitudes_follow_the_per_feature_mean():
 
 # ---- presets through the command -------------------------------------------------------------
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
-                                  if n in ("synthsaebench-small", "interference")
+                                  if n in ("synthsaebench-small", "interference", "simple")
                                   else n for n in PRESETS if n != "synthsaebench-16k"])
 def test_preset_generates_through_the_cli_with_its_schedule_as_ground_truth(tmp_path, name):
     result = CliRunner().invoke(main, ["--world", name, "--rows", "2000", "--rows-per-shard", "1000",
@@ -245,6 +245,7 @@ def test_simple_preset_draws_unit_magnitudes_with_p_0_01():
     assert (x != 0).float().mean().item() == pytest.approx(0.01, rel=0.05)
 
 
+@pytest.mark.slow
 def test_spreading_lowers_the_interference_of_the_simple_world():
     atoms = torch.randn((1, 1024, 256), generator=_gen())
     plain = interference(spread_directions(atoms, 0)[0].numpy())
@@ -257,6 +258,7 @@ def test_spreading_lowers_the_interference_of_the_simple_world():
     assert interference(square.numpy()) < 0.05  # towards an orthonormal basis
 
 
+@pytest.mark.slow
 def test_interference_preset_has_the_benchmarks_interference():
     cfg = PRESETS["interference"]
     atoms = torch.randn((1, cfg["n_features"], cfg["d_hidden"]), generator=_gen())
@@ -274,6 +276,7 @@ def test_interference_on_hand_built_directions():
     assert math.isnan(interference(np.eye(1))) and math.isnan(interference(np.zeros((0, 3))))
 
 
+@pytest.mark.slow
 def test_synthsaebench_16k_draws_rows_with_a_low_rank_copula_only(monkeypatch):
     def dense(self):
         raise AssertionError("formed the dense [n, n] copula matrix")
@@ -326,6 +329,7 @@ def test_bad_world_values_name_the_field():
         GenerateConfig(source="synthetic", n_features=10, correlation_rank=11)
 
 
+@pytest.mark.slow
 def test_toy_model_view_and_report_give_each_instances_interference(tmp_path):
     from evaluate.config import EvaluateConfig
     from evaluate.inputs import read_instance
