@@ -242,10 +242,15 @@ def config_sha256(config: dict) -> str:
 
 def read_stage_config(path: str | os.PathLike, stage: str) -> dict:
     """A stage's config.json with `config_sha256` (of its resolved config) added; a
-    ValueError names the file when it is not JSON or holds no "config" object."""
-    saved = read_json(path)
+    StageInputError names the file when it is not JSON or holds no "config" object."""
+    from data.errors import StageInputError
+
+    try:
+        saved = read_json(path)
+    except ValueError as err:
+        raise StageInputError(str(err)) from None
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise ValueError(f"{path}: holds no 'config' object; rerun `{stage}`")
+        raise StageInputError(f"{path}: holds no 'config' object; rerun `{stage}`")
     return {**saved, "config_sha256": config_sha256(saved["config"])}
 
 

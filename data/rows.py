@@ -75,6 +75,22 @@ def usable_rows(path: Path, h: np.ndarray, drop_zero_rows: bool, on_nonfinite: s
     return keep, dropped
 
 
+def shard_masks(instance_dir: str | os.PathLike, manifest: dict, split: str, drop_zero_rows: bool,
+                on_nonfinite: str) -> tuple[list[tuple[dict, np.ndarray]], dict[str, int]]:
+    """Every shard of a split with the mask of its usable rows ([(manifest entry, mask [rows]
+    bool)], in order), and {shard file: non-finite rows dropped} for the shards that had any;
+    one shard in memory at a time."""
+    masks, dropped = [], {}
+    for entry in shard_entries(manifest, split):
+        path = Path(instance_dir) / entry["file"]
+        mask, bad = usable_rows(path, read_shard(path, d=manifest["d"])[files.H], drop_zero_rows,
+                                on_nonfinite)
+        masks.append((entry, mask))
+        if bad:
+            dropped[entry["file"]] = bad
+    return masks, dropped
+
+
 def take_rows(instance_dir: str | os.PathLike, manifest: dict, max_rows: int | None,
               drop_zero_rows: bool = True, on_nonfinite: str = "error",
               split: str = "train") -> tuple[np.ndarray, dict[str, int]]:

@@ -18,10 +18,9 @@ from data.manifest import (
     lists_checksums,
     manifest_checksums,
     read_manifest,
-    shard_entries,
     verify_instance,
 )
-from data.rows import usable_rows
+from data.rows import shard_masks
 from data.shards import read_shard
 
 
@@ -72,12 +71,12 @@ def check_run(run_dir: Path) -> str:
     if not root.is_dir():
         raise StageInputError(f"{root}: not found; this run has no stage-2 dictionaries: "
                               f"run `sae --run-dir {run_dir}` first")
-    generate_sha = _read_config(gen_config, "generate")["config_sha256"]
+    generate_sha = files.read_stage_config(gen_config, "generate")["config_sha256"]
     sae_config = root / files.CONFIG_FILE
     if not sae_config.is_file():
         raise StageInputError(f"{sae_config}: not found; {root} is not a complete stage: "
                               f"run `sae --run-dir {run_dir}` again")
-    saved = _read_config(sae_config, "sae")
+    saved = files.read_stage_config(sae_config, "sae")
     fitted_on = saved.get("generate_config_sha256")
     if fitted_on != generate_sha:
         raise StageInputError(
@@ -99,16 +98,9 @@ def check_run(run_dir: Path) -> str:
     return generate_sha
 
 
-def _read_config(path: Path, stage: str) -> dict:
-    try:
-        return files.read_stage_config(path, stage)
-    except ValueError as err:
-        raise StageInputError(str(err)) from None
-
-
 def sae_stage_config(run_dir: Path) -> dict:
     """sae/config.json (after check_run accepted it)."""
-    return _read_config(files.sae_root(run_dir) / files.CONFIG_FILE, "sae")
+    return files.read_stage_config(files.sae_root(run_dir) / files.CONFIG_FILE, "sae")
 
 
 def sample_rows(instance_path: Path, manifest: dict, max_rows: int, drop_zero_rows: bool,
@@ -119,18 +111,11 @@ def sample_rows(instance_path: Path, manifest: dict, max_rows: int, drop_zero_ro
     rows kept. Returns (H [rows, d], X [rows, n_features], candidate rows,
     {shard file: non-finite rows dropped})."""
     d, n = manifest["d"], manifest["n_features"]
-    entries = shard_entries(manifest, split)
-    keep, dropped = [], {}  # per shard: bool mask of the candidate rows
-    for entry in entries:
-        path = instance_path / entry["file"]
-        mask, bad = usable_rows(path, read_shard(path, d=d)[files.H], drop_zero_rows, on_nonfinite)
-        keep.append(mask)
-        if bad:
-            dropped[entry["file"]] = bad
-    total = int(sum(k.sum() for k in keep))
+    masks, dropped = shard_masks(instance_path, manifest, split, drop_zero_rows, on_nonfinite)
+    total = int(sum(mask.sum() for _, mask in masks))
     chosen = np.sort(rng.choice(total, size=min(max_rows, total), replace=False))
     Hs, Xs, start = [np.zeros((0, d), np.float32)], [np.zeros((0, n), np.float32)], 0
-    for entry, mask in zip(entries, keep):
+    for entry, mask in masks:
         local = np.flatnonzero(mask)
         pick = local[chosen[(chosen >= start) & (chosen < start + len(local))] - start]
         start += len(local)

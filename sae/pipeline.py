@@ -24,9 +24,8 @@ from data.environment import environment, resolve_device
 from data.errors import ShardError, StageInputError
 from data.instance_files import read_ground_truth
 from data.loader import RowFilter, stream_activations
-from data.manifest import lists_checksums, manifest_checksums, shard_entries, verify_files, verify_instance
-from data.rows import take_rows, usable_rows
-from data.shards import read_shard
+from data.manifest import lists_checksums, manifest_checksums, verify_files, verify_instance
+from data.rows import shard_masks, take_rows
 from data.staging import stage_transaction
 from sae.calibration import calibrate_l1_coefficient, mean_l0
 from sae.config import ConfigError, SAEStageConfig
@@ -94,15 +93,8 @@ class InstancePlan:
 def _count_rows(inst: Path, manifest: dict, config: SAEStageConfig) -> tuple[int, dict[str, int]]:
     """Usable rows of the training split and non-finite rows dropped per shard (a full pass,
     one shard at a time, which also refuses a non-finite row before anything is fitted)."""
-    total, dropped = 0, {}
-    for entry in shard_entries(manifest, "train"):
-        path = inst / entry["file"]
-        keep, bad = usable_rows(path, read_shard(path, d=manifest["d"])[files.H],
-                                config.drop_zero_rows, config.on_nonfinite)
-        total += int(keep.sum())
-        if bad:
-            dropped[entry["file"]] = bad
-    return total, dropped
+    masks, dropped = shard_masks(inst, manifest, "train", config.drop_zero_rows, config.on_nonfinite)
+    return int(sum(mask.sum() for _, mask in masks)), dropped
 
 
 def plan_instance(run_dir: Path, instance_id: str, config: SAEStageConfig,
@@ -283,10 +275,7 @@ def read_generate_config(run_dir: Path) -> dict:
     path = files.generate_dir(run_dir) / files.CONFIG_FILE
     if not path.is_file():
         raise StageInputError(f"{path}: not found; run `generate --run-dir {run_dir}` first")
-    try:
-        return files.read_stage_config(path, "generate")
-    except ValueError as err:
-        raise StageInputError(str(err)) from None
+    return files.read_stage_config(path, "generate")
 
 
 def _write_dictionary(out: Path, plan: InstancePlan, method: str, est, seconds: float,
