@@ -59,6 +59,8 @@ MODEL_B_FINAL = "b_final"             # [n] the output bias (toy models only)
 # ---- tensor keys: dictionaries ------------------------------------------------------------
 COMPONENTS = "components"             # [n_components, d] unit-norm rows
 
+DICTIONARY_OFFSET = "offset"           # [d] k-SVD/MOD's learned offset (fit_offset), h ~ c D + offset
+
 # ---- tensor keys: SAE estimators (beside COMPONENTS, which holds W_dec's columns as rows) ---
 SAE_W_ENC = "W_enc"                   # [d, n_components] encoder
 SAE_B_ENC = "b_enc"                   # [n_components]

@@ -8,6 +8,7 @@ from sae.base import ConfigError, check_param
 
 INITS = ("data", "random")
 B_DEC_INITS = ("mean", "median", "zeros")
+REFINE_WITH = ("decoder", "encoder")  # sae.sae_module.REFINE_WITH
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -45,6 +46,15 @@ class SAEConfig:
     """'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."""
     log_every: int = 100
     """append a row to log_ every this many steps (and at the last)"""
+    refine_steps: int = 0
+    """ISTA steps after the encoder, in training and inference: f <- act(f + eta (h - h^) W),
+    the activation as the proximal step (0: the plain encoder)"""
+    refine_step_size: float = 1.0
+    """eta, the step of each refinement (atoms are unit norm, so 1 is a full gradient step
+    on a near-orthogonal support)"""
+    refine_with: str = "decoder"
+    """the matrix W of the refinement: 'decoder' (ISTA: W_dec, the gradient of the
+    reconstruction error) or 'encoder' (a learned correction, one weight-tied LISTA layer)"""
 
     def __post_init__(self):
         check_param("n_components", self.n_components, low=1, integer=True)
@@ -62,6 +72,9 @@ class SAEConfig:
         check_param("random_state", self.random_state, low=0, integer=True, optional=True)
         check_param("log_every", self.log_every, low=1, integer=True)
         check_param("device", self.device, device=True)
+        check_param("refine_steps", self.refine_steps, low=0, integer=True)
+        check_param("refine_step_size", self.refine_step_size, low=0, low_open=True)
+        check_param("refine_with", self.refine_with, choices=REFINE_WITH)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,6 +103,11 @@ class TopKSAEConfig(SAEConfig):
     aux_coefficient: float = 1.0
     """alpha, the AuxK weight; Gao et al.'s 1/32 (tuned on millions of latents) left the
     planted 64-latent problem at MMCS 0.98 with 3% dead, 1.0 reached 0.994+"""
+    k_start: int | None = None
+    """k annealing: start at this k and lower it linearly to k over the first
+    k_anneal_fraction of the steps (None: k throughout)"""
+    k_anneal_fraction: float = 0.5
+    """the fraction of the steps over which k falls from k_start to k"""
 
     def __post_init__(self):
         super().__post_init__()
@@ -97,6 +115,10 @@ class TopKSAEConfig(SAEConfig):
                     at_most=("n_components", self.n_components))
         check_param("aux_k", self.aux_k, low=0, integer=True, optional=True)
         check_param("aux_coefficient", self.aux_coefficient, low=0)
+        check_param("k_start", self.k_start, low=self.k, integer=True, optional=True,
+                    when=f"k={self.k}",
+                    at_most=("n_components", self.n_components))
+        check_param("k_anneal_fraction", self.k_anneal_fraction, low=0, high=1, low_open=True)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -158,9 +180,14 @@ class MatryoshkaSAEConfig(BatchTopKSAEConfig):
     """nested widths, each prefix of the dictionary trained to reconstruct alone: sizes
     (ints) or fractions of n_components (floats), strictly increasing; n_components is added
     as the last when missing. None: n/16, n/8, n/4, n/2, n"""
+    sort_every: int | None = None
+    """every this many steps, reorder the latents by how often each fired since the last
+    reorder, most frequent first, so the inner prefixes hold the frequent latents (None:
+    never; the nested loss alone orders them)"""
 
     def __post_init__(self):
         super().__post_init__()
+        check_param("sort_every", self.sort_every, low=1, integer=True, optional=True)
         try:
             resolve_prefixes(self.prefixes, self.n_components)
         except ValueError as err:

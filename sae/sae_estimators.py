@@ -60,6 +60,14 @@ def lr_multiplier(step: int, total_steps: int | None, warmup_steps: int,
     return factor
 
 
+def annealed_k(step: int, total_steps: int, k_start: int, k: int, fraction: float) -> int:
+    """k at 0-based `step` of a linear anneal from k_start (step 0) to k, reached after
+    round(fraction * total_steps) steps and kept to the end:
+    round(k + (k_start - k) * max(0, 1 - step / anneal_steps))."""
+    anneal_steps = max(1, round(fraction * total_steps))
+    return round(k + (k_start - k) * max(0.0, 1.0 - step / anneal_steps))
+
+
 def geometric_median(X: torch.Tensor, n_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
     """argmin_y sum_i ||x_i - y|| by Weiszfeld's iteration, started at the mean.
 
@@ -94,12 +102,20 @@ class _SAEEstimator(DictionaryEstimator):
                  dead: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The sparsity term added to the MSE, and its parts for the log."""
 
+    def _before_step(self, sae: SparseAutoencoder, step: int, total: int | None) -> None:
+        pass
+
     def _after_step(self, sae: SparseAutoencoder, out: SAEOutput) -> None:
         pass
 
+    def _reorder(self, sae: SparseAutoencoder, out: SAEOutput, step: int) -> torch.Tensor | None:
+        """After a step: a new latent order [n_components] (new j = old order[j]) or None."""
+        return None
+
     def _new_module(self, d: int, n_components: int) -> SparseAutoencoder:
         return SparseAutoencoder(d, n_components, self.activation, getattr(self, "k", None),
-                                 getattr(self, "bandwidth", 0.1))
+                                 getattr(self, "bandwidth", 0.1), self.refine_steps,
+                                 self.refine_step_size, self.refine_with)
 
     def _setup(self, sae: SparseAutoencoder) -> None:
         """After `initialize_`, before the first step: a method's own initial state."""
@@ -156,6 +172,7 @@ class _SAEEstimator(DictionaryEstimator):
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_multiplier(step, total, cfg.lr_warmup_steps,
                                                      cfg.lr_decay_fraction)
+            self._before_step(sae, step, total)
             out = sae(h)
             mse = reconstruction_mse(h, out.h_hat)
             dead = since_fired >= cfg.dead_steps_threshold             # [n_components]
@@ -171,6 +188,10 @@ class _SAEEstimator(DictionaryEstimator):
             self._after_step(sae, out)
             fired = out.codes.detach().amax(dim=0) > 0                 # [n_components]
             since_fired = torch.where(fired, 0, since_fired + 1)
+            order = self._reorder(sae, out, step)
+            if order is not None:
+                sae.permute_latents_(order, opt)
+                since_fired = since_fired[order]
             samples += h.shape[0]
             row = {}
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
@@ -275,6 +296,13 @@ class TopKSAE(_SAEEstimator):
     config_class = TopKSAEConfig
     activation = "topk"
 
+    def _before_step(self, sae, step, total):
+        if self.k_start is None:
+            return
+        if total is None:
+            raise ValueError("k annealing (k_start) needs a known number of steps; set n_steps")
+        sae.k = annealed_k(step, total, self.k_start, self.k, self.k_anneal_fraction)
+
     def _penalty(self, sae, h, out, step, dead):
         aux_k = self.aux_k if self.aux_k is not None else max(1, sae.d // 2)
         aux = auxk_loss(h - out.h_hat, out.pre_acts, dead, sae.W_dec, aux_k,
@@ -305,15 +333,31 @@ class MatryoshkaSAE(BatchTopKSAE):
     term, m = n_components, is the usual reconstruction MSE), plus AuxK as for BatchTopK. The
     log's `prefix_mse` is the sum of the inner terms (m < n_components).
 
-    Latent order: the index order is the prefix order, fixed from the start; latents are not
-    re-sorted during training. The nested loss itself sends the features that most reduce
-    the error, the frequent and general ones, to the early latents (the gradient of every
-    inner term reaches only its prefix), as in the paper. Inference as BatchTopK: the codes
+    Latent order: the index order is the prefix order. The nested loss itself sends the
+    features that most reduce the error, the frequent and general ones, to the early latents
+    (the gradient of every inner term reaches only its prefix), as in the paper; with
+    `sort_every` the latents are also re-sorted by firing count every that many steps (most
+    frequent first, parameters and Adam state permuted together). Inference as BatchTopK: the codes
     above one learned threshold (a running mean of the smallest kept activation).
     """
 
     method = "matryoshka"
     config_class = MatryoshkaSAEConfig
+
+    def _setup(self, sae):
+        super()._setup(sae)
+        self._fire_counts = torch.zeros(sae.n_components, device=sae.W_dec.device)
+
+    def _reorder(self, sae, out, step):
+        if self.sort_every is None:
+            return None
+        self._fire_counts += (out.codes.detach() > 0).sum(dim=0)
+        if (step + 1) % self.sort_every:
+            return None
+        # stable, so latents that fired equally often keep their relative order
+        order = torch.sort(self._fire_counts, descending=True, stable=True).indices
+        self._fire_counts.zero_()
+        return order
 
     def prefix_widths(self) -> tuple[int, ...]:
         """The nested widths, resolved (`sae.sae_configs.resolve_prefixes`)."""
@@ -346,7 +390,8 @@ class JumpReLUSAE(_SAEEstimator):
 
     def _penalty(self, sae, h, out, step, dead):
         ramp = min(1.0, (step + 1) / self.l0_warmup_steps) if self.l0_warmup_steps else 1.0
-        l0 = jumprelu_l0(out.pre_acts, sae.log_threshold.exp(), self.bandwidth)
+        pre = out.pre_acts if out.last_pre is None else out.last_pre  # what the codes came from
+        l0 = jumprelu_l0(pre, sae.log_threshold.exp(), self.bandwidth)
         return self.l0_coefficient * ramp * l0, {"l0_penalty": l0}
 
     def _after_step(self, sae, out):

@@ -3,6 +3,8 @@ Matryoshka and JumpReLU SAEs (the estimators that fit it are in sae/sae_estimato
 
     pre = (h - b_dec) W_enc + b_enc          [batch, n_components]
     f   = act(pre)                           relu | topk | batchtopk | jumprelu
+    refine_steps times (ISTA on the decoder, the activation as the proximal step):
+        f <- act(f + eta (h - h^) W)         W = W_dec ("decoder") or W_enc ("encoder")
     h^  = f W_dec^T + b_dec                  [batch, d]
 
 Both W_enc and W_dec are stored [d, n_components]: W_dec holds the atoms as columns (DESIGN.md)
@@ -23,10 +25,16 @@ K_ACTIVATIONS = ("topk", "batchtopk")  # the activations that take a k
 SPARSE_DECODE_RATIO = 64  # TopK decodes sparsely when k * this <= n_components
 
 
+REFINE_WITH = ("decoder", "encoder")
+
+
 class SAEOutput(NamedTuple):
     h_hat: torch.Tensor     # [batch, d]
     codes: torch.Tensor     # [batch, n_components]
-    pre_acts: torch.Tensor  # [batch, n_components]
+    pre_acts: torch.Tensor  # [batch, n_components], the encoder's (what AuxK reads)
+    # [batch, n_components], the input of the last activation when refine_steps > 0 (what
+    # JumpReLU's L0 reads); None without refinement, where it is pre_acts
+    last_pre: torch.Tensor | None = None
 
 
 class SparseAutoencoder(nn.Module):
@@ -43,19 +51,25 @@ class SparseAutoencoder(nn.Module):
     """
 
     def __init__(self, d: int, n_components: int, activation: str = "relu", k: int | None = None,
-                 bandwidth: float = 0.1):
+                 bandwidth: float = 0.1, refine_steps: int = 0, refine_step_size: float = 1.0,
+                 refine_with: str = "decoder"):
         super().__init__()
+        if refine_with not in REFINE_WITH:
+            raise ValueError(f"refine_with={refine_with!r}; valid: {list(REFINE_WITH)}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r}; valid: {list(ACTIVATIONS)}")
         if activation in K_ACTIVATIONS and (k is None or not 1 <= k <= n_components):
             raise ValueError(f"{activation} needs 1 <= k <= n_components={n_components}, got k={k}")
         self.d, self.n_components, self.activation, self.k = d, n_components, activation, k
         self.bandwidth = bandwidth
+        self.refine_steps, self.refine_step_size = refine_steps, refine_step_size
+        self.refine_with = refine_with
         # TopK's forward can decode only the k chosen atoms per row (a gather). Per training
         # step on this CPU (d = 256, k = 32, one thread) that was 1.6-1.7x faster than the
         # dense decoder at k/n = 1/64 and 1/128, and no faster at 1/32 (slower with two
-        # threads): the gather's backward sorts indices and scatters rows.
-        self.sparse_decode = activation == "topk" and k * SPARSE_DECODE_RATIO <= n_components
+        # threads): the gather's backward sorts indices and scatters rows. Allowed here, used
+        # while k * SPARSE_DECODE_RATIO <= n_components (k may be annealed during training).
+        self.sparse_decode = activation == "topk" and refine_steps == 0
         # zeros until `initialize_` or `load_state_dict`: a fresh module is inert, not random
         self.W_enc = nn.Parameter(torch.zeros(d, n_components))
         self.b_enc = nn.Parameter(torch.zeros(n_components))
@@ -106,9 +120,25 @@ class SparseAutoencoder(nn.Module):
         values, indices = flat.topk(min(self.k * pre.shape[0], flat.numel()), sorted=False)
         return torch.zeros_like(flat).scatter_(0, indices, values.relu()).view_as(pre)
 
+    def refine(self, h: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """refine_steps ISTA steps from `codes` [batch, n_components] on rows h [batch, d]:
+        pre <- f + eta (h - f W_dec^T - b_dec) W, f <- act(pre); the activation plays the
+        proximal operator of the sparsity constraint (TopK: keep k; ReLU: the nonnegative
+        orthant; JumpReLU: the thresholds). W = W_dec is ISTA's gradient step on the
+        reconstruction error; W = W_enc (refine_with="encoder") makes the correction learned
+        (one weight-tied LISTA layer). Returns (codes, the last pre-activations)."""
+        W = self.W_dec if self.refine_with == "decoder" else self.W_enc       # [d, n]
+        pre = codes
+        for _ in range(self.refine_steps):
+            residual = h - self.decode(codes)                                   # [batch, d]
+            pre = torch.addmm(codes, residual, W, alpha=self.refine_step_size)  # [batch, n]
+            codes = self.activate(pre)
+        return codes, pre
+
     def encode(self, h: torch.Tensor) -> torch.Tensor:
-        """h: [batch, d] -> codes f [batch, n_components]."""
-        return self.activate(self.pre_activations(h))
+        """h: [batch, d] -> codes f [batch, n_components] (refined when refine_steps > 0)."""
+        codes = self.activate(self.pre_activations(h))
+        return self.refine(h, codes)[0] if self.refine_steps else codes
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes: [batch, n_components] -> h^ [batch, d]."""
@@ -116,7 +146,10 @@ class SparseAutoencoder(nn.Module):
 
     def forward(self, h: torch.Tensor) -> SAEOutput:
         pre = self.pre_activations(h)
-        if not self.sparse_decode:
+        if self.refine_steps:
+            codes, last_pre = self.refine(h, self.activate(pre))
+            return SAEOutput(self.decode(codes), codes, pre, last_pre)
+        if not (self.sparse_decode and self.k * SPARSE_DECODE_RATIO <= self.n_components):
             codes = self.activate(pre)
             return SAEOutput(self.decode(codes), codes, pre)
         # embedding_bag = gather the k atoms of each row + weighted sum; the dense codes are
@@ -166,6 +199,24 @@ class SparseAutoencoder(nn.Module):
     def sync_threshold_(self) -> None:
         """jumprelu: the inference threshold buffer <- exp(log_threshold)."""
         self.threshold.copy_(self.log_threshold.exp())
+
+    @torch.no_grad()
+    def permute_latents_(self, order: torch.Tensor, optimizer: torch.optim.Optimizer | None = None
+                         ) -> None:
+        """Reorder the latents: new latent j is old latent order[j], in every parameter with a
+        latent axis, the per-latent threshold, and the optimiser's per-parameter state (Adam's
+        moments), so training continues as if the latents had always been in this order."""
+        for name, param in self.named_parameters():
+            axis = 1 if name in ("W_enc", "W_dec") else 0 if param.shape[0] == self.n_components else None
+            if axis is None:
+                continue
+            param.copy_(param.index_select(axis, order))
+            state = optimizer.state.get(param, {}) if optimizer is not None else {}
+            for value in state.values():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    value.copy_(value.index_select(axis, order))
+        if self.threshold.dim() == 1:
+            self.threshold.copy_(self.threshold[order])
 
     def components(self) -> torch.Tensor:
         """The decoder atoms as rows, [n_components, d]."""

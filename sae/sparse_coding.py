@@ -23,6 +23,7 @@ from typing import ClassVar
 
 import torch
 
+from data import files
 from data.measures import fvu
 from sae.atom_maintenance import (
     INITS,
@@ -90,6 +91,11 @@ class SparseCodingConfig:
     residuals fall into groups, `cluster_directions`) and that no group agrees with (cos <
     0.95) takes its strongest group's direction: a mixture of rare features becomes one of
     them, and the rest show up in the residuals for re-seeding"""
+    fit_offset: bool = False
+    """learn an offset b [d] beside the atoms, h ~ c D + b: b starts at the data mean and
+    after each update moves by the mean residual (its least-squares value for fixed codes and atoms);
+    the codes of transform are those of h - b. Activations with a nonzero mean otherwise
+    spend atoms, or parts of every atom, on the mean"""
     random_state: int | None = 0
     """seed of the one generator used by fit (init, atom order, replacements); None: fresh
     entropy"""
@@ -113,6 +119,7 @@ class SparseCodingConfig:
             check_param("n_iter", self.n_iter, low=SWAP_GRACE_ITERATIONS + 2, integer=True,
                         when=f"overcomplete={self.overcomplete} (to settle after pruning)")
         check_param("purify", self.purify, boolean=True)
+        check_param("fit_offset", self.fit_offset, boolean=True)
         check_param("random_state", self.random_state, low=0, integer=True, optional=True)
         check_param("device", self.device, device=True)
 
@@ -150,7 +157,8 @@ def schedule(iteration: int, n_iter: int, n_spare: int) -> Phase:
 class SparseCodingDictionary(DictionaryEstimator):
     """Base of KSVD and MOD. Subclasses set `method`, `config_class` and `_update`.
 
-    Fitted state: `components_` [n_components, d] float32 numpy, unit-norm rows; `log_`, one
+    Fitted state: `components_` [n_components, d] float32 numpy, unit-norm rows; `offset_`
+    [d] float32 numpy (zeros unless fit_offset); `log_`, one
     dict per iteration: iteration, fvu (`data.measures.fvu` of H and C D with the codes and
     atoms at the end of the iteration, before atoms are replaced), l0 (mean nonzeros per
     sample), n_unused_atoms (atoms no sample used), n_duplicate_atoms (atoms with
@@ -178,19 +186,27 @@ class SparseCodingDictionary(DictionaryEstimator):
         D = init_atoms(X, cfg.n_components + n_spare, cfg.init, gen)  # [n_atoms, d]
 
         age = torch.full((D.shape[0],), SWAP_GRACE_ITERATIONS, device=device)
+        # the mean starts closer to a sparse signal's offset than 0 does (off by the mean
+        # code's part, sum_i p_i E[c_i] d_i, where 0 is off by the whole offset)
+        offset = X.mean(dim=0) if cfg.fit_offset else X.new_zeros(d)  # [d]
         self.log_ = []
         for iteration in range(1, cfg.n_iter + 1):
             t0 = time.perf_counter()
             phase = schedule(iteration, cfg.n_iter, n_spare)
+            Xc = X - offset if cfg.fit_offset else X               # [n_samples, d]
             if phase.prune:
                 # judged on the codes of the atoms as they are now, after the last replacements
-                keep = prune_atoms(D, *self._code(X, D), cfg.n_components, signed=signed)
+                keep = prune_atoms(D, *self._code(Xc, D), cfg.n_components, signed=signed)
                 D, age = D[keep], age[keep]
-            idx, val = self._code(X, D)                            # [n_samples, k] each
-            D, val = self._update(X, D, idx, val, gen)
+            idx, val = self._code(Xc, D)                           # [n_samples, k] each
+            D, val = self._update(Xc, D, idx, val, gen)
             D, val = orient_atoms(D, idx, val)
             recon = sparse_reconstruct(idx, val, D)                # [n_samples, d]
-            R = X - recon
+            R = Xc - recon
+            if cfg.fit_offset:
+                shift = R.mean(dim=0)                              # [d]
+                offset, R = offset + shift, R - shift
+                recon = recon + offset
             usage = atom_usage(idx, val, D.shape[0])               # [n_atoms]
             unused = usage == 0
             duplicate = duplicate_atoms(D, usage, cfg.max_coherence, signed=signed) & ~unused
@@ -221,6 +237,7 @@ class SparseCodingDictionary(DictionaryEstimator):
             if progress is not None:
                 progress(iteration, cfg.n_iter, entry)
         self.components_ = D.to("cpu", torch.float32).numpy()
+        self.offset_ = offset.to("cpu", torch.float32).numpy()
         self.fitted_device_ = str(device)
         return self
 
@@ -239,8 +256,30 @@ class SparseCodingDictionary(DictionaryEstimator):
         device = resolve_device(self.device)
         D = torch.as_tensor(self.components_, device=device)
         X = as_tensor_2d(H, "H", d=D.shape[1], device=device)
-        codes = sparse_to_dense(*self._code(X, D), D.shape[0])
+        codes = sparse_to_dense(*self._code(X - self._offset(device, X.dtype), D), D.shape[0])
         return _like(codes, H)
+
+    def _offset(self, device, dtype) -> torch.Tensor:
+        """The learned offset [d] (zeros for a dictionary fitted without one)."""
+        offset = getattr(self, "offset_", None)
+        if offset is None:
+            return torch.zeros(self.components_.shape[1], device=device, dtype=dtype)
+        return torch.as_tensor(offset, device=device, dtype=dtype)
+
+    def _extra_tensors(self) -> dict[str, torch.Tensor]:
+        if not self.fit_offset:  # byte-identical files for dictionaries without an offset
+            return {}
+        return {files.DICTIONARY_OFFSET: torch.as_tensor(self.offset_)}
+
+    def _load_extra(self, tensors: dict[str, torch.Tensor]) -> None:
+        offset = tensors.get(files.DICTIONARY_OFFSET)
+        if self.fit_offset and offset is None:
+            raise ValueError(f"{files.DICTIONARY_FILE} lacks the {files.DICTIONARY_OFFSET!r} "
+                             "tensor that fit_offset=True fits")
+        if offset is not None and tuple(offset.shape) != (self.components_.shape[1],):
+            raise ValueError(f"{files.DICTIONARY_FILE}: tensor {files.DICTIONARY_OFFSET!r} has "
+                             f"shape {list(offset.shape)}, expected [{self.components_.shape[1]}]")
+        self.offset_ = None if offset is None else offset.numpy()
 
     def inverse_transform(self, codes: ArrayLike) -> ArrayLike:
         """codes [n_samples, n_components] @ components_ -> [n_samples, d] (same kind)."""
@@ -251,7 +290,7 @@ class SparseCodingDictionary(DictionaryEstimator):
         if C.shape[1] != D.shape[0]:
             raise ValueError(f"codes has {C.shape[1]} columns, but this dictionary has "
                              f"n_components={D.shape[0]}")
-        return _like(C @ D, codes)
+        return _like(C @ D + self._offset(device, D.dtype), codes)
 
 
 def _like(result: torch.Tensor, reference: ArrayLike) -> ArrayLike:
