@@ -17,8 +17,9 @@ from data.config_cli import ConfigOptions
 from evaluate.config import EvaluateConfig
 
 # one option per config field (help, type and choices from evaluate/config.py)
-OPTIONS = ConfigOptions(EvaluateConfig, names={"instances": "--instance"},
-                        off={"drop_zero_rows": "--keep-zero-rows"})
+# `external` is --external, repeatable, below
+OPTIONS = ConfigOptions(EvaluateConfig, skip=("external",), names={"instances": "--instance"},
+                        off={"drop_zero_rows": "--keep-zero-rows"}, hints={"external": "--external"})
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -27,20 +28,44 @@ OPTIONS = ConfigOptions(EvaluateConfig, names={"instances": "--instance"},
 @config_file_option("JSON stage config (a saved evaluate/config.json works); options override it.")
 @threads_option
 @OPTIONS
-def main(run_dir, config_file, threads, **options):
+@click.option("--external", "externals", multiple=True, metavar="NAME=PATH",
+              help="Score a dictionary from outside the run beside its own, as ext:NAME "
+                   "(repeatable): a SAELens folder (cfg.json + sae_weights.safetensors; "
+                   "standard, topk, jumprelu, batchtopk/matryoshka as SAELens saves them), coded "
+                   "by its encoder, or a .safetensors file with a [n_atoms, d] decoder under "
+                   "W_dec or components, coded by nonnegative OMP at the stage's k.")
+def main(run_dir, config_file, threads, externals, **options):
     """Score the dictionaries in RUN_DIR/sae against the ground truth in RUN_DIR/generate and
     write RUN_DIR/evaluate/ (report.md, metrics.json, metrics.csv, figures/)."""
     from data.errors import ShardError
     from data.staging import StageWriteError
+    from evaluate.external import ExternalDictionaryError, parse_spec
     from evaluate.inputs import StageInputError
     from evaluate.pipeline import REPORT_FILE, run_evaluate
 
     set_cpu_threads(threads)
     values = read_config_file(config_file) if config_file is not None else {}
     values.update(OPTIONS.given(options))
+    if externals:
+        given = values.get("external", {})
+        if not isinstance(given, dict):
+            raise click.BadParameter("external must map a name to a path", param_hint="--config")
+        given, seen = dict(given), set()  # a command-line NAME overrides the config file's
+        for spec in externals:
+            try:
+                name, path = parse_spec(spec)
+            except ValueError as err:
+                raise click.BadParameter(str(err), param_hint="--external") from None
+            if name in seen:
+                raise click.BadParameter(f"{name!r} is given twice", param_hint="--external")
+            seen.add(name)
+            given[name] = path
+        values["external"] = given
     config = OPTIONS.build(values, source=str(config_file or "options"))
     try:
         out = run_evaluate(config, run_dir, progress=click_progress, echo=click.echo)
+    except ExternalDictionaryError as err:
+        raise click.BadParameter(str(err), param_hint="--external") from None
     except StageInputError as err:
         raise click.BadParameter(str(err), param_hint="--run-dir") from None
     except (ShardError, FileNotFoundError) as err:

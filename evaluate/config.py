@@ -33,6 +33,12 @@ class EvaluateConfig(JSONConfig):
     """Exit 0 even when a dictionary could not be loaded or applied; it is reported under
     "Errors" in report.md (metric "error" in metrics.json) either way, and without keep_going
     the `evaluate` command exits 1 after writing the report."""
+    external: dict = field(default_factory=dict)
+    """Dictionaries from outside the run to score beside its own, {NAME: PATH}: a SAELens
+    folder (cfg.json + sae_weights.safetensors; standard, topk, jumprelu, and batchtopk /
+    matryoshka as SAELens saves them) coded by its own encoder, or a .safetensors file with a
+    [n_atoms, d] decoder under W_dec or components, coded by the oracle's nonnegative OMP at
+    the stage's k. Each appears as ext:NAME in every table and figure (evaluate/external.py)."""
 
     def __post_init__(self):
         from sae import METHODS
@@ -66,6 +72,17 @@ class EvaluateConfig(JSONConfig):
                 raise ConfigError("thresholds", f"needs values in (0, 1], got {list(thresholds)!r}") from None
         object.__setattr__(self, "thresholds", tuple(sorted(float(t) for t in thresholds)))
         check_number("duplicate_cosine", self.duplicate_cosine, low=-1, high=1)
+        from evaluate.external import check_name
+
+        if not isinstance(self.external, dict):
+            raise ConfigError("external", f"must map a name to a path, got {self.external!r}")
+        for name, path in self.external.items():
+            reason = check_name(name)
+            if reason is not None:
+                raise ConfigError("external", reason)
+            if not isinstance(path, str) or not path.strip():
+                raise ConfigError("external", f"{name}: the path must be a non-empty string, "
+                                              f"got {path!r}")
 
 
 def _is_sequence(value) -> bool:

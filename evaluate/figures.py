@@ -33,6 +33,7 @@ DPI = 110
 # the paper's feature-dimensionality fractions (Elhage et al. 2022, "Feature Dimensionality")
 DIMENSION_FRACTIONS = (1, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 1 / 3)
 NONNEGATIVE_SUFFIX = "_nn"
+EXTERNAL_MARKERS = ["h", "p", "8", "d"]  # an external dictionary's (ext:NAME), none of ours
 # the oracle (the true directions as a dictionary) is a reference: grey, dotted, drawn last
 ORACLE_STYLE = {"color": "0.45", "marker": "*", "linestyle": ":"}
 
@@ -40,11 +41,17 @@ ORACLE_STYLE = {"color": "0.45", "marker": "*", "linestyle": ":"}
 def method_style(method: str) -> dict:
     """Colour, marker and line style of a method, fixed by its place in the sae registry: a
     nonnegative variant (`ksvd_nn`) takes its family's colour (`ksvd`) with a dashed line;
-    the oracle is grey and dotted."""
+    an external dictionary (ext:NAME) is dash-dotted, with a marker none of ours uses; the
+    oracle is grey and dotted."""
+    from evaluate.external import EXTERNAL_PREFIX, is_external
     from sae import METHODS
 
     if method == ORACLE:
         return dict(ORACLE_STYLE)
+    if is_external(method):  # dash-dot, from the end of the palette, by name
+        i = sum(map(ord, method.removeprefix(EXTERNAL_PREFIX)))
+        return {"color": PALETTE[-1 - i % len(PALETTE)],
+                "marker": EXTERNAL_MARKERS[i % len(EXTERNAL_MARKERS)], "linestyle": "-."}
     names = list(METHODS)
     families = list(dict.fromkeys(m.removesuffix(NONNEGATIVE_SUFFIX) for m in names))
     family = method.removesuffix(NONNEGATIVE_SUFFIX)
@@ -55,7 +62,12 @@ def method_style(method: str) -> dict:
 
 
 def method_label(method: str) -> str:
-    """A method's name in legends and panel titles; the oracle is marked as the reference."""
+    """A method's name in legends and panel titles; the oracle is marked as the reference,
+    an external dictionary as external."""
+    from evaluate.external import is_external
+
+    if is_external(method):
+        return f"{method} (external)"
     return f"{method} (reference)" if method == ORACLE else method
 
 

@@ -17,10 +17,12 @@ import numpy as np
 from data import files
 from data.cli import silent_progress
 from data.environment import environment
+from data.manifest import read_manifest
 from data.errors import StageInputError
 from data.staging import stage_transaction
 from evaluate import metrics as gm
 from evaluate.config import EvaluateConfig
+from evaluate.external import is_external
 from evaluate.inputs import (
     Instance,
     check_dictionary,
@@ -62,7 +64,9 @@ class Evaluation:
     config: EvaluateConfig
     results: list[InstanceResult]
     notes: list[dict]                            # {"instance", "method", "note"}
-    methods: list[str]                           # every scored method, in registry order
+    methods: list[str]                           # every scored method, in registry order,
+                                                 # then the external ones (ext:NAME)
+    externals: list = field(default_factory=list)   # evaluate.external dictionaries, as given
 
     def records(self) -> list[dict]:
         """One record per instance x method x metric (x feature for per-feature metrics);
@@ -135,8 +139,23 @@ def toy_model_view(inst: Instance) -> dict[str, float]:
             "rows": int(len(inst.H)), "candidate_rows": inst.candidate_rows}
 
 
+def _apply(est, H: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(atoms [n_atoms, d], codes [rows, n_atoms], reconstructions [rows, d]) of a fitted
+    dictionary (ours or an external one) on the evaluation rows H."""
+    A = np.asarray(est.components_, dtype=np.float32)  # [n_atoms, d]
+    if not len(H):
+        return A, np.zeros((0, len(A)), np.float32), H
+    codes = np.asarray(est.transform(H))               # [rows, n_atoms]
+    return A, codes, np.asarray(est.inverse_transform(codes))
+
+
 def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config: EvaluateConfig,
-                   generate_hash: str, notes: list[dict], bar) -> InstanceResult:
+                   generate_hash: str, notes: list[dict], bar, externals: list = (),
+                   stage: dict | None = None) -> InstanceResult:
+    """Score the stage's dictionaries of one instance, then the external ones; `stage` is
+    what sae/config.json says of the instance ({"k", "target_l0"}): a bare external decoder
+    is coded at that k, and every external is compared at that target L0."""
+    from evaluate.external import DecoderDictionary
     from evaluate.oracle import ORACLE, f1_vs_oracle, oracle_k, score_oracle
     from sae import load
 
@@ -160,12 +179,7 @@ def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config:
         if reason is None:
             try:
                 est = load(folder)
-                A = np.asarray(est.components_, dtype=np.float32)  # [n_atoms, d]
-                if len(inst.H):
-                    codes = np.asarray(est.transform(inst.H))      # [rows, n_atoms]
-                    H_hat = np.asarray(est.inverse_transform(codes))
-                else:
-                    codes, H_hat = np.zeros((0, len(A)), np.float32), inst.H
+                A, codes, H_hat = _apply(est, inst.H)
             except Exception as err:  # noqa: BLE001  (one broken dictionary must not stop the rest)
                 reason = f"could not be loaded or applied: {type(err).__name__}: {err}"
                 error = True
@@ -190,6 +204,26 @@ def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config:
         ks.append(saved.get("k"))  # the oracle's sparsity, from the dictionaries scored
         res.fit_rows[method] = saved.get("rows")
         res.devices.add(str(getattr(est, "device", "cpu")))
+    stage = stage or {}
+    for ext in externals:  # read and checked against the run before any instance was scored
+        bar.update(1, f"{inst.id} {ext.method}")
+        try:
+            if isinstance(ext, DecoderDictionary):
+                if stage.get("k") is None:
+                    raise ValueError(f"sae/config.json records no k for instance {inst.id}, "
+                                     f"which a bare decoder is coded at")
+                ext = ext.with_k(stage["k"])
+            A, codes, H_hat = _apply(ext, inst.H)
+        except Exception as err:  # noqa: BLE001  (one broken dictionary must not stop the rest)
+            notes.append({"instance": inst.id, "method": ext.method, "kind": "error",
+                          "folder": str(ext.path), "note": f"{ext.path}: could not be applied: "
+                                                           f"{type(err).__name__}: {err}"})
+            continue
+        sc = score_dictionary(G, A, inst.H, H_hat, codes, true_acts, config.thresholds,
+                              config.duplicate_cosine)
+        if stage.get("target_l0") is not None:
+            sc.scalars["target_l0"] = float(stage["target_l0"])
+        res.scores[ext.method], res.atoms[ext.method] = sc, A
     k, note = oracle_k(ks)
     if note is not None and dictionaries:
         notes.append({"instance": inst.id, "method": ORACLE, "note": note})
@@ -206,26 +240,37 @@ def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config:
 def evaluate_run(config: EvaluateConfig, run_dir: str | Path,
                  progress: Callable | None = None) -> Evaluation:
     """Read and score a run (no writing)."""
+    from evaluate.external import check_width, load_external
     from sae import METHODS
 
     progress = progress or silent_progress
     run_dir = Path(run_dir)
     generate_hash = check_run(run_dir)
+    # every external dictionary is read and checked before anything is scored: a bad one
+    # stops the stage with one line naming its file
+    externals = [load_external(name, path) for name, path in config.external.items()]
     try:
         ids = files.select_instances(run_dir, config.instances)
     except ValueError as err:
         raise StageInputError(str(err)) from None
+    if externals:
+        for instance_id in ids:
+            d = read_manifest(files.instance_dir(run_dir, instance_id))["d"]
+            for ext in externals:
+                check_width(ext, d, instance_id)
+    stage_facts = _stage_facts(sae_stage_config(run_dir))
     notes: list[dict] = []
     found = {}
     for instance_id in ids:
         found[instance_id], absent = find_dictionaries(run_dir, instance_id, config.methods,
                                                        tuple(METHODS))
         notes += [{"instance": instance_id, "method": None, "note": n} for n in absent]
-    if not any(found.values()):
+    if not any(found.values()) and not externals:
         raise StageInputError(f"{files.sae_root(run_dir)}: holds no dictionary for "
                               f"{', '.join(ids)}; run `sae --run-dir {run_dir}` first")
     results = []
-    with progress("scoring dictionaries", sum(map(len, found.values()))) as bar:
+    with progress("scoring dictionaries",
+                  sum(map(len, found.values())) + len(ids) * len(externals)) as bar:
         for instance_id in ids:
             inst = read_instance(run_dir, instance_id, config.max_rows, config.drop_zero_rows,
                                  config.seed, config.on_nonfinite)
@@ -244,9 +289,22 @@ def evaluate_run(config: EvaluateConfig, run_dir: str | Path,
                     f"{count} evaluation rows with NaN or inf left out of {shard} "
                     f"(--on-nonfinite drop)")})
             results.append(score_instance(inst, found[instance_id], config, generate_hash,
-                                          notes, bar))
-    methods = registry_order({m for r in results for m in r.scores}, tuple(METHODS))
-    return Evaluation(run_dir, config, results, notes, methods)
+                                          notes, bar, externals, stage_facts.get(instance_id)))
+    scored = {m for r in results for m in r.scores}
+    methods = registry_order({m for m in scored if not is_external(m)}, tuple(METHODS))
+    methods += [e.method for e in externals if e.method in scored]
+    return Evaluation(run_dir, config, results, notes, methods, externals)
+
+
+def _stage_facts(sae_config: dict) -> dict[str, dict]:
+    """{instance: {"k", "target_l0"}} from sae/config.json: the sparsity the stage fitted
+    each instance at, which the external dictionaries are coded and compared at."""
+    target = (sae_config.get("config") or {}).get("target_l0")
+    out = {}
+    for instance_id, facts in (sae_config.get("instances") or {}).items():
+        k = facts.get("k") if isinstance(facts, dict) else None
+        out[instance_id] = {"k": k, "target_l0": target if target is not None else k}
+    return out
 
 
 def run_evaluate(config: EvaluateConfig, run_dir: str | Path, progress: Callable | None = None,
@@ -276,7 +334,9 @@ def run_evaluate(config: EvaluateConfig, run_dir: str | Path, progress: Callable
             "sae_config_sha256": sae_config["config_sha256"],
             "upstream_files": {f"{r.instance.id}/{m}/{files.DICTIONARY_FILE}": files.sha256_file(
                 files.sae_dir(ev.run_dir, r.instance.id, m) / files.DICTIONARY_FILE)
-                for r in ev.results for m in r.scores},
+                for r in ev.results for m in r.scores if not is_external(m)},
+            # each external dictionary: where it was read from, what it is, its files' sha256
+            "external": {e.name: {**e.record(), "method": e.method} for e in ev.externals},
             "splits": {r.instance.id: r.instance.split for r in ev.results},
             "instances": [r.instance.id for r in ev.results], "methods": ev.methods,
             "environment": environment("cpu"),

@@ -45,6 +45,9 @@ DEFINITIONS = """\
   FVU, L0, F1 and code r are what a perfect dictionary reaches at that sparsity (up to OMP
   being greedy); its direction metrics are 1 by construction. **F1/oracle**: a method's F1
   over the oracle's on the same instance and rows.
+- *ext:NAME*: a dictionary from outside the run (`evaluate --external NAME=PATH`), scored on
+  the same rows against the same ground truth and listed under External dictionaries; it
+  has no fit time, and its target L0 is the stage's.
 """
 
 
@@ -170,6 +173,11 @@ def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
                 f"be loaded or applied**: see Errors."]
     if notes:
         out += ["", f"{len(notes)} note(s) at the end: something was skipped."]
+    externals = getattr(ev, "externals", None) or []
+    if externals:
+        out += ["", f"{len(externals)} external dictionar{'y' if len(externals) == 1 else 'ies'} "
+                f"({', '.join(e.method for e in externals)}) scored beside the run's own: see "
+                f"External dictionaries."]
 
     # ---- method comparison --------------------------------------------------------------
     out += ["", "## Method comparison (mean over instances)", ""]
@@ -221,6 +229,14 @@ def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
     def line(n):
         return f"- `{n['instance']}`{' / ' + n['method'] if n['method'] else ''}: {n['note']}"
 
+    if externals:
+        out += ["## External dictionaries", "",
+                "Read from outside the run (`--external NAME=PATH`) and scored beside its own "
+                "dictionaries, on the same evaluation rows:", ""]
+        for e in externals:
+            shas = ", ".join(f"`{name}` sha256 {sha[:16]}" for name, sha in e.sha256.items())
+            out.append(f"- **{e.method}**: `{e.path}`: {e.description}; {shas}.")
+        out.append("")
     if errors:
         out += ["## Errors", "", "These dictionaries could not be loaded or applied, and are "
                 "missing from every table above:", ""] + [line(n) for n in errors] + [""]

@@ -8,6 +8,7 @@ from data.rows import NONFINITE_POLICIES
 
 SIZE_BASES = ("represented", "features")
 DEFAULT_METHODS = ("l1", "topk", "batchtopk", "ksvd", "ksvd_nn", "mod", "mod_nn", "sklearn")
+EXPORT_FORMATS = ("saelens",)
 
 
 # Defaults of the stage that differ from an estimator's own.
@@ -56,6 +57,11 @@ class SAEStageConfig(JSONConfig):
     """auto (cuda when available), cpu, cuda, cuda:N."""
     params: dict = field(default_factory=dict)
     """Per-method hyperparameters: {"l1": {"l1_coefficient": 0.1}, "*": {"lr": 3e-3}}."""
+    export: tuple[str, ...] = field(default=(), metadata={"choices": EXPORT_FORMATS})
+    """Also write every SAE (l1, topk, batchtopk, matryoshka, jumprelu) in another library's
+    format, inside the same stage: saelens writes SAELens 6's cfg.json +
+    sae_weights.safetensors to sae/<instance>/<method>/saelens/ (`SAE.load_from_disk` reads
+    it); k-SVD, MOD and sklearn get none. Empty: no export."""
 
     def __post_init__(self):
         from sae.methods import ALL_METHODS as METHODS  # the defaults and the extra ones
@@ -65,6 +71,13 @@ class SAEStageConfig(JSONConfig):
         object.__setattr__(self, "instances", tuple(self.instances))
         if not self.methods:
             raise ConfigError("methods", "needs at least one method")
+        if isinstance(self.export, str) or not isinstance(self.export, (tuple, list)) or not all(
+                isinstance(e, str) for e in self.export):
+            raise ConfigError("export", f"must be a list of formats, got {self.export!r}")
+        for fmt in self.export:
+            if fmt not in EXPORT_FORMATS:
+                raise ConfigError("export", f"unknown format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
+        object.__setattr__(self, "export", tuple(dict.fromkeys(self.export)))
         for m in self.methods:
             if m not in METHODS:
                 raise ConfigError("methods", f"unknown method {m!r}; valid: {', '.join(METHODS)}")

@@ -30,6 +30,7 @@ from data.staging import stage_transaction
 from sae.calibration import calibrate_l1_coefficient, mean_l0
 from sae.config import ConfigError, SAEStageConfig
 from sae.methods import METHODS, SAE_METHODS, build
+from sae.saelens_export import SAELENS_DIR, export_estimator
 
 
 def instance_facts(gt: dict[str, np.ndarray]) -> dict:
@@ -243,12 +244,15 @@ def run_sae(config: SAEStageConfig, run_dir: str | Path,
         for plan in plans:
             for method, est in plan.methods.items():
                 est, seconds = _fit_one(plan, method, est, config, device, progress)
-                _write_dictionary(stage / plan.instance_id / method, plan, method, est, seconds,
-                                  config, generate, env)
+                exports = _write_dictionary(stage / plan.instance_id / method, plan, method, est,
+                                            seconds, config, generate, env, echo)
                 last = (getattr(est, "log_", None) or [{}])[-1]
                 summary.append({"instance": plan.instance_id, "method": method,
                                 "seconds": round(seconds, 3), "fvu": last.get("fvu"),
-                                "l0": last.get("l0")})
+                                "l0": last.get("l0"),
+                                **({"exports": {fmt: f"{plan.instance_id}/{method}/{sub}"
+                                                for fmt, sub in exports.items()}}
+                                   if exports else {})})
                 echo(f"  {plan.instance_id} {method}: {seconds:.1f} s, FVU {_fmt(last.get('fvu'))}, "
                      f"L0 {_fmt(last.get('l0'))}")
                 if hasattr(est, "calibration_"):
@@ -279,9 +283,20 @@ def read_generate_config(run_dir: Path) -> dict:
 
 
 def _write_dictionary(out: Path, plan: InstancePlan, method: str, est, seconds: float,
-                      config: SAEStageConfig, generate: dict, env: dict) -> None:
+                      config: SAEStageConfig, generate: dict, env: dict,
+                      echo: Callable[[str], None] = lambda s: None) -> dict[str, str]:
+    """Save one fitted method to `out` (in the staging folder), with the exports the config
+    asks for; returns {format: its subfolder of `out`}."""
     est.save(out, metadata={"instance_id": plan.instance_id, "method_name": method,
                             "generate_config_sha256": generate["config_sha256"]})
+    exports = {}
+    if "saelens" in config.export and method in SAE_METHODS:
+        _, warning = export_estimator(est, out / SAELENS_DIR, metadata={
+            "unsuperpose_method_name": method, "unsuperpose_instance_id": plan.instance_id,
+            "unsuperpose_generate_config_sha256": generate["config_sha256"]})
+        if warning is not None:
+            echo(f"  WARNING: {files.SAE_DIR}/{plan.instance_id}/{method}/{SAELENS_DIR}: {warning}")
+        exports["saelens"] = SAELENS_DIR
     saved = files.read_json(out / files.CONFIG_FILE)
     files.atomic_write_json(out / files.CONFIG_FILE, {
         **saved, "method": est.method, "method_name": method,
@@ -292,9 +307,11 @@ def _write_dictionary(out: Path, plan: InstancePlan, method: str, est, seconds: 
         "nonfinite_dropped": plan.nonfinite_dropped,
         "fit_seconds": round(seconds, 3), "environment": env,
         "generate_config_sha256": generate["config_sha256"], "instance_facts": plan.facts,
-        **({"calibration": est.calibration_} if hasattr(est, "calibration_") else {})})
+        **({"calibration": est.calibration_} if hasattr(est, "calibration_") else {}),
+        **({"exports": exports} if exports else {})})
     (out / files.TRAIN_LOG_FILE).write_text(
         "".join(json.dumps(_jsonable(r)) + "\n" for r in getattr(est, "log_", [])))
+    return exports
 
 
 def _progress_adapter(bar):

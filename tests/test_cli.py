@@ -32,7 +32,8 @@ ROOT = Path(__file__).parent.parent
 COMMANDS = [
     pytest.param(generate_main, GenerateConfig, GENERATE_OPTIONS, {"world": "--world"}, id="generate"),
     pytest.param(sae_main, SAEStageConfig, SAE_OPTIONS, {"params": "--param"}, id="sae"),
-    pytest.param(evaluate_main, EvaluateConfig, EVALUATE_OPTIONS, {}, id="evaluate"),
+    pytest.param(evaluate_main, EvaluateConfig, EVALUATE_OPTIONS, {"external": "--external"},
+                 id="evaluate"),
 ]
 
 

@@ -114,12 +114,15 @@ _FLOAT_RULES = {
     "overcomplete": ("finite and in [0, 4]", 5.0, "5.0"),
     "ridge": ("finite and >= 0", -1.0, "-1.0"),
     "alpha": ("finite and >= 0", -0.5, "-0.5"),
+    "refine_step_size": ("finite and > 0", 0.0, "0.0"),
+    "k_anneal_fraction": ("finite and in (0, 1]", 0.0, "0.0"),
 }
 _FLOAT_FIELDS = {
-    "l1": {"lr", "lr_decay_fraction", "grad_clip_norm", "l1_coefficient"},
-    "topk": {"lr", "lr_decay_fraction", "grad_clip_norm", "aux_coefficient"},
+    "l1": {"lr", "lr_decay_fraction", "grad_clip_norm", "l1_coefficient", "refine_step_size"},
+    "topk": {"lr", "lr_decay_fraction", "grad_clip_norm", "aux_coefficient", "refine_step_size",
+             "k_anneal_fraction"},
     "batchtopk": {"lr", "lr_decay_fraction", "grad_clip_norm", "aux_coefficient",
-                  "threshold_rate"},
+                  "threshold_rate", "refine_step_size", "k_anneal_fraction"},
     **{m: {"tol", "max_coherence", "swap_gain_factor", "overcomplete"}
        for m in ("ksvd", "ksvd_nn")},
     **{m: {"tol", "max_coherence", "swap_gain_factor", "overcomplete", "ridge"}

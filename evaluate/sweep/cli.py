@@ -24,8 +24,10 @@ from evaluate.sweep.runner import BACKENDS
                    "in this process.")
 @click.option("--threads", type=int, default=1,
               help="torch CPU threads per point (and the CPUs a Ray task asks for).")
-@click.option("--ray-address", default=None,
-              help="ray backend: the cluster to join [RAY_ADDRESS, else a local Ray].")
+@click.option("--address", "--ray-address", "ray_address", default=None,
+              help="ray backend: the cluster to join, HOST:PORT of its head (`ray start "
+                   "--head`) [RAY_ADDRESS, else a local Ray]; SWEEP_DIR must then be a "
+                   "folder every node sees at the same path.")
 @click.option("--dry-run", is_flag=True, help="List the points and whether each is done (redo: "
               "finished, but its metrics are unreadable); run nothing.")
 def main(grid_file, sweep_dir, backend, workers, threads, ray_address, dry_run):

@@ -8,7 +8,9 @@
       points/<hash>/                     one run folder per grid point
         generate -> ../../generate/<generate hash>/generate   (a relative link)
         sae/ ... evaluate/ ...           what `sae` and `evaluate` write
+        worker.json                      where the point ran: hostname, pid, Ray node id
         point.json                       completion marker, written last: configs + swept values
+                                         (+ the same "worker")
       points/.<hash>.partial/            a point being written (points/<hash> links to it)
       .sweep.lock, .workers.lock         held by the running sweep, and by its pool workers
 
@@ -22,7 +24,10 @@ links, which the next run removes, saying so, before it starts. One sweep at a t
 a sweep folder (.sweep.lock), and its pool workers die with it (guard.py). Work runs in two
 waves: the distinct generate configs first, then the points, so no two tasks ever write the
 same folder. Tasks are plain dicts of JSON values and module-level functions, so that a process pool or
-a Ray worker on another machine can run them (the sweep folder must then be shared).
+a Ray worker on another machine can run them. The workers write the run folders themselves:
+on a cluster the sweep folder must be on a filesystem every node sees, at the same path (the
+ray backend makes it absolute). A Ray task whose node dies is re-run by Ray on another node
+(RAY_MAX_RETRIES times); its staging folder is wiped first, so nothing of the lost run is kept.
 """
 from __future__ import annotations
 
@@ -43,6 +48,8 @@ POINT_MARKER, GENERATE_MARKER, ERROR_FILE = (files.POINT_MARKER, files.GENERATE_
                                              files.POINT_ERROR_FILE)
 HASH_CHARS = 16  # folder names: the first 16 hex digits; the full hash is in the marker
 BACKENDS = ("local", "ray")
+WORKER_FILE = "worker.json"  # in a point folder: where it ran (written when its run starts)
+RAY_MAX_RETRIES = 3  # a Ray task whose worker or node dies runs again, up to this many times
 
 
 def point_dir(sweep_dir: Path, point: Point) -> Path:
@@ -86,6 +93,22 @@ def _remove(path: Path) -> None:
 
 
 # ---- the tasks: what one worker runs ---------------------------------------------------------
+def worker_info() -> dict:
+    """Where this process runs: hostname, pid, and the Ray node id inside a Ray worker (else
+    None)."""
+    import socket
+    import sys
+
+    node = None
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        try:
+            node = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001  (a record, never a reason to fail a point)
+            node = None
+    return {"hostname": socket.gethostname(), "pid": os.getpid(), "ray_node_id": node}
+
+
 @contextmanager
 def _staged(folder: Path):
     """Build `folder` as its staging folder, reached through `folder` (a link to it) meanwhile;
@@ -111,8 +134,8 @@ def run_generate_task(task: dict) -> None:
     config = GenerateConfig.from_dict(task["configs"]["generate"])
     with _staged(folder):
         run_generate(config, folder)
-    files.atomic_write_json(folder / files.GENERATE_MARKER, {"hash": task["hash"],
-                                                      "config": config.to_dict()})
+    files.atomic_write_json(folder / files.GENERATE_MARKER, {
+        "hash": task["hash"], "config": config.to_dict(), "worker": worker_info()})
 
 
 def run_point_task(task: dict) -> None:
@@ -123,14 +146,17 @@ def run_point_task(task: dict) -> None:
 
     folder = Path(task["folder"])
     started = time.perf_counter()
+    worker = worker_info()
     with _staged(folder):
+        files.atomic_write_json(folder / WORKER_FILE, worker)
         link = files.generate_dir(folder)
         link.symlink_to(os.path.relpath(files.generate_dir(task["generate_run"]), folder))
         run_sae(SAEStageConfig.from_dict(task["configs"]["sae"]), folder)
         run_evaluate(EvaluateConfig.from_dict(task["configs"]["evaluate"]), folder)
     files.atomic_write_json(folder / files.POINT_MARKER, {
         "hash": task["hash"], "generate_hash": task["generate_hash"], "values": task["values"],
-        "configs": task["configs"], "seconds": round(time.perf_counter() - started, 3)})
+        "configs": task["configs"], "seconds": round(time.perf_counter() - started, 3),
+        "worker": worker})
 
 
 TASKS = {"generate": run_generate_task, "point": run_point_task}
@@ -138,7 +164,8 @@ TASKS = {"generate": run_generate_task, "point": run_point_task}
 
 def execute(task: dict, threads: int | None = None) -> dict:
     """Run one task; never raises (a failed point must not stop the others): returns
-    {"kind", "key", "ok", "error", "seconds"} and leaves the traceback in the folder's error.txt."""
+    {"kind", "key", "ok", "error", "seconds", "worker"} and leaves the traceback in the
+    folder's error.txt."""
     import torch
 
     if threads is not None:
@@ -153,7 +180,7 @@ def execute(task: dict, threads: int | None = None) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / files.POINT_ERROR_FILE).write_text(traceback.format_exc())
     return {"kind": task["kind"], "key": task["key"], "ok": error is None, "error": error,
-            "seconds": round(time.perf_counter() - started, 3)}
+            "seconds": round(time.perf_counter() - started, 3), "worker": worker_info()}
 
 
 # ---- backends: run a list of tasks, report each result as it comes ---------------------------
@@ -196,9 +223,13 @@ class LocalBackend:
 class RayBackend:
     """Each task a Ray task asking for `threads` CPUs, and a GPU where its stage runs on cuda.
     Joins the running Ray instance if there is one, else `ray.init(address)` (None: a local
-    instance, or the cluster named by RAY_ADDRESS)."""
+    instance, or the cluster named by RAY_ADDRESS). A task whose worker process or node dies
+    is run again by Ray, up to `max_retries` times (on a node still alive; the task wipes
+    what the lost run staged); one that still does not come back is a failed point, and the
+    sweep goes on."""
 
-    def __init__(self, threads: int, address: str | None = None):
+    def __init__(self, threads: int, address: str | None = None,
+                 max_retries: int = RAY_MAX_RETRIES):
         try:
             import ray
         except ImportError:
@@ -206,14 +237,24 @@ class RayBackend:
                                "'unsuperpose[ray]' (or pip install ray)") from None
         if not ray.is_initialized():
             ray.init(address=address)
-        self.ray, self.threads, self.remote = ray, threads, ray.remote(execute)
+        self.ray, self.threads = ray, threads
+        # execute() never raises: only system failures (a dead worker or node) are retried
+        self.remote = ray.remote(max_retries=max_retries, retry_exceptions=False)(execute)
 
     def run(self, tasks: list[dict], on_result: Callable) -> None:
-        pending = [self.remote.options(num_cpus=self.threads, num_gpus=task["gpus"])
-                   .remote(task, self.threads) for task in tasks]
+        refs = {self.remote.options(num_cpus=self.threads, num_gpus=task["gpus"])
+                .remote(task, self.threads): task for task in tasks}
+        pending = list(refs)
         while pending:
             done, pending = self.ray.wait(pending, num_returns=1)
-            on_result(self.ray.get(done[0]))
+            try:
+                result = self.ray.get(done[0])
+            except self.ray.exceptions.RayError as err:  # retries spent: its node kept dying
+                task = refs[done[0]]
+                result = {"kind": task["kind"], "key": task["key"], "ok": False,
+                          "error": f"{type(err).__name__}: {str(err).splitlines()[0]}",
+                          "seconds": 0.0, "worker": None}
+            on_result(result)
 
     def close(self, abort: bool = False) -> None:
         pass  # a Ray instance started here ends with this process; one joined is not ours
@@ -286,6 +327,8 @@ def run_sweep(grid: Grid, sweep_dir: str | Path, backend: str = "local", workers
         with sweep_lock(sweep_dir):
             return run_sweep(grid, sweep_dir, backend, workers, threads, ray_address, echo, False)
     sweep_dir = Path(sweep_dir)
+    if backend == "ray":  # the workers' current folder is not ours: give them whole paths
+        sweep_dir = sweep_dir.absolute()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     files.atomic_write_bytes(sweep_dir / files.SWEEP_GRID_FILE, grid.path.read_bytes())
     notes: list[str] = []
@@ -303,7 +346,9 @@ def run_sweep(grid: Grid, sweep_dir: str | Path, backend: str = "local", workers
 
     def on_result(result: dict) -> None:
         status = "ok" if result["ok"] else f"FAILED: {result['error']}"
-        echo(f"  {result['kind']:8s} {result['key']}: {result['seconds']:.1f} s {status}")
+        node = (result.get("worker") or {}).get("ray_node_id")
+        where = f" on node {node[:12]}" if node else ""
+        echo(f"  {result['kind']:8s} {result['key']}: {result['seconds']:.1f} s{where} {status}")
         if not result["ok"]:
             failed[result["key"]] = result["error"]
 
