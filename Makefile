@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed-stamp
 
 GRID ?= evaluate/sweep/grids/example.json
 
-.PHONY: install generate sae evaluate sweep test test-fast lint bench bench-long clean help
+.PHONY: install generate sae evaluate sweep paper test test-fast lint bench bench-long clean help
 help:
 	@echo "make generate sae evaluate   run the pipeline into $(RUN) (set RUN=runs/NAME)"
 	@echo "make sweep GRID=FILE         a grid of runs, cached per point (SWEEP_ARGS=--backend ray)"
+	@echo "make paper                   reproduce Toy Models of Superposition into runs/paper (~4 min on cpu)"
 	@echo "make test                    the test suite"
 	@echo "make test-fast               the suite without the tests marked slow (under 30 s)"
 	@echo "make lint                    ruff (configured in pyproject.toml)"
@@ -40,6 +41,9 @@ evaluate: $(STAMP)
 
 sweep: $(STAMP)
 	$(PY) -m evaluate.sweep $(GRID) $(SWEEP_ARGS)
+
+paper: $(STAMP)
+	$(PY) -m generate.paper --out runs/paper $(PAPER_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
