@@ -13,7 +13,7 @@ from data.configs import ConfigError
 from generate.paper import intro, phase, privileged
 from generate.paper.common import WeightedDistribution, interference, represented, train_grid
 from generate.paper.config import PaperConfig
-from generate.paper.geometry import dimensions_per_feature, near_sticky
+from generate.paper.geometry import densities, dimensions_per_feature, longest_run, near_sticky
 
 
 def test_classify_extra_feature_on_hand_made_matrices():
@@ -56,6 +56,28 @@ def test_neuron_kinds_on_a_hand_made_matrix():
     assert kinds["dead"].tolist() == [False, False, False, False, True]
     counts = privileged.kind_counts(W[None])
     assert counts == {"dead": [1], "monosemantic": [2], "polysemantic": [2]}
+
+
+def test_privileged_checks_pass_the_papers_pattern_and_fail_a_rotated_dense_model():
+    eye = torch.cat([torch.eye(5), torch.zeros(5, 5)], 1)  # dense: top 5 features, one each
+    sparse = torch.ones(5, 10)  # every neuron on every feature
+    W = torch.stack([eye, eye, sparse, sparse])
+    probabilities = (1.0, 0.1, 0.01, 0.001)
+    assert [c.passed for c in privileged.checks(W, probabilities)] == [True, True, None]
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=torch.Generator().manual_seed(0)))
+    rotated = torch.stack([q @ eye, eye, sparse, sparse])  # dense but polysemantic
+    assert [c.passed for c in privileged.checks(rotated, probabilities)][:2] == [False, False]
+    mono_sparse = torch.stack([eye, eye, eye, sparse])  # S=0.99 still monosemantic
+    assert privileged.checks(mono_sparse, probabilities)[1].passed is False
+
+
+def test_geometry_densities_sample_the_plateau_and_runs():
+    inv = 1 / densities(20)
+    assert len(inv) == 20 and inv[0] == pytest.approx(1) and inv[-1] == pytest.approx(1000)
+    assert (np.diff(inv) > 0).all() and ((inv >= 2.2 - 1e-9) & (inv <= 5 + 1e-9)).sum() >= 10
+    assert len(densities(100)) == 100 and len(densities(2)) == 2
+    assert longest_run(np.array([1, 0, 1, 1, 1, 0, 1, 1], bool)) == (2, 3)
+    assert longest_run(np.zeros(3, bool)) == (0, 0)
 
 
 def test_pentagon_angles_and_pair_angle():
@@ -121,6 +143,16 @@ def test_linear_never_exceeds_m_relu_does():
     assert represented(linear.W).sum(-1).max() <= 5
     relu = train_grid("relu_output", 20, 5, (1.0, 0.01), **kw)
     assert represented(relu.W).sum(-1).tolist()[0] <= 5 < represented(relu.W).sum(-1).tolist()[1]
+
+
+@pytest.mark.slow
+def test_relu_hidden_dense_monosemantic_sparse_polysemantic():
+    config = PaperConfig()
+    trained = train_grid("relu_hidden", 10, 5, (1.0, 0.01), steps=config.privileged_steps,
+                         batch_size=config.privileged_batch_size, lr=config.privileged_lr,
+                         seed=3, device="cpu", inits=3, importance_decay=0.75)
+    counts = privileged.kind_counts(trained.W)
+    assert counts["monosemantic"][0] >= 4 and counts["polysemantic"][1] >= 4, counts
 
 
 @pytest.mark.slow

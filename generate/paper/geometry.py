@@ -27,13 +27,39 @@ from models.ground_truth import feature_dimensionality
 
 MAX_INVERSE_DENSITY = 1000.0  # S up to 0.999
 PLATEAU = (0.45, 0.55)  # m / ||W||_F^2 counted as "at 1/2"
+PLATEAU_REGION = (2.2, 5.0)
+"""1/(1-S) where n=400, m=30 sits at 1/2 (the paper's figure; ours from 2.7 to 4.2 at 2000
+steps): half the instances are placed here, the other half span 1 to MAX_INVERSE_DENSITY."""
+PLATEAU_RUN = 4
+"""The check: at least this many consecutive densities in PLATEAU..."""
+PLATEAU_SPAN = 1.35
+"""...spanning at least this factor in 1/(1-S). A curve falling through 1/2 at the slope it
+has elsewhere (~0.6 per e-fold of 1/(1-S)) stays within +-0.05 of it over a factor ~1.2."""
 STICKY_TOLERANCE = 0.05
 NAME = "geometry"
 
 
 def densities(instances: int) -> np.ndarray:
-    """Feature densities 1 - S, log-spaced in 1/(1-S) from 1 to MAX_INVERSE_DENSITY."""
-    return 1.0 / np.logspace(0, np.log10(MAX_INVERSE_DENSITY), instances)
+    """Feature densities 1 - S, falling: half the instances log-spaced in 1/(1-S) from 1 to
+    MAX_INVERSE_DENSITY (those falling in PLATEAU_REGION dropped), the rest log-spaced over
+    PLATEAU_REGION, where the curve sticks at 1/2 (a plain log grid puts one or two there)."""
+    coarse = np.logspace(0, np.log10(MAX_INVERSE_DENSITY), instances - instances // 2)
+    low, high = PLATEAU_REGION
+    coarse = coarse[(coarse < low / 1.05) | (coarse > high * 1.05)]  # the fine part covers those
+    fine = np.geomspace(low, high, instances - len(coarse))
+    return 1.0 / np.sort(np.concatenate([coarse, fine]))
+
+
+def longest_run(mask: np.ndarray) -> tuple[int, int]:
+    """(start, length) of the longest run of consecutive True values."""
+    best, start = (0, 0), None
+    for i, v in enumerate(list(mask) + [False]):
+        if v and start is None:
+            start = i
+        elif not v and start is not None:
+            best = max(best, (i - start, -start))
+            start = None
+    return -best[1], best[0]
 
 
 def dimensions_per_feature(W: torch.Tensor) -> torch.Tensor:
@@ -58,14 +84,18 @@ def checks(W: torch.Tensor, probability: np.ndarray) -> list[Check]:
     frac_range = float((sticky & in_range).sum() / in_range.sum().clamp_min(1))
     frac_tight = float((near_sticky(D, 0.02) & in_range).sum() / in_range.sum().clamp_min(1))
     frac_all = float((sticky & rep).sum() / rep.sum().clamp_min(1))
-    plateau = (f"{int(on.sum())} of {len(dims)} densities at m/||W||_F^2 in [{PLATEAU[0]}, "
-               f"{PLATEAU[1]}] (mean {dims[on].mean():.3f}, 1/(1-S) from {inv[on].min():.3g} "
-               f"to {inv[on].max():.3g})" if on.any() else
+    start, run = longest_run(on)
+    span = float(inv[start + run - 1] / inv[start]) if run else 0.0
+    plateau = (f"{run} consecutive densities at m/||W||_F^2 in [{PLATEAU[0]}, {PLATEAU[1]}] "
+               f"(mean {dims[start:start + run].mean():.3f}), 1/(1-S) from {inv[start]:.3g} to "
+               f"{inv[start + run - 1]:.3g} (a factor {span:.2f}); {int(on.sum())} of {len(dims)} "
+               f"in all (need >= {PLATEAU_RUN} consecutive over a factor >= {PLATEAU_SPAN})"
+               if run else
                f"no density in [{PLATEAU[0]}, {PLATEAU[1]}]; closest "
                f"{dims[np.argmin(np.abs(dims - 0.5))]:.3f}")
     return [
         Check("m/||W||_F^2 sticks at 1/2 (antipodal pairs) over a range of density", plateau,
-              bool(on.sum() >= 2)),
+              run >= PLATEAU_RUN and span >= PLATEAU_SPAN),
         Check(f"feature dimensionalities D_i cluster at {', '.join(f'{f:.2g}' for f in STICKY_FRACTIONS)}",
               f"{frac_range:.0%} of the represented features with D_i >= 0.28 lie within "
               f"{STICKY_TOLERANCE} of one, {frac_tight:.0%} within 0.02 ({int(in_range.sum())} "
@@ -107,6 +137,8 @@ def figure(W: torch.Tensor, probability: np.ndarray):
 
 def run(config: PaperConfig, out: Path, echo: Echo = lambda s: None) -> Section:
     p = densities(config.instances)
+    inside = (1 / p >= PLATEAU_REGION[0] * (1 - 1e-9)) & (1 / p <= PLATEAU_REGION[1] * (1 + 1e-9))
+    n_coarse = int((~inside).sum())
     n, m = config.geometry_n_features, config.geometry_d_hidden
     trained = train_grid("relu_output", n, m, p.tolist(), steps=config.geometry_steps,
                          batch_size=config.geometry_batch_size, lr=config.lr,
@@ -124,6 +156,8 @@ def run(config: PaperConfig, out: Path, echo: Echo = lambda s: None) -> Section:
                                  for pj, dj, w, loss in zip(p, dims, W, trained.loss)])]
     return Section(NAME, "Feature geometry: dimensions per feature", figure_name, data,
                    checks(W, p),
-                   setting=f"relu_output, n={n}, m={m}, importance 1, {config.instances} densities "
-                           f"log-spaced in 1/(1-S) from 1 to {MAX_INVERSE_DENSITY:g}, "
+                   setting=f"relu_output, n={n}, m={m}, importance 1, {config.instances} densities: "
+                           f"{n_coarse} log-spaced in 1/(1-S) from 1 to "
+                           f"{MAX_INVERSE_DENSITY:g}, {len(p) - n_coarse} from {PLATEAU_REGION[0]:g} "
+                           f"to {PLATEAU_REGION[1]:g} (the plateau), "
                            f"{config.geometry_steps} steps, batch {config.geometry_batch_size}")

@@ -44,21 +44,43 @@ def kind_counts(W: torch.Tensor) -> dict[str, list[int]]:
     return {k: v.sum(-1).tolist() for k, v in neuron_kinds(W).items()}
 
 
+DENSE_MONOSEMANTIC = 4
+"""Dense (S=0): at least this many of the m=5 neurons monosemantic, each on a distinct one of
+the m most important features."""
+SPARSE_POLYSEMANTIC = 4
+"""Sparse (S >= 0.99): at least this many neurons polysemantic at each such sparsity."""
+
+
 def checks(W: torch.Tensor, probabilities=PROBABILITIES) -> list[Check]:
     counts = kind_counts(W)
     poly, mono, dead = counts["polysemantic"], counts["monosemantic"], counts["dead"]
     per_s = ", ".join(f"{sparsity_label(p)}: {a}/{b}/{c}" for p, a, b, c in
                       zip(probabilities, mono, poly, dead))
-    low = [j for j, p in enumerate(probabilities) if p >= 0.1]  # S <= 0.9
-    alive_sparse = len(W[-1]) - dead[-1]
+    d = W.shape[-2]
+    mono_dense = neuron_kinds(W[0])["monosemantic"]
+    top = W[0].abs().argmax(dim=-1)[mono_dense].tolist()  # the feature of each monosemantic neuron
+    dense_ok = (mono[0] >= DENSE_MONOSEMANTIC and len(set(top)) == len(top)
+                and all(f < d for f in top))
+    sparse = [j for j, p in enumerate(probabilities) if p <= 0.01]   # S >= 0.99
+    middle = [j for j, p in enumerate(probabilities) if 0.01 < p < 1]
+    sparse_ok = bool(sparse) and all(poly[j] >= SPARSE_POLYSEMANTIC for j in sparse)
+    falling = (max(mono[j] for j in sparse) < mono[0]
+               and all(mono[j] <= mono[0] for j in middle))
+    represented = (W.norm(dim=-2) > 0.5).sum(-1).tolist()
     return [
-        Check("dense features get monosemantic neurons; as features get sparser the neurons "
-              "become polysemantic (superposition in the neuron basis)",
-              f"monosemantic/polysemantic/dead per sparsity: {per_s}",
-              max(mono[j] for j in low) > mono[-1] and poly[-1] == alive_sparse > 0),
-        Check("(note) at S=0 every feature fires at once and the hidden ReLU hardly ever cuts, so "
-              "the basis is barely privileged there",
-              f"{poly[0]} of {len(W[0])} neurons polysemantic at S=0", None),
+        Check(f"dense features (S=0) each get a monosemantic neuron: the m={d} most important "
+              f"features on a neuron of their own",
+              f"{mono[0]} of {len(W[0])} neurons monosemantic at S=0, on features "
+              f"{sorted(top)} (need >= {DENSE_MONOSEMANTIC}, distinct, among the top {d})",
+              dense_ok),
+        Check("as features get sparser, polysemantic neurons appear (superposition in the "
+              "neuron basis) and the monosemantic ones give way",
+              f"monosemantic/polysemantic/dead per sparsity: {per_s} (need >= "
+              f"{SPARSE_POLYSEMANTIC} polysemantic at every S >= 0.99, fewer monosemantic there "
+              f"than at S=0, never more than at S=0)",
+              dense_ok and sparse_ok and falling),
+        Check("(note) sparse, the 5 neurons represent more than 5 features",
+              f"features with ||W_i|| > 0.5 per sparsity: {represented}", None),
     ]
 
 
@@ -66,26 +88,26 @@ def figure(W: torch.Tensor, probabilities=PROBABILITIES):
     k = len(probabilities)
     counts = kind_counts(W)
     fig, axes = plt.subplots(1, k, figsize=(2.6 * k, 2.4), squeeze=False)
-    lim = float(W.abs().max())
     for j, (ax, p) in enumerate(zip(axes[0], probabilities)):
-        image = ax.imshow(W[j].numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
-        ax.set_title(f"{sparsity_label(p)}\nmono {counts['monosemantic'][j]}, poly "
-                     f"{counts['polysemantic'][j]}, dead {counts['dead'][j]}", fontsize=9)
+        lim = float(W[j].abs().max())  # per panel: the sparse models' weights are larger
+        ax.imshow(W[j].numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_title(f"{sparsity_label(p)}, max |w| {lim:.2g}\nmono {counts['monosemantic'][j]}, "
+                     f"poly {counts['polysemantic'][j]}, dead {counts['dead'][j]}", fontsize=9)
         ax.set_xlabel("feature", fontsize=8)
         ax.set_xticks(range(0, W.shape[-1], 2))
         ax.set_yticks(range(W.shape[-2]))
         ax.tick_params(labelsize=7)
         if j == 0:
             ax.set_ylabel("neuron", fontsize=8)
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="weight")
     fig.suptitle(f"relu_hidden model h = ReLU(Wx): W (neurons x features), n={N}, m={M}, "
-                 f"importance {DECAY}$^i$", fontsize=10, y=1.08)
+                 f"importance {DECAY}$^i$ (red +, blue -, scaled per panel)", fontsize=10, y=1.08)
     return fig
 
 
 def run(config: PaperConfig, out: Path, echo: Echo = lambda s: None) -> Section:
     trained = train_grid("relu_hidden", N, M, PROBABILITIES, steps=config.privileged_steps,
-                         batch_size=config.batch_size, lr=config.lr, seed=config.seed + 40,
+                         batch_size=config.privileged_batch_size, lr=config.privileged_lr,
+                         seed=config.seed + 40,
                          device=config.device, inits=config.inits, importance_decay=DECAY,
                          label=NAME, echo=echo)
     W = trained.W
@@ -102,7 +124,9 @@ def run(config: PaperConfig, out: Path, echo: Echo = lambda s: None) -> Section:
     return Section(NAME, "Superposition in a privileged basis (ReLU hidden layer)", figure_name,
                    data, checks(W),
                    setting=f"relu_hidden, n={N}, m={M}, importance {DECAY}^i, {config.inits} "
-                           f"inits per sparsity, {config.privileged_steps} steps; monosemantic: "
+                           f"inits per sparsity, {config.privileged_steps} steps (lr "
+                           f"{config.privileged_lr:g}, batch {config.privileged_batch_size}); "
+                           f"monosemantic: "
                            f"a live neuron whose largest-|weight| feature holds > "
                            f"{MONOSEMANTIC_SHARE:.0%} of its squared weight norm; dead: norm < "
                            f"{DEAD_NORM}")
