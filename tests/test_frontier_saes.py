@@ -222,3 +222,35 @@ def test_construction_is_validated_by_the_config(method):
         if method == "jumprelu":
             with pytest.raises(ConfigError, match=f"^{name}: "):
                 cls(n_components=12, **{name: value})
+
+
+# ---- Matryoshka on a hierarchical world ------------------------------------------------------
+def hierarchical_problem(seed: int = 0, rows: int = 32768):
+    """128 features in d = 48, 104 of them in 8 trees (branching 3, depth 2, exclusive
+    children), zipf firing from 0.3, magnitudes ~5: parents and children co-fire."""
+    from data.worlds import World, WorldDistribution
+
+    world = World(probability_schedule="zipf", p_min=5e-3, zipf_exponent=0.5, hierarchy_roots=8,
+                  hierarchy_branching=3, hierarchy_depth=2, hierarchy_exclusive=True,
+                  value="folded_normal", magnitude_mean=(5.0, 4.0), magnitude_std=0.5,
+                  magnitude_std_spread=0.5)
+    gen = torch.Generator().manual_seed(seed)
+    dist = WorldDistribution(world, 128, (0.3,), gen)
+    x = dist.sample(rows, gen)[:, 0]                                  # [rows, 128]
+    G = torch.nn.functional.normalize(torch.randn(128, 48, generator=gen), dim=1)
+    H = x @ G                                                         # [rows, 48]
+    return H[H.norm(dim=1) > 0], G, max(1, round(float(dist.marginal.sum())))
+
+
+@pytest.mark.slow
+def test_matryoshka_keeps_one_latent_per_feature_where_topk_absorbs_children():
+    # measured: matryoshka uniqueness 0.92, topk 0.66, mod_nn 0.57 (atoms mixing a parent
+    # with a child: the k-sparse objective prefers one atom for two co-firing features)
+    from evaluate.metrics import uniqueness
+
+    H, G, k = hierarchical_problem()
+    params = dict(n_components=128, k=k, n_steps=2000, lr=3e-3, random_state=0)
+    scores = {m: uniqueness(G.numpy(), methods.build(m, params).fit(H).components_)
+              for m in ("matryoshka", "topk")}
+    assert scores["matryoshka"] > 0.88
+    assert scores["topk"] < 0.75
