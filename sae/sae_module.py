@@ -26,6 +26,8 @@ SPARSE_DECODE_RATIO = 64  # TopK decodes sparsely when k * this <= n_components
 
 
 REFINE_WITH = ("decoder", "encoder")
+# the latent axis of each parameter that has one (b_dec [d] has none, even when d == n)
+LATENT_AXIS = {"W_enc": 1, "W_dec": 1, "b_enc": 0, "log_threshold": 0}
 
 
 class SAEOutput(NamedTuple):
@@ -69,7 +71,7 @@ class SparseAutoencoder(nn.Module):
         # dense decoder at k/n = 1/64 and 1/128, and no faster at 1/32 (slower with two
         # threads): the gather's backward sorts indices and scatters rows. Allowed here, used
         # while k * SPARSE_DECODE_RATIO <= n_components (k may be annealed during training).
-        self.sparse_decode = activation == "topk" and refine_steps == 0
+        self.sparse_decode = activation == "topk"
         # zeros until `initialize_` or `load_state_dict`: a fresh module is inert, not random
         self.W_enc = nn.Parameter(torch.zeros(d, n_components))
         self.b_enc = nn.Parameter(torch.zeros(n_components))
@@ -207,9 +209,9 @@ class SparseAutoencoder(nn.Module):
         latent axis, the per-latent threshold, and the optimiser's per-parameter state (Adam's
         moments), so training continues as if the latents had always been in this order."""
         for name, param in self.named_parameters():
-            axis = 1 if name in ("W_enc", "W_dec") else 0 if param.shape[0] == self.n_components else None
-            if axis is None:
+            if name not in LATENT_AXIS:
                 continue
+            axis = LATENT_AXIS[name]
             param.copy_(param.index_select(axis, order))
             state = optimizer.state.get(param, {}) if optimizer is not None else {}
             for value in state.values():

@@ -158,7 +158,7 @@ class SparseCodingDictionary(DictionaryEstimator):
     """Base of KSVD and MOD. Subclasses set `method`, `config_class` and `_update`.
 
     Fitted state: `components_` [n_components, d] float32 numpy, unit-norm rows; `offset_`
-    [d] float32 numpy (zeros unless fit_offset); `log_`, one
+    [d] float32 numpy with fit_offset, else None; `log_`, one
     dict per iteration: iteration, fvu (`data.measures.fvu` of H and C D with the codes and
     atoms at the end of the iteration, before atoms are replaced), l0 (mean nonzeros per
     sample), n_unused_atoms (atoms no sample used), n_duplicate_atoms (atoms with
@@ -237,7 +237,7 @@ class SparseCodingDictionary(DictionaryEstimator):
             if progress is not None:
                 progress(iteration, cfg.n_iter, entry)
         self.components_ = D.to("cpu", torch.float32).numpy()
-        self.offset_ = offset.to("cpu", torch.float32).numpy()
+        self.offset_ = offset.to("cpu", torch.float32).numpy() if cfg.fit_offset else None
         self.fitted_device_ = str(device)
         return self
 
@@ -256,15 +256,16 @@ class SparseCodingDictionary(DictionaryEstimator):
         device = resolve_device(self.device)
         D = torch.as_tensor(self.components_, device=device)
         X = as_tensor_2d(H, "H", d=D.shape[1], device=device)
-        codes = sparse_to_dense(*self._code(X - self._offset(device, X.dtype), D), D.shape[0])
+        offset = self._offset(device, X.dtype)
+        if offset is not None:
+            X = X - offset
+        codes = sparse_to_dense(*self._code(X, D), D.shape[0])
         return _like(codes, H)
 
-    def _offset(self, device, dtype) -> torch.Tensor:
-        """The learned offset [d] (zeros for a dictionary fitted without one)."""
+    def _offset(self, device, dtype) -> torch.Tensor | None:
+        """The learned offset [d], or None for a dictionary fitted without one."""
         offset = getattr(self, "offset_", None)
-        if offset is None:
-            return torch.zeros(self.components_.shape[1], device=device, dtype=dtype)
-        return torch.as_tensor(offset, device=device, dtype=dtype)
+        return None if offset is None else torch.as_tensor(offset, device=device, dtype=dtype)
 
     def _extra_tensors(self) -> dict[str, torch.Tensor]:
         if not self.fit_offset:  # byte-identical files for dictionaries without an offset
@@ -290,7 +291,8 @@ class SparseCodingDictionary(DictionaryEstimator):
         if C.shape[1] != D.shape[0]:
             raise ValueError(f"codes has {C.shape[1]} columns, but this dictionary has "
                              f"n_components={D.shape[0]}")
-        return _like(C @ D + self._offset(device, D.dtype), codes)
+        offset = self._offset(device, D.dtype)
+        return _like(C @ D if offset is None else C @ D + offset, codes)
 
 
 def _like(result: torch.Tensor, reference: ArrayLike) -> ArrayLike:

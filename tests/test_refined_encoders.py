@@ -95,6 +95,16 @@ def test_permute_latents_moves_parameters_and_adam_state_together():
                            else moments[name]), name
 
 
+def test_permute_latents_leaves_b_dec_alone_when_d_equals_n_components():
+    gen = torch.Generator().manual_seed(0)
+    sae = SparseAutoencoder(4, 4, "topk", k=1)
+    sae.initialize_(torch.randn(4, 4, generator=gen), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    W_dec = sae.W_dec.detach().clone()
+    sae.permute_latents_(torch.tensor([3, 2, 1, 0]))
+    assert torch.equal(sae.b_dec.detach(), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert torch.equal(sae.W_dec.detach(), W_dec.flip(1))
+
+
 def test_matryoshka_sort_every_puts_frequent_latents_first():
     # feature i fires with probability falling in i; after sorting, the firing counts of the
     # fitted latents on fresh rows fall from the first latents to the last

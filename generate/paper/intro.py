@@ -21,6 +21,7 @@ from generate.paper.common import (
     save_figure,
     save_tensors,
     sparsity_label,
+    train_grid,
 )
 from generate.paper.config import PaperConfig
 
@@ -93,8 +94,6 @@ def figure(W: torch.Tensor, probabilities=PROBABILITIES):
 
 
 def run(config: PaperConfig, out: Path, echo: Echo = lambda s: None) -> Section:
-    from generate.paper.common import train_grid
-
     trained = train_grid("relu_output", N, M, PROBABILITIES, steps=config.intro_steps,
                          batch_size=config.batch_size, lr=config.lr, seed=config.seed + 1,
                          device=config.device, inits=config.inits, importance_decay=DECAY,
