@@ -2,11 +2,14 @@
 
 Both get the same Gram matrix G = D D^T and correlations DH = H D^T (computed outside the
 timings) and code every sample with k atoms. Reports wall times, the speed ratio, and how
-far the outputs agree (identical supports, largest coefficient difference).
+far the outputs agree (identical supports, largest coefficient difference). A second line
+times nonnegative OMP (batch_omp(nonnegative=True)) on the same problem, the C kernel
+against the torch reference code, both on one thread in the same run.
 
     python benchmarks/bench_omp.py                       # 50k samples, d=256, 1024 atoms, k=8
     python benchmarks/bench_omp.py --n-samples 5000 --threads 0   # libraries' own threads
     python benchmarks/bench_omp.py --sklearn-samples 5000   # time sklearn on a subset, per sample
+    python benchmarks/bench_omp.py --nonnegative-samples 0  # skip the nonnegative comparison
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import sae.omp_native as omp_native  # noqa: E402
 from sae.omp import batch_omp, sparse_to_dense  # noqa: E402
 
 
@@ -39,7 +43,8 @@ def sparse_problem(n_samples: int, d: int, n_components: int, k: int, noise: flo
 
 def run(n_samples: int = 50_000, d: int = 256, n_components: int = 1024, k: int = 8,
         noise: float = 0.05, sklearn_samples: int | None = None, threads: int | None = None,
-        chunk_size: int | None = None, dtype: str = "float32", seed: int = 0) -> dict:
+        chunk_size: int | None = None, dtype: str = "float32", seed: int = 0,
+        nonnegative_samples: int | None = None) -> dict:
     from sklearn.linear_model import orthogonal_mp_gram
     from threadpoolctl import threadpool_limits
 
@@ -63,6 +68,8 @@ def run(n_samples: int = 50_000, d: int = 256, n_components: int = 1024, k: int 
 
     got = sparse_to_dense(idx[:m], val[:m], n_components).numpy()
     same_support = ((got != 0) == (expected != 0)).all(1)
+    nonnegative = nonnegative_comparison(G_t, DH_t[:nonnegative_samples], k, chunk_size) \
+        if nonnegative_samples != 0 else {}
     return {
         "n_samples": n_samples, "d": d, "n_components": n_components, "k": k, "dtype": dtype,
         "torch_threads": torch.get_num_threads(),
@@ -75,6 +82,41 @@ def run(n_samples: int = 50_000, d: int = 256, n_components: int = 1024, k: int 
         "support_agreement": float(same_support.mean()),
         "max_coef_diff": float(np.abs(got - expected).max()),
         "max_coef_diff_same_support": float(np.abs(got - expected)[same_support].max()),
+        **nonnegative,
+    }
+
+
+def nonnegative_comparison(G: torch.Tensor, DH: torch.Tensor, k: int,
+                           chunk_size: int | None) -> dict:
+    """batch_omp(nonnegative=True) in C against the torch reference (`_nonnegative_omp_chunk`,
+    what batch_omp runs without the native kernel) on the same samples, both on one thread."""
+    if omp_native.native_lib() is None:
+        return {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        batch_omp(G, DH[:1000], k, nonnegative=True)               # warm-up
+        t0 = time.perf_counter()
+        idx, val = batch_omp(G, DH, k, nonnegative=True)
+        native_s = time.perf_counter() - t0
+        saved, omp_native._native[:] = omp_native._native[:], [None]  # the torch code
+        try:
+            batch_omp(G, DH[:1000], k, nonnegative=True, chunk_size=chunk_size)
+            t0 = time.perf_counter()
+            idx_t, val_t = batch_omp(G, DH, k, nonnegative=True, chunk_size=chunk_size)
+            torch_s = time.perf_counter() - t0
+        finally:
+            omp_native._native[:] = saved
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "nonnegative_samples": DH.shape[0],
+        "nonnegative_native_seconds": native_s,
+        "nonnegative_torch_seconds": torch_s,
+        "nonnegative_speedup": torch_s / native_s,
+        "nonnegative_identical_indices": float((idx == idx_t).all(1).double().mean()),
+        "nonnegative_max_rel_value_diff": float((val - val_t).abs().max()
+                                                / val_t.abs().max().clamp_min(1e-30)),
     }
 
 
@@ -94,10 +136,14 @@ def main(argv=None):
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--nonnegative-samples", type=int, default=None,
+                        help="compare nonnegative OMP (C kernel against the torch reference, "
+                             "one thread) on the first N samples (default: all; 0: skip)")
     parser.add_argument("--json", action="store_true", help="print one JSON line only")
     args = parser.parse_args(argv)
     r = run(args.n_samples, args.d, args.n_components, args.k, args.noise, args.sklearn_samples,
-            args.threads or None, args.chunk_size, args.dtype, args.seed)
+            args.threads or None, args.chunk_size, args.dtype, args.seed,
+            args.nonnegative_samples)
     if args.json:
         print(json.dumps(r))
         return
@@ -113,6 +159,13 @@ def main(argv=None):
     print(f"identical supports: {100 * r['support_agreement']:.3f}% of {r['sklearn_samples']} "
           f"samples; max |coef diff| {r['max_coef_diff']:.2e} "
           f"({r['max_coef_diff_same_support']:.2e} where supports agree)")
+    if "nonnegative_speedup" in r:
+        print(f"nonnegative, 1 thread, {r['nonnegative_samples']} samples: native "
+              f"{r['nonnegative_native_seconds']:.2f} s, torch reference "
+              f"{r['nonnegative_torch_seconds']:.2f} s, speed-up "
+              f"{r['nonnegative_speedup']:.1f}x; identical indices "
+              f"{100 * r['nonnegative_identical_indices']:.3f}%, max relative value diff "
+              f"{r['nonnegative_max_rel_value_diff']:.1e}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ with a long tail of rare features, and how many samples an SAE needs.
     python benchmarks/bench_recovery.py toy [--run-dir runs/bench]     # (a) ~1-2 min + fits
     python benchmarks/bench_recovery.py tail [--n-features 512 --d 256 --n-samples 400000]
     python benchmarks/bench_recovery.py efficiency                     # (c)
+    python benchmarks/bench_recovery.py sharkey [--sharkey-rows 100000]  # (d) ~5 min
     python benchmarks/bench_recovery.py all --json results.json
 
 (a) toy: the default `python -m generate` run (5 ReLU-output models, 40 features in d=10,
@@ -17,6 +18,13 @@ with a long tail of rare features, and how many samples an SAE needs.
     magnitudes U[0.5, 1.5]; signed MMCS over all features and over the rare ones (p < 1e-3).
 (c) efficiency: samples until MMCS >= 0.99 for topk and l1 on the planted problem of
     bench_dictionaries and on (b), checking every `--check-every` steps.
+
+(d) sharkey: the `sharkey` world (data/worlds.py; generated into --run-dir/sharkey unless it
+    exists), its first --sharkey-rows training rows all fitted by --sharkey-methods with
+    exactly 512 atoms and the stage's k (5): once with the settings `python -m sae` uses by
+    default (sae.config.STAGE_METHOD_DEFAULTS), once with the estimator's own defaults, the
+    reference, in the same run; signed MMCS against the 512 true directions and fit seconds.
+    The target: mod_nn >= 0.99 in <= 60 s on one thread with the stage's defaults.
 
 Everything runs on one torch/BLAS thread by default (a shared 2-core machine).
 """
@@ -269,9 +277,43 @@ def efficiency(tail_size: tuple[int, int, int], seed: int = 0, check_every: int 
     return out
 
 
+# ---- (d) the sharkey world with the stage's defaults -----------------------------------------
+def sharkey(run_dir: Path, methods: list[str], n_rows: int, seed: int = 0) -> dict:
+    from data.manifest import verify_instance
+    from data.rows import take_rows
+    from evaluate.inputs import read_instance
+    from sae.config import SAEStageConfig
+
+    world = run_dir / "sharkey"
+    if not files.instances_dir(world).is_dir():
+        subprocess.run([sys.executable, "-m", "generate", "--source", "synthetic", "--world",
+                        "sharkey", "--run-dir", str(world), "--threads", "1", "--device", "cpu"],
+                       check=True, cwd=Path(__file__).resolve().parents[1])
+    (instance_id,) = files.list_instances(world)
+    folder = files.instance_dir(world, instance_id)
+    H, _ = take_rows(folder, verify_instance(folder), n_rows)
+    G = read_instance(world, instance_id, 16, drop_zero_rows=True, seed=seed).G  # [512, d]
+    k = 5  # the stage's k: the expected number of active features per row, rounded up
+    rows = []
+    for method in methods:
+        stage = SAEStageConfig(methods=(method,), seed=seed).method_params(method)
+        for settings, params in (("stage defaults", stage), ("estimator defaults", {})):
+            est = build(method, {"n_components": G.shape[0], "k": k, "random_state": seed,
+                                 "device": "cpu", **params})
+            t0 = time.perf_counter()
+            est.fit(H)
+            seconds = time.perf_counter() - t0
+            row = {"method": method, "settings": settings, "mmcs": mmcs(G, est.components_),
+                   "fit_seconds": seconds, "params": params}
+            print(f"sharkey {method:8s} {settings:18s} MMCS {row['mmcs']:.4f} in {seconds:.1f} s",
+                  flush=True)
+            rows.append(row)
+    return {"rows_fitted": int(H.shape[0]), "n_atoms": int(G.shape[0]), "k": k, "rows": rows}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", choices=("toy", "tail", "efficiency", "all"))
+    p.add_argument("experiment", choices=("toy", "tail", "efficiency", "sharkey", "all"))
     p.add_argument("--run-dir", type=Path, default=Path("runs/bench"))
     p.add_argument("--methods", nargs="+",
                    default=["ksvd", "ksvd_nn", "mod", "mod_nn", "topk", "l1", "sklearn"])
@@ -283,6 +325,8 @@ def main(argv=None) -> None:
                    help="tail rows: at 400k the rarest feature fires on ~80 (at 200k, ~40: MMCS 0.985)")
     p.add_argument("--k", type=int, default=None, help="tail: OMP/TopK k (default mean+2sd)")
     p.add_argument("--check-every", type=int, default=50)
+    p.add_argument("--sharkey-rows", type=int, default=100_000)
+    p.add_argument("--sharkey-methods", nargs="+", default=["mod_nn"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
@@ -300,6 +344,9 @@ def main(argv=None) -> None:
         if args.experiment in ("efficiency", "all"):
             result["efficiency"] = efficiency((args.n_features, args.d, args.n_samples),
                                               args.seed, args.check_every)
+        if args.experiment in ("sharkey", "all"):
+            result["sharkey"] = sharkey(args.run_dir, args.sharkey_methods, args.sharkey_rows,
+                                        args.seed)
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
 

@@ -20,9 +20,10 @@ Q[k, :] (so no triangular solve per step), q = (G[:, k] - Q w) / L_kk, z_n = alp
 and the correlations with the residual update as alpha -= q z_n, the squared residual norm
 as ||r||^2 -= z_n^2. The coefficients come from one triangular solve L^T gamma = z at the end.
 This is the same arithmetic as Batch-OMP's progressive Cholesky, in fewer kernel launches.
-On the CPU in float32/float64, the signed variant runs this arithmetic in a small C kernel
-(compiled on first use, see "native kernel" below), one sample at a time with its state in
-cache; the torch code is the fallback (no C compiler, other devices) and the reference.
+On the CPU in float32/float64, both variants (signed and nonnegative) run in a small C
+kernel (sae/omp_native.py, compiled on first use), one sample at a time with its state in
+cache; the torch code is the fallback (no C compiler, other devices, UNSUPERPOSE_OMP_NATIVE=0)
+and the reference.
 """
 from __future__ import annotations
 
@@ -60,6 +61,11 @@ def batch_omp(G: torch.Tensor, DH: torch.Tensor, n_nonzero_coefs: int | None = N
     chunk_size: samples per chunk; bounds the [chunk, n_steps, n_components] workspace
         (of the torch implementation; the native kernel works per sample and ignores it).
 
+    On the CPU in float32/float64, signed and nonnegative alike run in the C kernel of
+    sae/omp_native.py (split over torch's threads) where it builds, and in the torch code
+    (`_omp_chunk`, `_nonnegative_omp_chunk`, the reference) otherwise or with
+    UNSUPERPOSE_OMP_NATIVE=0; the two agree up to rounding.
+
     Returns (indices [n_samples, n_steps] int64, values [n_samples, n_steps]); n_steps is
     n_nonzero_coefs (or n_components). Every sample also stops when no atom correlates with
     its residual above rounding noise, or when the best atom is linearly dependent on its
@@ -94,10 +100,11 @@ def batch_omp(G: torch.Tensor, DH: torch.Tensor, n_nonzero_coefs: int | None = N
     chunk = chunk_size or default_chunk_size(n_steps, n_components, DH.element_size())
     code_chunk = _nonnegative_omp_chunk if nonnegative else _omp_chunk
 
-    lib = None if nonnegative or DH.device.type != "cpu" or DH.dtype not in (
+    lib = None if DH.device.type != "cpu" or DH.dtype not in (
         torch.float32, torch.float64) or n_samples == 0 else native_lib()
     if lib is not None:
-        return native_omp(lib, G.contiguous(), DH.contiguous(), n_steps, tol, norms_squared)
+        return native_omp(lib, G.contiguous(), DH.contiguous(), n_steps, tol, norms_squared,
+                          nonnegative)
     indices = torch.empty(n_samples, n_steps, dtype=torch.long, device=DH.device)
     values = DH.new_empty(n_samples, n_steps)
     for start in range(0, n_samples, chunk):

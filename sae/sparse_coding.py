@@ -17,6 +17,7 @@ maintenance itself is in sae/atom_maintenance.py.
 from __future__ import annotations
 
 import abc
+import math
 import time
 from dataclasses import dataclass
 from typing import ClassVar
@@ -24,7 +25,7 @@ from typing import ClassVar
 import torch
 
 from data import files
-from data.measures import fvu
+from data.measures import column_mean, fvu_of_residual, sum_squares
 from sae.atom_maintenance import (
     INITS,
     atom_usage,
@@ -63,6 +64,20 @@ class SparseCodingConfig:
     """also stop coding a sample once its squared residual norm ||h - c D||^2 <= tol"""
     n_iter: int = 30
     """alternations of sparse coding and dictionary update"""
+    fit_k_ratio: float = 1.0
+    """while fitting, code each sample with up to ceil(fit_k_ratio * k) atoms, but not more
+    than d / (2 ln n_atoms), the support OMP still finds on random atoms (and never fewer
+    than k); transform keeps k. With k the mean L0, a row with more active features than k
+    otherwise leaves part of them in its residual, and the atom update follows that
+    leftover (512 atoms in d = 256: k 5 -> 10; 40 in d = 10: k stays 3)"""
+    fit_tol: float | None = None
+    """while fitting, also stop coding a sample once its squared residual is at most fit_tol
+    times the mean squared norm of the rows (scale-free; transform keeps `tol`): with
+    fit_k_ratio > 1, the extra atoms then go only to the rows that need them"""
+    start_rows: int | None = None
+    """code and update on a random subset of this many rows in the first iteration, doubled
+    each iteration until every row is used (None: every row from the start): the first
+    alternations find the frequent features, which a subset shows as well as all rows"""
     nonnegative: bool = False
     """nonnegative codes (nonnegative OMP, sign-consistent updates); atoms stay signed"""
     init: str = "data"
@@ -107,6 +122,9 @@ class SparseCodingConfig:
         check_param("k", self.k, low=1, integer=True, at_most=("n_components", self.n_components))
         check_param("tol", self.tol, low=0, optional=True)
         check_param("n_iter", self.n_iter, low=1, integer=True)
+        check_param("fit_k_ratio", self.fit_k_ratio, low=1)
+        check_param("fit_tol", self.fit_tol, low=0, optional=True)
+        check_param("start_rows", self.start_rows, low=1, integer=True, optional=True)
         check_param("nonnegative", self.nonnegative, boolean=True)
         check_param("init", self.init, choices=INITS)
         check_param("batch_size", self.batch_size, low=1, integer=True, optional=True)
@@ -116,7 +134,7 @@ class SparseCodingConfig:
         check_param("reseed", self.reseed, choices=RESEEDS)
         check_param("overcomplete", self.overcomplete, low=0, high=4)
         if n_spare_atoms(self.overcomplete, self.n_components):
-            check_param("n_iter", self.n_iter, low=SWAP_GRACE_ITERATIONS + 2, integer=True,
+            check_param("n_iter", self.n_iter, low=min_iterations_to_prune(), integer=True,
                         when=f"overcomplete={self.overcomplete} (to settle after pruning)")
         check_param("purify", self.purify, boolean=True)
         check_param("fit_offset", self.fit_offset, boolean=True)
@@ -124,9 +142,28 @@ class SparseCodingConfig:
         check_param("device", self.device, device=True)
 
 
+def min_iterations_to_prune() -> int:
+    """The fewest n_iter that leave iterations after the pruning of spare atoms."""
+    return SWAP_GRACE_ITERATIONS + 2
+
+
 def n_spare_atoms(overcomplete: float, n_components: int) -> int:
     """Atoms fitted beyond n_components until the pruning."""
     return round(overcomplete * n_components)
+
+
+def fit_sparsity(k: int, ratio: float, d: int, n_atoms: int) -> int:
+    """Atoms per sample while fitting: ceil(ratio * k), capped at d / (2 ln n_atoms) (the
+    sparsity up to which OMP recovers supports on random atoms), never below k."""
+    cap = math.floor(d / (2 * math.log(max(n_atoms, 2))))
+    return max(k, min(math.ceil(ratio * k), cap, n_atoms))
+
+
+def rows_in_iteration(iteration: int, n_samples: int, start_rows: int | None) -> int:
+    """Rows coded in 1-based `iteration`: start_rows doubled each iteration, at most all."""
+    if start_rows is None:
+        return n_samples
+    return min(n_samples, start_rows << min(iteration - 1, 62))
 
 
 @dataclass(frozen=True)
@@ -159,8 +196,9 @@ class SparseCodingDictionary(DictionaryEstimator):
 
     Fitted state: `components_` [n_components, d] float32 numpy, unit-norm rows; `offset_`
     [d] float32 numpy with fit_offset, else None; `log_`, one
-    dict per iteration: iteration, fvu (`data.measures.fvu` of H and C D with the codes and
-    atoms at the end of the iteration, before atoms are replaced), l0 (mean nonzeros per
+    dict per iteration: iteration, rows (how many rows it coded, `start_rows`), fvu
+    (`data.measures.fvu` of those rows and C D with the codes and atoms at the end of the
+    iteration, before atoms are replaced), l0 (mean nonzeros per
     sample), n_unused_atoms (atoms no sample used), n_duplicate_atoms (atoms with
     cos > max_coherence to a more-used one), n_swapped_atoms (see `n_swaps`): the atoms
     replaced after this iteration; n_purified_atoms (with purify); seconds (wall time of the
@@ -181,7 +219,11 @@ class SparseCodingDictionary(DictionaryEstimator):
             raise ValueError(f"k={cfg.k} nonzeros per sample exceeds d={d}: more than d atoms "
                              f"are linearly dependent, so OMP cannot place them")
         gen = torch_generator(cfg.random_state, device)
+        if cfg.start_rows is not None and cfg.start_rows < n_samples:
+            # the growing subsets are prefixes of one shuffle: file order may not be random
+            X = X[torch.randperm(n_samples, generator=gen, device=device)]
         n_spare = n_spare_atoms(cfg.overcomplete, cfg.n_components)
+        fit_k = fit_sparsity(cfg.k, cfg.fit_k_ratio, d, cfg.n_components + n_spare)
         signed = not cfg.nonnegative
         D = init_atoms(X, cfg.n_components + n_spare, cfg.init, gen)  # [n_atoms, d]
 
@@ -189,28 +231,35 @@ class SparseCodingDictionary(DictionaryEstimator):
         # the mean starts closer to a sparse signal's offset than 0 does (off by the mean
         # code's part, sum_i p_i E[c_i] d_i, where 0 is off by the whole offset)
         offset = X.mean(dim=0) if cfg.fit_offset else X.new_zeros(d)  # [d]
+        tol = None if cfg.fit_tol is None else cfg.fit_tol * sum_squares(X) / n_samples
+        variances = {}                                             # rows -> fvu denominator
         self.log_ = []
         for iteration in range(1, cfg.n_iter + 1):
             t0 = time.perf_counter()
             phase = schedule(iteration, cfg.n_iter, n_spare)
-            Xc = X - offset if cfg.fit_offset else X               # [n_samples, d]
+            rows = rows_in_iteration(iteration, n_samples, cfg.start_rows)
+            Xi = X[:rows]                                          # [rows, d]
+            if rows not in variances:
+                variances[rows] = sum_squares(Xi, column_mean(Xi))
+            Xc = Xi - offset if cfg.fit_offset else Xi             # [rows, d]
             if phase.prune:
                 # judged on the codes of the atoms as they are now, after the last replacements
-                keep = prune_atoms(D, *self._code(Xc, D), cfg.n_components, signed=signed)
+                keep = prune_atoms(D, *self._code(Xc, D, fit_k, tol), cfg.n_components,
+                                   signed=signed)
                 D, age = D[keep], age[keep]
-            idx, val = self._code(Xc, D)                           # [n_samples, k] each
+            idx, val = self._code(Xc, D, fit_k, tol)               # [rows, fit_k] each
             D, val = self._update(Xc, D, idx, val, gen)
             D, val = orient_atoms(D, idx, val)
-            recon = sparse_reconstruct(idx, val, D)                # [n_samples, d]
-            R = Xc - recon
+            R = Xc - sparse_reconstruct(idx, val, D)               # [rows, d]
             if cfg.fit_offset:
                 shift = R.mean(dim=0)                              # [d]
                 offset, R = offset + shift, R - shift
-                recon = recon + offset
             usage = atom_usage(idx, val, D.shape[0])               # [n_atoms]
             unused = usage == 0
             duplicate = duplicate_atoms(D, usage, cfg.max_coherence, signed=signed) & ~unused
-            entry = {"iteration": iteration, "fvu": fvu(X, recon),
+            # R = X - C D (- offset): the fvu of data.measures.fvu without a copy
+            entry = {"iteration": iteration, "rows": rows,
+                     "fvu": fvu_of_residual(sum_squares(R), variances[rows]),
                      "l0": float((val != 0).sum(1).float().mean()),
                      "n_unused_atoms": int(unused.sum()),
                      "n_duplicate_atoms": int(duplicate.sum())}
@@ -246,9 +295,11 @@ class SparseCodingDictionary(DictionaryEstimator):
                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """New unit-norm atoms [n_components, d] and codes `val` on the same support."""
 
-    def _code(self, X: torch.Tensor, D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return omp_encode(X, D, self.k, tol=self.tol, nonnegative=self.nonnegative,
-                          chunk_size=self.batch_size)
+    def _code(self, X: torch.Tensor, D: torch.Tensor, k: int | None = None,
+              tol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """OMP codes of X on D: with k and tol of the fit when given, else of transform."""
+        return omp_encode(X, D, k or self.k, tol=self.tol if k is None else tol,
+                          nonnegative=self.nonnegative, chunk_size=self.batch_size)
 
     def transform(self, H: ArrayLike) -> ArrayLike:
         """OMP codes [n_samples, n_components] of H on the fitted atoms (same kind as H)."""

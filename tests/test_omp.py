@@ -145,6 +145,72 @@ def test_native_kernel_equals_torch_fallback(dtype, atol, with_tol, monkeypatch)
     torch.testing.assert_close(val, val_t, rtol=0, atol=atol)
 
 
+def nonnegative_problem(kind, seed):
+    """(D, H, k) for comparing the nonnegative kernels: planted nonnegative codes plus noise,
+    Gaussian data, or fewer atoms than d with k = all of them (the positively correlated
+    atoms run out before k; the atoms stay independent)."""
+    if kind == "few atoms":
+        D, H = random_problem(300, 32, 20, seed)
+        return D, H, 20
+    D, H = random_problem(300, 32, 96, seed)
+    if kind == "planted":
+        rng = np.random.default_rng(seed)
+        support = np.argsort(rng.random((300, 96)), axis=1)[:, :5]
+        H = np.einsum("nk,nkd->nd", rng.uniform(0.5, 1.5, (300, 5)), D[support])
+        H += 0.05 * rng.standard_normal(H.shape)
+    return D, H, 8
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("with_tol", [False, True])
+@pytest.mark.parametrize("kind", ["planted", "gaussian", "few atoms"])
+def test_native_nonnegative_kernel_equals_torch_fallback(kind, dtype, rtol, with_tol,
+                                                         monkeypatch):
+    if omp_native.native_lib() is None:
+        pytest.skip("no C compiler: the native OMP kernel is not built")
+    D, H, k = nonnegative_problem(kind, seed=13)
+    G, DH = torch.from_numpy(D @ D.T).to(dtype), torch.from_numpy(H @ D.T).to(dtype)
+    kwargs = {}
+    if with_tol:
+        norms = torch.from_numpy((H ** 2).sum(1)).to(dtype)
+        kwargs = {"tol": 0.2 * float(norms.mean()), "norms_squared": norms}
+    idx, val = batch_omp(G, DH, k, nonnegative=True, **kwargs)
+    monkeypatch.setattr(omp_native, "_native", [None])
+    idx_t, val_t = batch_omp(G, DH, k, nonnegative=True, **kwargs)
+    assert val.dtype == dtype
+    sizes = (idx >= 0).sum(1)
+    if with_tol:  # samples stop at many steps
+        assert len(set(sizes.tolist())) >= 3
+    if kind == "few atoms":  # no sample found k positively correlated atoms
+        assert sizes.max() < k
+    torch.testing.assert_close(idx, idx_t, rtol=0, atol=0)
+    torch.testing.assert_close(val, val_t, rtol=rtol, atol=rtol * float(val_t.abs().max()))
+
+
+@pytest.mark.parametrize("with_tol", [False, True])
+def test_nonnegative_codes_have_no_negative_values(with_tol, backend):
+    D, H = random_problem(200, 16, 48, seed=14)
+    tol = 0.2 * (H ** 2).sum(1).mean() if with_tol else None
+    G, DH = torch.from_numpy(D @ D.T).float(), torch.from_numpy(H @ D.T).float()
+    norms = torch.from_numpy((H ** 2).sum(1)).float() if with_tol else None
+    idx, val = batch_omp(G, DH, 16, tol=tol, norms_squared=norms, nonnegative=True)
+    assert (val >= 0).all()
+    # an empty slot and only an empty slot has value 0
+    torch.testing.assert_close(idx < 0, val == 0, rtol=0, atol=0)
+    assert (idx < 0).any() and (idx >= 0).sum(1).min() >= 1
+
+
+def test_planted_nonnegative_codes_are_recovered_exactly(backend):
+    D, _ = random_problem(1, 64, 128, seed=15)
+    rng = np.random.default_rng(15)
+    codes = np.zeros((200, 128))
+    for row in codes:
+        row[rng.choice(128, 3, replace=False)] = rng.uniform(0.5, 1.5, 3)
+    got = ours(D, codes @ D, 3, nonnegative=True)
+    np.testing.assert_array_equal(got > 0, codes > 0)
+    np.testing.assert_allclose(got, codes, rtol=0, atol=1e-10)
+
+
 def test_nnls_gram_matches_scipy():
     rng = np.random.default_rng(9)
     A = rng.standard_normal((6, 12, 5))                              # 6 problems, [12, 5] each
