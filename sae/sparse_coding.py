@@ -74,6 +74,15 @@ class SparseCodingConfig:
     """while fitting, also stop coding a sample once its squared residual is at most fit_tol
     times the mean squared norm of the rows (scale-free; transform keeps `tol`): with
     fit_k_ratio > 1, the extra atoms then go only to the rows that need them"""
+    prefix_fraction: float = 0.0
+    """code each sample in two passes: first up to `prefix_k` atoms among the most-used
+    prefix_fraction of the atoms (atoms are kept sorted by usage, most used first), then the
+    rest of k on the residual over all atoms; in fit and transform (0: one OMP pass). On
+    hierarchical worlds a parent fires with each of its children, and one-pass OMP at a
+    fixed k favours an atom that holds parent + child; coding the frequent atoms first
+    leaves the child alone in the residual"""
+    prefix_k: int = 1
+    """most atoms of the first (prefix) pass, < k"""
     start_rows: int | None = None
     """code and update on a random subset of this many rows in the first iteration, doubled
     each iteration until every row is used (None: every row from the start): the first
@@ -125,6 +134,11 @@ class SparseCodingConfig:
         check_param("fit_k_ratio", self.fit_k_ratio, low=1)
         check_param("fit_tol", self.fit_tol, low=0, optional=True)
         check_param("start_rows", self.start_rows, low=1, integer=True, optional=True)
+        check_param("prefix_fraction", self.prefix_fraction, low=0, high=1)
+        check_param("prefix_k", self.prefix_k, low=1, integer=True)
+        if self.prefix_fraction > 0:
+            check_param("prefix_k", self.prefix_k, low=1, integer=True,
+                        at_most=("k - 1", self.k - 1))
         check_param("nonnegative", self.nonnegative, boolean=True)
         check_param("init", self.init, choices=INITS)
         check_param("batch_size", self.batch_size, low=1, integer=True, optional=True)
@@ -233,6 +247,7 @@ class SparseCodingDictionary(DictionaryEstimator):
         offset = X.mean(dim=0) if cfg.fit_offset else X.new_zeros(d)  # [d]
         tol = None if cfg.fit_tol is None else cfg.fit_tol * sum_squares(X) / n_samples
         variances = {}                                             # rows -> fvu denominator
+        usage = None                                               # [n_atoms], per iteration
         self.log_ = []
         for iteration in range(1, cfg.n_iter + 1):
             t0 = time.perf_counter()
@@ -242,6 +257,10 @@ class SparseCodingDictionary(DictionaryEstimator):
             if rows not in variances:
                 variances[rows] = sum_squares(Xi, column_mean(Xi))
             Xc = Xi - offset if cfg.fit_offset else Xi             # [rows, d]
+            if cfg.prefix_fraction > 0 and usage is not None:
+                # most used first: the prefix pass codes with the leading atoms
+                order = torch.argsort(usage, descending=True, stable=True)
+                D, age = D[order], age[order]
             if phase.prune:
                 # judged on the codes of the atoms as they are now, after the last replacements
                 keep = prune_atoms(D, *self._code(Xc, D, fit_k, tol), cfg.n_components,
@@ -297,9 +316,25 @@ class SparseCodingDictionary(DictionaryEstimator):
 
     def _code(self, X: torch.Tensor, D: torch.Tensor, k: int | None = None,
               tol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """OMP codes of X on D: with k and tol of the fit when given, else of transform."""
-        return omp_encode(X, D, k or self.k, tol=self.tol if k is None else tol,
-                          nonnegative=self.nonnegative, chunk_size=self.batch_size)
+        """OMP codes of X on D: with k and tol of the fit when given, else of transform;
+        in two passes with prefix_fraction (the prefix is D's leading rows)."""
+        k, tol = (self.k, self.tol) if k is None else (k, tol)
+        n_prefix = round(self.prefix_fraction * D.shape[0])
+        if not n_prefix:
+            return omp_encode(X, D, k, tol=tol, nonnegative=self.nonnegative,
+                              chunk_size=self.batch_size)
+        first = min(self.prefix_k, k - 1, n_prefix)
+        idx1, val1 = omp_encode(X, D[:n_prefix], first, tol=tol, nonnegative=self.nonnegative,
+                                chunk_size=self.batch_size)        # [n, first]
+        R = X - sparse_reconstruct(idx1, val1, D)                  # [n, d]
+        idx2, val2 = omp_encode(R, D, k - first, tol=tol, nonnegative=self.nonnegative,
+                                chunk_size=self.batch_size)        # [n, k - first]
+        # an atom the second pass picks again (one the first pass left at 0) joins its slot
+        same = (idx2.unsqueeze(2) == idx1.unsqueeze(1)) & (idx2 >= 0).unsqueeze(2)  # [n, k2, k1]
+        val1 = val1 + (same * val2.unsqueeze(2)).sum(1)
+        again = same.any(2)
+        idx2, val2 = idx2.masked_fill(again, -1), val2.masked_fill(again, 0.0)
+        return torch.cat([idx1, idx2], 1), torch.cat([val1, val2], 1)
 
     def transform(self, H: ArrayLike) -> ArrayLike:
         """OMP codes [n_samples, n_components] of H on the fitted atoms (same kind as H)."""

@@ -221,7 +221,7 @@ def test_same_seed_same_atoms(small_data):
 
 
 _SHARED_DEFAULTS = {"k": 3, "tol": None, "n_iter": 30, "fit_k_ratio": 1.0, "fit_tol": None,
-                    "start_rows": None, "nonnegative": False, "init": "data",
+                    "prefix_fraction": 0.0, "prefix_k": 1, "start_rows": None, "nonnegative": False, "init": "data",
                     "batch_size": None, "max_coherence": 0.99, "n_swaps": 1,
                     "swap_gain_factor": 2.0, "reseed": "pca", "overcomplete": 0.0,
                     "purify": False, "fit_offset": False, "random_state": 0, "device": "auto"}
@@ -405,3 +405,34 @@ def test_top_principal_direction_matches_eigh():
     got = top_principal_direction(E, start=-a)
     assert float(got @ -a) > 0  # oriented like start
     assert abs(float(got @ ref)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_prefix_coding_codes_the_leading_atoms_first_at_the_same_k():
+    # atoms 0 and 1 are the prefix (prefix_fraction 0.5 of 4); h = 2 e0 + e2 + 0.5 e3
+    D = torch.eye(4)
+    est = MOD(n_components=4, k=3, prefix_fraction=0.5, prefix_k=1, nonnegative=True)
+    idx, val = est._code(torch.tensor([[2.0, 0.0, 1.0, 0.5]]), D)
+    assert idx[0, 0] == 0 and val[0, 0] == pytest.approx(2.0)   # the prefix pass takes e0
+    assert sorted(idx[0, 1:].tolist()) == [2, 3]
+    # an atom both passes pick is one slot: no index twice in a row
+    idx, val = est._code(torch.tensor([[0.0, 0.0, 1.0, 0.0]]), D)
+    kept = idx[0][val[0] != 0].tolist()
+    assert kept == [2] and len(set(idx[0][idx[0] >= 0].tolist())) == len(idx[0][idx[0] >= 0])
+    with pytest.raises(ValueError, match=r"^prefix_k: must be <= k - 1=2, got 3$"):
+        MODConfig(n_components=8, k=3, prefix_fraction=0.25, prefix_k=3)
+
+
+@pytest.mark.slow
+def test_prefix_coding_keeps_parents_and_children_apart():
+    # measured on 128 features in 8 trees (tests/test_frontier_saes.py): uniqueness 0.594
+    # with one pass, 0.656 coding the most-used quarter of the atoms first
+    from evaluate.metrics import uniqueness
+    from tests.test_frontier_saes import hierarchical_problem
+
+    H, G, k = hierarchical_problem()
+    base = dict(n_components=128, k=k, n_iter=20, nonnegative=True, random_state=0)
+    one = uniqueness(G.numpy(), MOD(**base).fit(H).components_)
+    two = MOD(**base, prefix_fraction=0.25, prefix_k=k // 2).fit(H)
+    assert uniqueness(G.numpy(), two.components_) > one + 0.04
+    codes = two.transform(H[:200])
+    assert ((codes != 0).sum(1) <= k).all()
