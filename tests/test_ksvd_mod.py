@@ -221,7 +221,8 @@ def test_same_seed_same_atoms(small_data):
 
 
 _SHARED_DEFAULTS = {"k": 3, "tol": None, "n_iter": 30, "fit_k_ratio": 1.0, "fit_tol": None,
-                    "prefix_fraction": 0.0, "prefix_k": 1, "start_rows": None, "nonnegative": False, "init": "data",
+                    "prefix_fraction": 0.0, "prefix_k": 1, "start_rows": None,
+                    "nonnegative": False, "init": "data",
                     "batch_size": None, "max_coherence": 0.99, "n_swaps": 1,
                     "swap_gain_factor": 2.0, "reseed": "pca", "overcomplete": 0.0,
                     "purify": False, "fit_offset": False, "random_state": 0, "device": "auto"}
