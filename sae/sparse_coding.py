@@ -25,6 +25,7 @@ from typing import ClassVar
 import torch
 
 from data import files
+from data.configs import ConfigError
 from data.measures import column_mean, fvu_of_residual, sum_squares
 from sae.atom_maintenance import (
     INITS,
@@ -74,15 +75,16 @@ class SparseCodingConfig:
     """while fitting, also stop coding a sample once its squared residual is at most fit_tol
     times the mean squared norm of the rows (scale-free; transform keeps `tol`): with
     fit_k_ratio > 1, the extra atoms then go only to the rows that need them"""
-    prefix_fraction: float = 0.0
-    """code each sample in two passes: first up to `prefix_k` atoms among the most-used
-    prefix_fraction of the atoms (atoms are kept sorted by usage, most used first), then the
-    rest of k on the residual over all atoms; in fit and transform (0: one OMP pass). On
-    hierarchical worlds a parent fires with each of its children, and one-pass OMP at a
-    fixed k favours an atom that holds parent + child; coding the frequent atoms first
-    leaves the child alone in the residual"""
-    prefix_k: int = 1
-    """most atoms of the first (prefix) pass, < k"""
+    prefix_fractions: tuple[float, ...] = ()
+    """code each sample in passes, in fit and transform: pass i takes up to prefix_ks[i]
+    atoms among the most-used prefix_fractions[i] of the atoms (atoms are kept sorted by
+    usage, most used first), on the residual of the passes before it; a last pass over all
+    atoms takes the rest of k (empty: one OMP pass). On hierarchical worlds a parent fires
+    with each of its children, and one pass at a fixed k favours an atom that holds parent +
+    child; coding the frequent atoms first leaves the child alone in the residual.
+    Fractions strictly increasing in (0, 1)"""
+    prefix_ks: tuple[int, ...] = ()
+    """atoms of each prefix pass (one per prefix_fractions entry), each >= 1, summing to < k"""
     start_rows: int | None = None
     """code and update on a random subset of this many rows in the first iteration, doubled
     each iteration until every row is used (None: every row from the start): the first
@@ -134,11 +136,7 @@ class SparseCodingConfig:
         check_param("fit_k_ratio", self.fit_k_ratio, low=1)
         check_param("fit_tol", self.fit_tol, low=0, optional=True)
         check_param("start_rows", self.start_rows, low=1, integer=True, optional=True)
-        check_param("prefix_fraction", self.prefix_fraction, low=0, high=1)
-        check_param("prefix_k", self.prefix_k, low=1, integer=True)
-        if self.prefix_fraction > 0:
-            check_param("prefix_k", self.prefix_k, low=1, integer=True,
-                        at_most=("k - 1", self.k - 1))
+        self._check_prefixes()
         check_param("nonnegative", self.nonnegative, boolean=True)
         check_param("init", self.init, choices=INITS)
         check_param("batch_size", self.batch_size, low=1, integer=True, optional=True)
@@ -154,6 +152,29 @@ class SparseCodingConfig:
         check_param("fit_offset", self.fit_offset, boolean=True)
         check_param("random_state", self.random_state, low=0, integer=True, optional=True)
         check_param("device", self.device, device=True)
+
+    def _check_prefixes(self) -> None:
+        fractions = _as_tuple("prefix_fractions", self.prefix_fractions, (int, float))
+        ks = _as_tuple("prefix_ks", self.prefix_ks, int)
+        object.__setattr__(self, "prefix_fractions", tuple(float(f) for f in fractions))
+        object.__setattr__(self, "prefix_ks", ks)
+        if len(fractions) != len(ks):
+            raise ConfigError("prefix_ks", f"needs one entry per prefix_fractions entry "
+                                           f"({len(fractions)}), got {len(ks)}")
+        if any(not 0 < f < 1 for f in fractions) or any(
+                a >= b for a, b in zip(fractions, fractions[1:])):
+            raise ConfigError("prefix_fractions", f"must be strictly increasing in (0, 1), "
+                                                  f"got {list(fractions)}")
+        if any(k < 1 for k in ks) or (ks and sum(ks) >= self.k):
+            raise ConfigError("prefix_ks", f"must be >= 1 each and sum to < k={self.k}, "
+                                           f"got {list(ks)}")
+
+
+def _as_tuple(name: str, value, kind: type) -> tuple:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not all(
+            isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise ConfigError(name, f"must be a list of {kind.__name__}s, got {value!r}")
+    return tuple(value)
 
 
 def min_iterations_to_prune() -> int:
@@ -257,7 +278,7 @@ class SparseCodingDictionary(DictionaryEstimator):
             if rows not in variances:
                 variances[rows] = sum_squares(Xi, column_mean(Xi))
             Xc = Xi - offset if cfg.fit_offset else Xi             # [rows, d]
-            if cfg.prefix_fraction > 0 and usage is not None:
+            if cfg.prefix_fractions and usage is not None:
                 # most used first: the prefix pass codes with the leading atoms
                 order = torch.argsort(usage, descending=True, stable=True)
                 D, age = D[order], age[order]
@@ -316,25 +337,23 @@ class SparseCodingDictionary(DictionaryEstimator):
 
     def _code(self, X: torch.Tensor, D: torch.Tensor, k: int | None = None,
               tol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """OMP codes of X on D: with k and tol of the fit when given, else of transform;
-        in two passes with prefix_fraction (the prefix is D's leading rows)."""
+        """OMP codes [n, k] of X on D: with k and tol of the fit when given, else of
+        transform; in passes with prefix_fractions (each prefix is D's leading rows)."""
         k, tol = (self.k, self.tol) if k is None else (k, tol)
-        n_prefix = round(self.prefix_fraction * D.shape[0])
-        if not n_prefix:
-            return omp_encode(X, D, k, tol=tol, nonnegative=self.nonnegative,
-                              chunk_size=self.batch_size)
-        first = min(self.prefix_k, k - 1, n_prefix)
-        idx1, val1 = omp_encode(X, D[:n_prefix], first, tol=tol, nonnegative=self.nonnegative,
-                                chunk_size=self.batch_size)        # [n, first]
-        R = X - sparse_reconstruct(idx1, val1, D)                  # [n, d]
-        idx2, val2 = omp_encode(R, D, k - first, tol=tol, nonnegative=self.nonnegative,
-                                chunk_size=self.batch_size)        # [n, k - first]
-        # an atom the second pass picks again (one the first pass left at 0) joins its slot
-        same = (idx2.unsqueeze(2) == idx1.unsqueeze(1)) & (idx2 >= 0).unsqueeze(2)  # [n, k2, k1]
-        val1 = val1 + (same * val2.unsqueeze(2)).sum(1)
-        again = same.any(2)
-        idx2, val2 = idx2.masked_fill(again, -1), val2.masked_fill(again, 0.0)
-        return torch.cat([idx1, idx2], 1), torch.cat([val1, val2], 1)
+        passes = [(max(1, round(f * D.shape[0])), n) for f, n in
+                  zip(self.prefix_fractions, self.prefix_ks)]
+        passes.append((D.shape[0], k - sum(self.prefix_ks)))
+        idx, val, R = [], [], X
+        for n, (width, n_atoms) in enumerate(passes):
+            i, v = omp_encode(R, D[:width], min(n_atoms, width), tol=tol,
+                              nonnegative=self.nonnegative, chunk_size=self.batch_size)
+            if idx:  # an atom an earlier pass left at 0 and this one picks: one slot
+                i, v = _merge_repeats(idx, val, i, v)
+            idx.append(i)
+            val.append(v)
+            if n + 1 < len(passes):
+                R = X - sparse_reconstruct(torch.cat(idx, 1), torch.cat(val, 1), D)
+        return torch.cat(idx, 1), torch.cat(val, 1)
 
     def transform(self, H: ArrayLike) -> ArrayLike:
         """OMP codes [n_samples, n_components] of H on the fitted atoms (same kind as H)."""
@@ -379,6 +398,19 @@ class SparseCodingDictionary(DictionaryEstimator):
                              f"n_components={D.shape[0]}")
         offset = self._offset(device, D.dtype)
         return _like(C @ D if offset is None else C @ D + offset, codes)
+
+
+def _merge_repeats(idx: list[torch.Tensor], val: list[torch.Tensor], i: torch.Tensor,
+                   v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adds the values of atoms in (i, v) [n, m] that the earlier passes' slots (idx, val,
+    lists of [n, m_j], updated in place) already hold to those slots; returns (i, v) with
+    those slots emptied, so no row lists an atom twice."""
+    for prev_i, prev_v in zip(idx, val):
+        same = (i.unsqueeze(2) == prev_i.unsqueeze(1)) & (i >= 0).unsqueeze(2)  # [n, m, m_j]
+        prev_v += (same * v.unsqueeze(2)).sum(1)
+        again = same.any(2)
+        i, v = i.masked_fill(again, -1), v.masked_fill(again, 0.0)
+    return i, v
 
 
 def _like(result: torch.Tensor, reference: ArrayLike) -> ArrayLike:

@@ -115,7 +115,6 @@ _FLOAT_RULES = {
     "ridge": ("finite and >= 0", -1.0, "-1.0"),
     "fit_k_ratio": ("finite and >= 1", 0.5, "0.5"),
     "fit_tol": ("None or finite and >= 0", -1.0, "-1.0"),
-    "prefix_fraction": ("finite and in [0, 1]", 1.5, "1.5"),
     "alpha": ("finite and >= 0", -0.5, "-0.5"),
     "refine_step_size": ("finite and > 0", 0.0, "0.0"),
     "k_anneal_fraction": ("finite and in (0, 1]", 0.0, "0.0"),
@@ -126,10 +125,10 @@ _FLOAT_FIELDS = {
              "k_anneal_fraction"},
     "batchtopk": {"lr", "lr_decay_fraction", "grad_clip_norm", "aux_coefficient",
                   "threshold_rate", "refine_step_size", "k_anneal_fraction"},
-    **{m: {"tol", "fit_tol", "fit_k_ratio", "prefix_fraction", "max_coherence",
+    **{m: {"tol", "fit_tol", "fit_k_ratio", "max_coherence",
            "swap_gain_factor", "overcomplete"}
        for m in ("ksvd", "ksvd_nn")},
-    **{m: {"tol", "fit_tol", "fit_k_ratio", "prefix_fraction", "max_coherence",
+    **{m: {"tol", "fit_tol", "fit_k_ratio", "max_coherence",
            "swap_gain_factor", "overcomplete", "ridge"} for m in ("mod", "mod_nn")},
     "sklearn": {"alpha"},
 }

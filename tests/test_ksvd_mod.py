@@ -221,7 +221,7 @@ def test_same_seed_same_atoms(small_data):
 
 
 _SHARED_DEFAULTS = {"k": 3, "tol": None, "n_iter": 30, "fit_k_ratio": 1.0, "fit_tol": None,
-                    "prefix_fraction": 0.0, "prefix_k": 1, "start_rows": None,
+                    "prefix_fractions": (), "prefix_ks": (), "start_rows": None,
                     "nonnegative": False, "init": "data",
                     "batch_size": None, "max_coherence": 0.99, "n_swaps": 1,
                     "swap_gain_factor": 2.0, "reseed": "pca", "overcomplete": 0.0,
@@ -409,9 +409,10 @@ def test_top_principal_direction_matches_eigh():
 
 
 def test_prefix_coding_codes_the_leading_atoms_first_at_the_same_k():
-    # atoms 0 and 1 are the prefix (prefix_fraction 0.5 of 4); h = 2 e0 + e2 + 0.5 e3
+    # atoms 0 and 1 are the prefix (prefix_fractions (0.5,) of 4); h = 2 e0 + e2 + 0.5 e3
     D = torch.eye(4)
-    est = MOD(n_components=4, k=3, prefix_fraction=0.5, prefix_k=1, nonnegative=True)
+    est = MOD(n_components=4, k=3, prefix_fractions=[0.5], prefix_ks=[1], nonnegative=True)
+    assert est.get_config().prefix_fractions == (0.5,)  # JSON lists -> tuples
     idx, val = est._code(torch.tensor([[2.0, 0.0, 1.0, 0.5]]), D)
     assert idx[0, 0] == 0 and val[0, 0] == pytest.approx(2.0)   # the prefix pass takes e0
     assert sorted(idx[0, 1:].tolist()) == [2, 3]
@@ -419,8 +420,13 @@ def test_prefix_coding_codes_the_leading_atoms_first_at_the_same_k():
     idx, val = est._code(torch.tensor([[0.0, 0.0, 1.0, 0.0]]), D)
     kept = idx[0][val[0] != 0].tolist()
     assert kept == [2] and len(set(idx[0][idx[0] >= 0].tolist())) == len(idx[0][idx[0] >= 0])
-    with pytest.raises(ValueError, match=r"^prefix_k: must be <= k - 1=2, got 3$"):
-        MODConfig(n_components=8, k=3, prefix_fraction=0.25, prefix_k=3)
+    with pytest.raises(ValueError, match=r"^prefix_ks: must be >= 1 each and sum to < k=3, "
+                                         r"got \[1, 2\]$"):
+        MODConfig(n_components=8, k=3, prefix_fractions=(0.25, 0.5), prefix_ks=(1, 2))
+    with pytest.raises(ValueError, match=r"^prefix_fractions: must be strictly increasing"):
+        MODConfig(n_components=8, k=3, prefix_fractions=(0.5, 0.25), prefix_ks=(1, 1))
+    with pytest.raises(ValueError, match=r"^prefix_ks: needs one entry per prefix_fractions"):
+        MODConfig(n_components=8, k=3, prefix_fractions=(0.5,), prefix_ks=())
 
 
 @pytest.mark.slow
@@ -433,7 +439,7 @@ def test_prefix_coding_keeps_parents_and_children_apart():
     H, G, k = hierarchical_problem()
     base = dict(n_components=128, k=k, n_iter=20, nonnegative=True, random_state=0)
     one = uniqueness(G.numpy(), MOD(**base).fit(H).components_)
-    two = MOD(**base, prefix_fraction=0.25, prefix_k=k // 2).fit(H)
+    two = MOD(**base, prefix_fractions=(0.25,), prefix_ks=(k // 2,)).fit(H)
     assert uniqueness(G.numpy(), two.components_) > one + 0.04
     codes = two.transform(H[:200])
     assert ((codes != 0).sum(1) <= k).all()
