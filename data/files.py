@@ -66,6 +66,9 @@ SAE_W_ENC = "W_enc"                   # [d, n_components] encoder
 SAE_B_ENC = "b_enc"                   # [n_components]
 SAE_B_DEC = "b_dec"                   # [d]
 SAE_THRESHOLD = "threshold"           # [] BatchTopK's inference threshold (0: plain ReLU)
+# [refine_steps] BatchTopK's inference thresholds of the refinement passes, only with
+# refine_steps > 0 (SAE_THRESHOLD is then the encoder pass's)
+SAE_REFINE_THRESHOLD = "refine_threshold"
 SAE_TENSOR_KEYS = (SAE_W_ENC, SAE_B_ENC, SAE_B_DEC, SAE_THRESHOLD)
 
 # ---- SAELens's export format (`SAE.load_from_disk`) ----------------------------------------

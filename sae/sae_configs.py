@@ -126,7 +126,8 @@ class BatchTopKSAEConfig(TopKSAEConfig):
     """BatchTopK: TopKSAEConfig plus the inference threshold's running mean."""
 
     threshold_rate: float = 0.01
-    """weight of each batch in the running mean that sets the inference threshold"""
+    """weight of each batch in the running mean that sets the inference threshold (with
+    refine_steps > 0, one threshold per pass, each from that pass's batch top-k)"""
 
     def __post_init__(self):
         super().__post_init__()

@@ -44,6 +44,7 @@ from sae.sae_configs import (
 from sae.sae_module import K_ACTIVATIONS, SAEOutput, SparseAutoencoder
 from sae.saelens_export import export_saelens
 
+REFINE_THRESHOLD = files.SAE_REFINE_THRESHOLD  # also the SparseAutoencoder buffer's name
 _TRANSFORM_CHUNK = 16384  # rows per forward pass in transform, to bound [rows, n] memory
 
 
@@ -245,8 +246,11 @@ class _SAEEstimator(DictionaryEstimator):
     # -- persistence -------------------------------------------------------------------------
     def _extra_tensors(self) -> dict[str, torch.Tensor]:
         sae = self.sae_
-        return {files.SAE_W_ENC: sae.W_enc.detach(), files.SAE_B_ENC: sae.b_enc.detach(),
-                files.SAE_B_DEC: sae.b_dec.detach(), files.SAE_THRESHOLD: sae.threshold}
+        tensors = {files.SAE_W_ENC: sae.W_enc.detach(), files.SAE_B_ENC: sae.b_enc.detach(),
+                   files.SAE_B_DEC: sae.b_dec.detach(), files.SAE_THRESHOLD: sae.threshold}
+        if hasattr(sae, REFINE_THRESHOLD):
+            tensors[REFINE_THRESHOLD] = sae.refine_threshold
+        return tensors
 
     def _move_fitted(self, device: torch.device) -> None:
         if getattr(self, "sae_", None) is not None:
@@ -264,6 +268,10 @@ class _SAEEstimator(DictionaryEstimator):
                  "b_dec": tensors[files.SAE_B_DEC], "threshold": tensors[files.SAE_THRESHOLD]}
         if self.activation == "jumprelu":  # inference reads `threshold`, saved exactly
             state["log_threshold"] = tensors[files.SAE_THRESHOLD].log()
+        if hasattr(sae, REFINE_THRESHOLD):
+            # saved before per-pass thresholds: every pass used the one threshold
+            state[REFINE_THRESHOLD] = tensors.get(
+                REFINE_THRESHOLD, tensors[files.SAE_THRESHOLD].expand(sae.refine_steps))
         sae.load_state_dict(state)
         self.sae_ = sae.to(resolve_device(self.device)).eval()
 
@@ -313,14 +321,15 @@ class TopKSAE(_SAEEstimator):
 class BatchTopKSAE(TopKSAE):
     """BatchTopK (Bussmann et al. 2024): keep the k * batch largest activations of the batch in
     training; at inference keep those above a threshold, the running mean of the smallest
-    activation kept in training."""
+    activation kept in training. With refine_steps > 0 each pass (the encoder's, each
+    refinement's) is a batch top-k in training with its own threshold at inference."""
 
     method = "batchtopk"
     config_class = BatchTopKSAEConfig
     activation = "batchtopk"
 
     def _after_step(self, sae, out):
-        sae.update_threshold_(out.codes, self.threshold_rate)
+        sae.update_threshold_(out.codes, self.threshold_rate, out.earlier_codes)
 
 
 class MatryoshkaSAE(BatchTopKSAE):

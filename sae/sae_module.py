@@ -37,6 +37,9 @@ class SAEOutput(NamedTuple):
     # [batch, n_components], the input of the last activation when refine_steps > 0 (what
     # JumpReLU's L0 reads); None without refinement, where it is pre_acts
     last_pre: torch.Tensor | None = None
+    # the codes of the passes before the last when refine_steps > 0 (the encoder's first), each
+    # [batch, n_components]: what BatchTopK's per-pass inference thresholds are learned from
+    earlier_codes: tuple[torch.Tensor, ...] = ()
 
 
 class SparseAutoencoder(nn.Module):
@@ -45,6 +48,10 @@ class SparseAutoencoder(nn.Module):
     forward has no side effects; BatchTopK's inference threshold is a buffer that the training
     loop moves with `update_threshold_`. In train mode batchtopk keeps the k * batch largest
     activations of the batch; in eval mode it keeps those above `threshold` (a JumpReLU).
+    With refine_steps > 0 every pass (the encoder's, then each refinement) is its own batch
+    top-k in training, so each has its own inference threshold: `threshold` the encoder's,
+    `refine_threshold` [refine_steps] the refinements' (refined codes are larger than the
+    encoder's: one threshold for all passes let inference drift off k).
 
     jumprelu: one threshold per latent, theta = exp(log_threshold) (a parameter), f = pre *
     [pre > theta]; in train mode through the straight-through estimator of `sae.losses.jumprelu`
@@ -82,6 +89,8 @@ class SparseAutoencoder(nn.Module):
             self.register_buffer("threshold", torch.ones(n_components))
         else:
             self.register_buffer("threshold", torch.zeros(()))  # 0 = plain ReLU at inference
+        if activation == "batchtopk" and refine_steps:
+            self.register_buffer("refine_threshold", torch.zeros(refine_steps))  # 0 as above
 
     @torch.no_grad()
     def initialize_(self, atoms: torch.Tensor, b_dec: torch.Tensor,
@@ -105,8 +114,9 @@ class SparseAutoencoder(nn.Module):
         """
         return torch.addmm(self.b_enc - self.b_dec @ self.W_enc, h, self.W_enc)
 
-    def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        """pre: [batch, n_components] -> codes f, same shape, nonnegative."""
+    def activate(self, pre: torch.Tensor, step: int = 0) -> torch.Tensor:
+        """pre: [batch, n_components] -> codes f, same shape, nonnegative. `step`: the pass
+        (0 the encoder's, i the i-th refinement), which picks BatchTopK's inference threshold."""
         if self.activation == "relu":
             return pre.relu()
         if self.activation == "topk":
@@ -115,27 +125,33 @@ class SparseAutoencoder(nn.Module):
         if self.activation == "jumprelu" and self.training:
             return jumprelu(pre, self.log_threshold.exp(), self.bandwidth)
         if not self.training:
-            return pre.relu() * (pre > self.threshold)
+            threshold = self.threshold if step == 0 or self.activation != "batchtopk" else \
+                self.refine_threshold[step - 1]
+            return pre.relu() * (pre > threshold)
         # ReLU after the selection, as for TopK: the same codes (a kept negative becomes the
         # 0 that a kept ReLU'd zero would be) without a pass and its backward over [batch, n]
         flat = pre.flatten()                                           # [batch * n]
         values, indices = flat.topk(min(self.k * pre.shape[0], flat.numel()), sorted=False)
         return torch.zeros_like(flat).scatter_(0, indices, values.relu()).view_as(pre)
 
-    def refine(self, h: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def refine(self, h: torch.Tensor, codes: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         """refine_steps ISTA steps from `codes` [batch, n_components] on rows h [batch, d]:
         pre <- f + eta (h - f W_dec^T - b_dec) W, f <- act(pre); the activation plays the
         proximal operator of the sparsity constraint (TopK: keep k; ReLU: the nonnegative
-        orthant; JumpReLU: the thresholds). W = W_dec is ISTA's gradient step on the
+        orthant; JumpReLU: the thresholds; BatchTopK: k * batch in training, at inference the
+        threshold of this pass). W = W_dec is ISTA's gradient step on the
         reconstruction error; W = W_enc (refine_with="encoder") makes the correction learned
-        (one weight-tied LISTA layer). Returns (codes, the last pre-activations)."""
+        (one weight-tied LISTA layer). Returns (codes, the last pre-activations, the codes of
+        the earlier passes, `codes` first)."""
         W = self.W_dec if self.refine_with == "decoder" else self.W_enc       # [d, n]
-        pre = codes
-        for _ in range(self.refine_steps):
+        pre, earlier = codes, []
+        for step in range(1, self.refine_steps + 1):
+            earlier.append(codes)
             residual = h - self.decode(codes)                                   # [batch, d]
             pre = torch.addmm(codes, residual, W, alpha=self.refine_step_size)  # [batch, n]
-            codes = self.activate(pre)
-        return codes, pre
+            codes = self.activate(pre, step)
+        return codes, pre, tuple(earlier)
 
     def encode(self, h: torch.Tensor) -> torch.Tensor:
         """h: [batch, d] -> codes f [batch, n_components] (refined when refine_steps > 0)."""
@@ -149,8 +165,8 @@ class SparseAutoencoder(nn.Module):
     def forward(self, h: torch.Tensor) -> SAEOutput:
         pre = self.pre_activations(h)
         if self.refine_steps:
-            codes, last_pre = self.refine(h, self.activate(pre))
-            return SAEOutput(self.decode(codes), codes, pre, last_pre)
+            codes, last_pre, earlier = self.refine(h, self.activate(pre))
+            return SAEOutput(self.decode(codes), codes, pre, last_pre, earlier)
         if not (self.sparse_decode and self.k * SPARSE_DECODE_RATIO <= self.n_components):
             codes = self.activate(pre)
             return SAEOutput(self.decode(codes), codes, pre)
@@ -183,19 +199,29 @@ class SparseAutoencoder(nn.Module):
             self.W_dec.grad.sub_(along * self.W_dec)
 
     @torch.no_grad()
-    def update_threshold_(self, codes: torch.Tensor, rate: float) -> None:
-        """Move BatchTopK's inference threshold toward this batch's smallest kept activation
-        (an exponential running mean with weight `rate`; the first batch sets it outright).
+    def update_threshold_(self, codes: torch.Tensor, rate: float,
+                          earlier: tuple[torch.Tensor, ...] = ()) -> None:
+        """Move BatchTopK's inference thresholds toward this batch's smallest kept activation
+        of each pass (an exponential running mean with weight `rate`; the first batch sets it
+        outright).
 
-        codes: [batch, n_components] from a train-mode forward.
+        codes: [batch, n_components] the codes of a train-mode forward (its last pass);
+        earlier: that forward's `earlier_codes`. Without refinement (earlier empty) `codes`
+        moves `threshold`; with it, earlier[0] moves `threshold` and earlier[i] and then
+        `codes` move refine_threshold[i - 1].
         """
-        smallest = codes.masked_fill(codes <= 0, float("inf")).amin()  # no compaction pass
-        if not torch.isfinite(smallest):  # nothing kept
-            return
-        if self.threshold <= 0:
-            self.threshold.copy_(smallest)
-        else:
-            self.threshold.lerp_(smallest, rate)
+        passes = (*earlier, codes)
+        if len(passes) > 1 and len(passes) != self.refine_steps + 1:
+            raise ValueError(f"{len(passes)} passes of codes for refine_steps={self.refine_steps}")
+        buffers = [self.threshold] + ([*self.refine_threshold] if len(passes) > 1 else [])
+        for buffer, pass_codes in zip(buffers, passes):
+            smallest = pass_codes.masked_fill(pass_codes <= 0, float("inf")).amin()  # no compaction
+            if not torch.isfinite(smallest):  # nothing kept
+                continue
+            if buffer <= 0:
+                buffer.copy_(smallest)
+            else:
+                buffer.lerp_(smallest, rate)
 
     @torch.no_grad()
     def sync_threshold_(self) -> None:
