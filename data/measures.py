@@ -7,22 +7,34 @@ from __future__ import annotations
 _CHUNK_ROWS = 4096
 
 
-def sum_squares(R, centre=None) -> float:
-    """sum_{rows, cols} (R - centre)^2 in float64, in row chunks.
+def _float64(x):
+    """x (numpy array or torch tensor) in float64, of the same kind."""
+    return x.double() if hasattr(x, "double") else x.astype("float64")
 
-    R: [rows, d], a numpy array or torch tensor; centre: [d] or None. Range [0, inf).
-    """
-    torch_like = hasattr(R, "double")
-    if not torch_like:
+
+def _float64_blocks(A):
+    """(start, block) over A [rows, d] (numpy or torch), each block of _CHUNK_ROWS rows in
+    float64."""
+    if not hasattr(A, "double"):
         import numpy as np
-        R = np.asarray(R)
-    if centre is not None:
-        centre = centre.double() if torch_like else centre.astype("float64")
+        A = np.asarray(A)
+    for start in range(0, len(A), _CHUNK_ROWS):
+        yield start, _float64(A[start:start + _CHUNK_ROWS])
+
+
+def sum_squares(R, minus=None) -> float:
+    """sum_{rows, cols} (R - minus)^2 in float64, in row chunks.
+
+    R: [rows, d], a numpy array or torch tensor; minus: None, a centre [d], or rows
+    [rows, d] of the same kind as R. Range [0, inf).
+    """
+    rowwise = minus is not None and minus.ndim == 2
+    centre = None if minus is None or rowwise else _float64(minus)  # [d]
     total = 0.0
-    for start in range(0, len(R), _CHUNK_ROWS):
-        block = R[start:start + _CHUNK_ROWS]
-        block = block.double() if torch_like else block.astype("float64")
-        if centre is not None:
+    for start, block in _float64_blocks(R):
+        if rowwise:
+            block = block - _float64(minus[start:start + _CHUNK_ROWS])
+        elif centre is not None:
             block = block - centre
         total += float((block * block).sum())
     return total
@@ -30,16 +42,9 @@ def sum_squares(R, centre=None) -> float:
 
 def column_mean(H):
     """[d] float64 mean of the rows of H [rows, d] (numpy or torch), in row chunks."""
-    if hasattr(H, "double"):
-        total = H.new_zeros(H.shape[1], dtype=H.new_zeros(0).double().dtype)
-        for start in range(0, len(H), _CHUNK_ROWS):
-            total += H[start:start + _CHUNK_ROWS].double().sum(0)
-    else:
-        import numpy as np
-        H = np.asarray(H)
-        total = np.zeros(H.shape[1])
-        for start in range(0, len(H), _CHUNK_ROWS):
-            total += H[start:start + _CHUNK_ROWS].astype(np.float64).sum(0)
+    total = 0.0
+    for _, block in _float64_blocks(H):
+        total = total + block.sum(0)
     return total / len(H)
 
 
@@ -61,16 +66,8 @@ def fvu(H, H_hat) -> float:
     """
     if len(H) == 0:
         return float("nan")
-    if hasattr(H, "double"):  # torch
-        residual = 0.0
-        for start in range(0, len(H), _CHUNK_ROWS):
-            sl = slice(start, start + _CHUNK_ROWS)
-            residual += sum_squares(H[sl].double() - H_hat[sl].double())
-    else:
+    if not hasattr(H, "double"):
         import numpy as np
         H, H_hat = np.asarray(H), np.asarray(H_hat)
-        residual = 0.0
-        for start in range(0, len(H), _CHUNK_ROWS):
-            sl = slice(start, start + _CHUNK_ROWS)
-            residual += sum_squares(H[sl].astype(np.float64) - H_hat[sl].astype(np.float64))
+    residual = sum_squares(H, H_hat)
     return fvu_of_residual(residual, sum_squares(H, column_mean(H)))

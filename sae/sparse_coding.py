@@ -154,8 +154,8 @@ class SparseCodingConfig:
         check_param("device", self.device, device=True)
 
     def _check_prefixes(self) -> None:
-        fractions = _as_tuple("prefix_fractions", self.prefix_fractions, (int, float))
-        ks = _as_tuple("prefix_ks", self.prefix_ks, int)
+        fractions = _as_tuple("prefix_fractions", self.prefix_fractions, (int, float), "number")
+        ks = _as_tuple("prefix_ks", self.prefix_ks, int, "integer")
         object.__setattr__(self, "prefix_fractions", tuple(float(f) for f in fractions))
         object.__setattr__(self, "prefix_ks", ks)
         if len(fractions) != len(ks):
@@ -170,10 +170,11 @@ class SparseCodingConfig:
                                            f"got {list(ks)}")
 
 
-def _as_tuple(name: str, value, kind: type) -> tuple:
+def _as_tuple(name: str, value, kind: type | tuple[type, ...], kind_name: str) -> tuple:
+    """value (a list or tuple of `kind`, booleans excluded) as a tuple; else ConfigError."""
     if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not all(
             isinstance(v, kind) and not isinstance(v, bool) for v in value):
-        raise ConfigError(name, f"must be a list of {kind.__name__}s, got {value!r}")
+        raise ConfigError(name, f"must be a list of {kind_name}s, got {value!r}")
     return tuple(value)
 
 

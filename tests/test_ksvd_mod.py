@@ -425,6 +425,11 @@ def test_prefix_coding_codes_the_leading_atoms_first_at_the_same_k():
         MODConfig(n_components=8, k=3, prefix_fractions=(0.25, 0.5), prefix_ks=(1, 2))
     with pytest.raises(ValueError, match=r"^prefix_fractions: must be strictly increasing"):
         MODConfig(n_components=8, k=3, prefix_fractions=(0.5, 0.25), prefix_ks=(1, 1))
+    with pytest.raises(ValueError, match=r"^prefix_fractions: must be a list of numbers, "
+                                         r"got '0\.5'$"):
+        MODConfig(n_components=8, k=3, prefix_fractions="0.5", prefix_ks=(1,))
+    with pytest.raises(ValueError, match=r"^prefix_ks: must be a list of integers, got \[1\.5\]$"):
+        MODConfig(n_components=8, k=3, prefix_fractions=(0.5,), prefix_ks=[1.5])
     with pytest.raises(ValueError, match=r"^prefix_ks: needs one entry per prefix_fractions"):
         MODConfig(n_components=8, k=3, prefix_fractions=(0.5,), prefix_ks=())
 
