@@ -16,8 +16,10 @@ includes every probe).
 The same number of training samples (--samples, 2M by default) for every method: an SAE takes
 samples / batch_size optimiser steps over the training rows (cycling them); a full-batch
 method (k-SVD, MOD) alternates over min(samples, --fit-rows) rows for as many iterations as
-make up the samples, at most MAX_ITER; sklearn's MiniBatchDictionaryLearning sees SKLEARN_ROWS
-rows once (its lasso coding over thousands of atoms runs at a few hundred rows/s here).
+make up the samples, at most MAX_ITER, with the stage's other defaults for them
+(sae.config.SPARSE_CODING_DEFAULTS: what `python -m sae` fits); sklearn's
+MiniBatchDictionaryLearning sees SKLEARN_ROWS rows once (its lasso coding over thousands of
+atoms runs at a few hundred rows/s here).
 
 Scores come from evaluate.scoring.score_dictionary on --eval-rows rows of the held-out split
 (no method sees them), beside the oracle (evaluate/oracle.py: the true directions coded by
@@ -48,6 +50,7 @@ from evaluate.inputs import read_instance  # noqa: E402
 from evaluate.oracle import ORACLE, f1_vs_oracle, score_oracle  # noqa: E402
 from evaluate.scoring import score_dictionary  # noqa: E402
 from sae.calibration import calibrate_l1_coefficient  # noqa: E402
+from sae.config import SAEStageConfig  # noqa: E402
 from sae.methods import METHODS, SAE_METHODS, build  # noqa: E402
 
 CPU_RUNGS = tuple(w for w in ("sharkey", "simple", "synthsaebench-small", "interference")
@@ -92,7 +95,10 @@ def method_params(method: str, n_components: int, k: int, samples: int, n_rows: 
         return sae if method == "l1" else {**sae, "k": k}
     if method == "sklearn":
         return {**common, "device": "cpu", "k": k, "max_iter": 1, "alpha": SKLEARN_ALPHA}
-    return {**common, "k": k, "n_iter": max(1, min(MAX_ITER, math.ceil(samples / n_rows)))}
+    # k-SVD and MOD as `python -m sae` fits them: the stage's defaults (the rare-tail recipe)
+    n_iter = max(1, min(MAX_ITER, math.ceil(samples / n_rows)))
+    return SAEStageConfig(params={method: {**common, "k": k, "n_iter": n_iter}}
+                          ).method_params(method)
 
 
 def parse_variant(text: str) -> tuple[str, str, dict]:

@@ -120,7 +120,7 @@ class SAEStageConfig(JSONConfig):
                                                 f"valid: {', '.join(sorted(names))}")
 
     def method_params(self, method: str) -> dict:
-        from sae.sparse_coding import min_iterations_to_prune
+        from sae.fit_schedule import min_iterations_to_prune
 
         defaults = dict(STAGE_METHOD_DEFAULTS.get(method, {}))
         given = {**self.params.get("*", {}), **self.params.get(method, {})}

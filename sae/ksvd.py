@@ -22,7 +22,8 @@ import torch
 
 from sae.base import check_param
 from sae.omp import sparse_reconstruct
-from sae.sparse_coding import SparseCodingConfig, SparseCodingDictionary
+from sae.sparse_coding import SparseCodingDictionary
+from sae.sparse_coding_config import SparseCodingConfig
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from sae.base import check_param
-from sae.sparse_coding import SparseCodingConfig, SparseCodingDictionary
+from sae.sparse_coding import SparseCodingDictionary
+from sae.sparse_coding_config import SparseCodingConfig
 
 
 @dataclass(frozen=True, kw_only=True)

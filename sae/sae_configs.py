@@ -40,6 +40,15 @@ class SAEConfig:
     dead_steps_threshold: int = 100
     """a latent silent this many steps counts as dead; keep steps * batch_size well above
     1 / (the rarest feature's probability), or AuxK pulls healthy rare latents"""
+    tilt: float = 0.0
+    """t of the tilted reconstruction loss (`sae.losses.tilted_mse`): 0 the plain MSE; t > 0
+    weights the rows reconstructed worst more (each row by softmax(t e / mean e))"""
+    resample_every: int | None = None
+    """every this many steps, give the latents dead by dead_steps_threshold the directions of
+    poorly reconstructed rows of that step's batch (sae/resampling.py; None: never, AuxK
+    alone revives them)"""
+    resample_until: float = 0.5
+    """resample only within this first fraction of the steps, so the last ones settle"""
     random_state: int | None = 0
     """seeds the one torch.Generator of a fit (None: fresh entropy)"""
     device: str = "auto"
@@ -69,6 +78,9 @@ class SAEConfig:
         check_param("tied_init", self.tied_init, boolean=True)
         check_param("b_dec_init", self.b_dec_init, choices=B_DEC_INITS)
         check_param("dead_steps_threshold", self.dead_steps_threshold, low=1, integer=True)
+        check_param("tilt", self.tilt, low=0)
+        check_param("resample_every", self.resample_every, low=1, integer=True, optional=True)
+        check_param("resample_until", self.resample_until, low=0, high=1)
         check_param("random_state", self.random_state, low=0, integer=True, optional=True)
         check_param("log_every", self.log_every, low=1, integer=True)
         check_param("device", self.device, device=True)
@@ -185,10 +197,15 @@ class MatryoshkaSAEConfig(BatchTopKSAEConfig):
     """every this many steps, reorder the latents by how often each fired since the last
     reorder, most frequent first, so the inner prefixes hold the frequent latents (None:
     never; the nested loss alone orders them)"""
+    prefix_loss_weight: float = 1.0
+    """weight of each inner prefix's MSE beside the whole dictionary's (1: the paper's sum).
+    Below 1 the inner latents hedge less (absorb less of their children into themselves,
+    Chanin et al. 2025) at the price of more absorption"""
 
     def __post_init__(self):
         super().__post_init__()
         check_param("sort_every", self.sort_every, low=1, integer=True, optional=True)
+        check_param("prefix_loss_weight", self.prefix_loss_weight, low=0)
         try:
             resolve_prefixes(self.prefixes, self.n_components)
         except ValueError as err:

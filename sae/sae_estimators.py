@@ -30,8 +30,10 @@ from sae.losses import (
     jumprelu_l0,
     prefix_reconstruction_mses,
     reconstruction_mse,
+    tilted_mse,
 )
 from sae.minibatches import training_batches
+from sae.resampling import resample_dead_
 from sae.sae_configs import (
     BatchTopKSAEConfig,
     JumpReLUSAEConfig,
@@ -176,9 +178,10 @@ class _SAEEstimator(DictionaryEstimator):
             self._before_step(sae, step, total)
             out = sae(h)
             mse = reconstruction_mse(h, out.h_hat)
+            fit_term = tilted_mse(h, out.h_hat, cfg.tilt) if cfg.tilt else mse
             dead = since_fired >= cfg.dead_steps_threshold             # [n_components]
             penalty, terms = self._penalty(sae, h, out, step, dead)
-            loss = mse + penalty
+            loss = fit_term + penalty
             opt.zero_grad(set_to_none=True)
             loss.backward()
             sae.remove_parallel_grad_()
@@ -189,6 +192,10 @@ class _SAEEstimator(DictionaryEstimator):
             self._after_step(sae, out)
             fired = out.codes.detach().amax(dim=0) > 0                 # [n_components]
             since_fired = torch.where(fired, 0, since_fired + 1)
+            if self._resample_due(step, total):
+                revived = resample_dead_(sae, opt, h, out.h_hat.detach(),
+                                         since_fired >= cfg.dead_steps_threshold, gen)
+                since_fired[revived] = 0
             order = self._reorder(sae, out, step)
             if order is not None:
                 sae.permute_latents_(order, opt)
@@ -205,6 +212,12 @@ class _SAEEstimator(DictionaryEstimator):
         self.n_steps_, self.n_samples_seen_ = step + 1, samples
         self.fitted_device_ = str(device)
         return self
+
+    def _resample_due(self, step: int, total: int | None) -> bool:
+        every = self.resample_every
+        if every is None or (step + 1) % every:
+            return False
+        return total is None or step + 1 <= self.resample_until * total
 
     @torch.no_grad()
     def _log_row(self, step, samples, opt, h, out: SAEOutput, loss, mse, terms, dead) -> dict:
@@ -375,8 +388,10 @@ class MatryoshkaSAE(BatchTopKSAE):
     def _penalty(self, sae, h, out, step, dead):
         aux, terms = super()._penalty(sae, h, out, step, dead)
         inner = self.prefix_widths()[:-1]
-        prefix = (prefix_reconstruction_mses(h, out.codes, sae.W_dec, sae.b_dec, inner).sum()
-                  if inner else h.new_zeros(()))
+        if not (inner and self.prefix_loss_weight):
+            return aux, {**terms, "prefix_mse": h.new_zeros(())}
+        prefix = self.prefix_loss_weight * prefix_reconstruction_mses(
+            h, out.codes, sae.W_dec, sae.b_dec, inner).sum()
         return aux + prefix, {**terms, "prefix_mse": prefix}
 
 

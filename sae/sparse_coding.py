@@ -1,4 +1,5 @@
-"""What k-SVD and MOD share: the config fields and the fit loop.
+"""What k-SVD and MOD share: the fit loop (their config is sae/sparse_coding_config.py, the
+schedule of its iterations sae/fit_schedule.py, prefix coding sae/prefix_coding.py).
 
 Both alternate two steps on H ~ C D (codes C [n_samples, n_components], atoms D as rows):
 sparse coding of every sample by batch OMP with the current atoms (`sae.omp`), then a
@@ -17,18 +18,14 @@ maintenance itself is in sae/atom_maintenance.py.
 from __future__ import annotations
 
 import abc
-import math
 import time
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from data import files
-from data.configs import ConfigError
 from data.measures import column_mean, fvu_of_residual, sum_squares
 from sae.atom_maintenance import (
-    INITS,
     atom_usage,
     duplicate_atoms,
     init_atoms,
@@ -43,189 +40,19 @@ from sae.base import (
     DictionaryEstimator,
     Progress,
     as_tensor_2d,
-    check_param,
     resolve_device,
     torch_generator,
 )
-from sae.omp import omp_encode, sparse_reconstruct, sparse_to_dense
-
-RESEEDS = ("pca", "cluster")
-SWAP_GRACE_ITERATIONS = 3  # iterations a new atom has to gather samples before a swap
-
-
-@dataclass(frozen=True, kw_only=True)
-class SparseCodingConfig:
-    """Fields common to every OMP-coded dictionary method (k-SVD, MOD)."""
-
-    n_components: int
-    """number of atoms (rows of components_)"""
-    k: int = 3
-    """most nonzero coefficients per sample, for OMP during fit and in transform"""
-    tol: float | None = None
-    """also stop coding a sample once its squared residual norm ||h - c D||^2 <= tol"""
-    n_iter: int = 30
-    """alternations of sparse coding and dictionary update"""
-    fit_k_ratio: float = 1.0
-    """while fitting, code each sample with up to ceil(fit_k_ratio * k) atoms, but not more
-    than d / (2 ln n_atoms), the support OMP still finds on random atoms (and never fewer
-    than k); transform keeps k. With k the mean L0, a row with more active features than k
-    otherwise leaves part of them in its residual, and the atom update follows that
-    leftover (512 atoms in d = 256: k 5 -> 10; 40 in d = 10: k stays 3)"""
-    fit_tol: float | None = None
-    """while fitting, also stop coding a sample once its squared residual is at most fit_tol
-    times the mean squared norm of the rows (scale-free; transform keeps `tol`): with
-    fit_k_ratio > 1, the extra atoms then go only to the rows that need them"""
-    prefix_fractions: tuple[float, ...] = ()
-    """code each sample in passes, in fit and transform: pass i takes up to prefix_ks[i]
-    atoms among the most-used prefix_fractions[i] of the atoms (atoms are kept sorted by
-    usage, most used first), on the residual of the passes before it; a last pass over all
-    atoms takes the rest of k (empty: one OMP pass). On hierarchical worlds a parent fires
-    with each of its children, and one pass at a fixed k favours an atom that holds parent +
-    child; coding the frequent atoms first leaves the child alone in the residual.
-    Fractions strictly increasing in (0, 1)"""
-    prefix_ks: tuple[int, ...] = ()
-    """atoms of each prefix pass (one per prefix_fractions entry), each >= 1, summing to < k"""
-    start_rows: int | None = None
-    """code and update on a random subset of this many rows in the first iteration, doubled
-    each iteration until every row is used (None: every row from the start): the first
-    alternations find the frequent features, which a subset shows as well as all rows"""
-    nonnegative: bool = False
-    """nonnegative codes (nonnegative OMP, sign-consistent updates); atoms stay signed"""
-    init: str = "data"
-    """initial atoms: 'data' = distinct random samples, normalised; 'random' = Gaussian"""
-    batch_size: int | None = None
-    """samples per OMP chunk (None: sized to a fixed workspace)"""
-    max_coherence: float = 0.99
-    """after each update, an atom whose cosine (|cos| for signed codes) with a more-used
-    atom exceeds this is replaced"""
-    n_swaps: int = 1
-    """per iteration, at most this many of the atoms whose removal would cost least are
-    swapped for a direction the dictionary misses, if that carries more (0: never)"""
-    swap_gain_factor: float = 2.0
-    """a swap happens only if the new direction carries more than this times the atom's
-    removal cost (0: the n_swaps cheapest atoms are swapped every iteration)"""
-    reseed: str = "pca"
-    """new directions for replaced atoms: 'pca' = principal directions of the worst residuals;
-    'cluster' = one per group of worst residuals that point the same way (|cos| > 0.5),
-    strongest sample first, so each seed follows one missing feature rather than a mix"""
-    overcomplete: float = 0.0
-    """fit with this fraction more atoms at first (0.25: 1.25 x n_components), then drop
-    the cheapest (`removal_cost`) down to n_components for the last quarter of n_iter:
-    spare atoms let rare features be learned instead of being fought over"""
-    purify: bool = False
-    """each iteration, an atom whose samples point several ways (its part of them plus their
-    residuals fall into groups, `cluster_directions`) and that no group agrees with (cos <
-    0.95) takes its strongest group's direction: a mixture of rare features becomes one of
-    them, and the rest show up in the residuals for re-seeding"""
-    fit_offset: bool = False
-    """learn an offset b [d] beside the atoms, h ~ c D + b: b starts at the data mean and
-    after each update moves by the mean residual (its least-squares value for fixed codes and atoms);
-    the codes of transform are those of h - b. Activations with a nonzero mean otherwise
-    spend atoms, or parts of every atom, on the mean"""
-    random_state: int | None = 0
-    """seed of the one generator used by fit (init, atom order, replacements); None: fresh
-    entropy"""
-    device: str = "auto"
-    """'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."""
-
-    def __post_init__(self):
-        check_param("n_components", self.n_components, low=1, integer=True)
-        check_param("k", self.k, low=1, integer=True, at_most=("n_components", self.n_components))
-        check_param("tol", self.tol, low=0, optional=True)
-        check_param("n_iter", self.n_iter, low=1, integer=True)
-        check_param("fit_k_ratio", self.fit_k_ratio, low=1)
-        check_param("fit_tol", self.fit_tol, low=0, optional=True)
-        check_param("start_rows", self.start_rows, low=1, integer=True, optional=True)
-        self._check_prefixes()
-        check_param("nonnegative", self.nonnegative, boolean=True)
-        check_param("init", self.init, choices=INITS)
-        check_param("batch_size", self.batch_size, low=1, integer=True, optional=True)
-        check_param("max_coherence", self.max_coherence, low=0, high=1, low_open=True)
-        check_param("n_swaps", self.n_swaps, low=0, integer=True)
-        check_param("swap_gain_factor", self.swap_gain_factor, low=0)
-        check_param("reseed", self.reseed, choices=RESEEDS)
-        check_param("overcomplete", self.overcomplete, low=0, high=4)
-        if n_spare_atoms(self.overcomplete, self.n_components):
-            check_param("n_iter", self.n_iter, low=min_iterations_to_prune(), integer=True,
-                        when=f"overcomplete={self.overcomplete} (to settle after pruning)")
-        check_param("purify", self.purify, boolean=True)
-        check_param("fit_offset", self.fit_offset, boolean=True)
-        check_param("random_state", self.random_state, low=0, integer=True, optional=True)
-        check_param("device", self.device, device=True)
-
-    def _check_prefixes(self) -> None:
-        fractions = _as_tuple("prefix_fractions", self.prefix_fractions, (int, float), "number")
-        ks = _as_tuple("prefix_ks", self.prefix_ks, int, "integer")
-        object.__setattr__(self, "prefix_fractions", tuple(float(f) for f in fractions))
-        object.__setattr__(self, "prefix_ks", ks)
-        if len(fractions) != len(ks):
-            raise ConfigError("prefix_ks", f"needs one entry per prefix_fractions entry "
-                                           f"({len(fractions)}), got {len(ks)}")
-        if any(not 0 < f < 1 for f in fractions) or any(
-                a >= b for a, b in zip(fractions, fractions[1:])):
-            raise ConfigError("prefix_fractions", f"must be strictly increasing in (0, 1), "
-                                                  f"got {list(fractions)}")
-        if any(k < 1 for k in ks) or (ks and sum(ks) >= self.k):
-            raise ConfigError("prefix_ks", f"must be >= 1 each and sum to < k={self.k}, "
-                                           f"got {list(ks)}")
-
-
-def _as_tuple(name: str, value, kind: type | tuple[type, ...], kind_name: str) -> tuple:
-    """value (a list or tuple of `kind`, booleans excluded) as a tuple; else ConfigError."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not all(
-            isinstance(v, kind) and not isinstance(v, bool) for v in value):
-        raise ConfigError(name, f"must be a list of {kind_name}s, got {value!r}")
-    return tuple(value)
-
-
-def min_iterations_to_prune() -> int:
-    """The fewest n_iter that leave iterations after the pruning of spare atoms."""
-    return SWAP_GRACE_ITERATIONS + 2
-
-
-def n_spare_atoms(overcomplete: float, n_components: int) -> int:
-    """Atoms fitted beyond n_components until the pruning."""
-    return round(overcomplete * n_components)
-
-
-def fit_sparsity(k: int, ratio: float, d: int, n_atoms: int) -> int:
-    """Atoms per sample while fitting: ceil(ratio * k), capped at d / (2 ln n_atoms) (the
-    sparsity up to which OMP recovers supports on random atoms), never below k."""
-    cap = math.floor(d / (2 * math.log(max(n_atoms, 2))))
-    return max(k, min(math.ceil(ratio * k), cap, n_atoms))
-
-
-def rows_in_iteration(iteration: int, n_samples: int, start_rows: int | None) -> int:
-    """Rows coded in 1-based `iteration`: start_rows doubled each iteration, at most all."""
-    if start_rows is None:
-        return n_samples
-    return min(n_samples, start_rows << min(iteration - 1, 62))
-
-
-@dataclass(frozen=True)
-class Phase:
-    """What one iteration of the fit does besides coding and updating."""
-
-    prune: bool
-    """drop the spare atoms (the cheapest by `removal_cost`) before coding"""
-    settling: bool
-    """no swaps and no purification: an atom swapped in now would not be updated enough
-    before the end of the fit, or before the pruning judges it"""
-
-
-def prune_iteration(n_iter: int) -> int:
-    """The last iteration with the spare atoms: pruning leaves the last quarter of n_iter
-    (at least SWAP_GRACE_ITERATIONS + 1 iterations) to the atoms kept."""
-    return n_iter - max(SWAP_GRACE_ITERATIONS + 1, n_iter // 4)
-
-
-def schedule(iteration: int, n_iter: int, n_spare: int) -> Phase:
-    """The phase of 1-based `iteration` of `n_iter`, with `n_spare` atoms to prune."""
-    last_spare = prune_iteration(n_iter)
-    before_pruning = bool(n_spare) and last_spare - SWAP_GRACE_ITERATIONS < iteration <= last_spare
-    return Phase(prune=bool(n_spare) and iteration == last_spare + 1,
-                 settling=iteration > n_iter - SWAP_GRACE_ITERATIONS or before_pruning)
-
+from sae.fit_schedule import (
+    SWAP_GRACE_ITERATIONS,
+    fit_sparsity,
+    n_spare_atoms,
+    rows_in_iteration,
+    schedule,
+)
+from sae.omp import sparse_reconstruct, sparse_to_dense
+from sae.prefix_coding import prefix_omp
+from sae.sparse_coding_config import SparseCodingConfig
 
 class SparseCodingDictionary(DictionaryEstimator):
     """Base of KSVD and MOD. Subclasses set `method`, `config_class` and `_update`.
@@ -341,20 +168,8 @@ class SparseCodingDictionary(DictionaryEstimator):
         """OMP codes [n, k] of X on D: with k and tol of the fit when given, else of
         transform; in passes with prefix_fractions (each prefix is D's leading rows)."""
         k, tol = (self.k, self.tol) if k is None else (k, tol)
-        passes = [(max(1, round(f * D.shape[0])), n) for f, n in
-                  zip(self.prefix_fractions, self.prefix_ks)]
-        passes.append((D.shape[0], k - sum(self.prefix_ks)))
-        idx, val, R = [], [], X
-        for n, (width, n_atoms) in enumerate(passes):
-            i, v = omp_encode(R, D[:width], min(n_atoms, width), tol=tol,
-                              nonnegative=self.nonnegative, chunk_size=self.batch_size)
-            if idx:  # an atom an earlier pass left at 0 and this one picks: one slot
-                i, v = _merge_repeats(idx, val, i, v)
-            idx.append(i)
-            val.append(v)
-            if n + 1 < len(passes):
-                R = X - sparse_reconstruct(torch.cat(idx, 1), torch.cat(val, 1), D)
-        return torch.cat(idx, 1), torch.cat(val, 1)
+        return prefix_omp(X, D, k, tol, self.prefix_fractions, self.prefix_ks,
+                          self.nonnegative, self.batch_size)
 
     def transform(self, H: ArrayLike) -> ArrayLike:
         """OMP codes [n_samples, n_components] of H on the fitted atoms (same kind as H)."""
@@ -399,19 +214,6 @@ class SparseCodingDictionary(DictionaryEstimator):
                              f"n_components={D.shape[0]}")
         offset = self._offset(device, D.dtype)
         return _like(C @ D if offset is None else C @ D + offset, codes)
-
-
-def _merge_repeats(idx: list[torch.Tensor], val: list[torch.Tensor], i: torch.Tensor,
-                   v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adds the values of atoms in (i, v) [n, m] that the earlier passes' slots (idx, val,
-    lists of [n, m_j], updated in place) already hold to those slots; returns (i, v) with
-    those slots emptied, so no row lists an atom twice."""
-    for prev_i, prev_v in zip(idx, val):
-        same = (i.unsqueeze(2) == prev_i.unsqueeze(1)) & (i >= 0).unsqueeze(2)  # [n, m, m_j]
-        prev_v += (same * v.unsqueeze(2)).sum(1)
-        again = same.any(2)
-        i, v = i.masked_fill(again, -1), v.masked_fill(again, 0.0)
-    return i, v
 
 
 def _like(result: torch.Tensor, reference: ArrayLike) -> ArrayLike:

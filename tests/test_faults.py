@@ -118,13 +118,17 @@ _FLOAT_RULES = {
     "alpha": ("finite and >= 0", -0.5, "-0.5"),
     "refine_step_size": ("finite and > 0", 0.0, "0.0"),
     "k_anneal_fraction": ("finite and in (0, 1]", 0.0, "0.0"),
+    "resample_until": ("finite and in [0, 1]", 1.5, "1.5"),
+    "tilt": ("finite and >= 0", -1.0, "-1.0"),
 }
 _FLOAT_FIELDS = {
-    "l1": {"lr", "lr_decay_fraction", "grad_clip_norm", "l1_coefficient", "refine_step_size"},
+    "l1": {"lr", "lr_decay_fraction", "grad_clip_norm", "l1_coefficient", "refine_step_size",
+           "resample_until", "tilt"},
     "topk": {"lr", "lr_decay_fraction", "grad_clip_norm", "aux_coefficient", "refine_step_size",
-             "k_anneal_fraction"},
+             "k_anneal_fraction", "resample_until", "tilt"},
     "batchtopk": {"lr", "lr_decay_fraction", "grad_clip_norm", "aux_coefficient",
-                  "threshold_rate", "refine_step_size", "k_anneal_fraction"},
+                  "threshold_rate", "refine_step_size", "k_anneal_fraction", "resample_until",
+                  "tilt"},
     **{m: {"tol", "fit_tol", "fit_k_ratio", "max_coherence",
            "swap_gain_factor", "overcomplete"}
        for m in ("ksvd", "ksvd_nn")},

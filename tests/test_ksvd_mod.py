@@ -12,7 +12,7 @@ from sae.base import DictionaryEstimator
 from sae.ksvd import KSVD, KSVDConfig, ksvd_sweep
 from sae.mod import MOD, MODConfig, mod_update
 from sae.omp import omp_encode, sparse_reconstruct
-from sae.sparse_coding import Phase, fit_sparsity, rows_in_iteration, schedule
+from sae.fit_schedule import Phase, fit_sparsity, rows_in_iteration, schedule
 
 
 def planted(n_samples=20_000, n_features=64, d=32, active=3, seed=0):

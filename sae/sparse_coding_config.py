@@ -1,0 +1,145 @@
+"""The config of k-SVD and MOD (sae/sparse_coding.py): one frozen dataclass whose fields are
+documented by the string after each and checked in __post_init__."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from data.configs import ConfigError
+from sae.atom_maintenance import INITS
+from sae.base import check_param
+from sae.fit_schedule import min_iterations_to_prune, n_spare_atoms
+
+RESEEDS = ("pca", "cluster")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparseCodingConfig:
+    """Fields common to every OMP-coded dictionary method (k-SVD, MOD)."""
+
+    n_components: int
+    """number of atoms (rows of components_)"""
+    k: int = 3
+    """most nonzero coefficients per sample, for OMP during fit and in transform"""
+    tol: float | None = None
+    """also stop coding a sample once its squared residual norm ||h - c D||^2 <= tol"""
+    n_iter: int = 30
+    """alternations of sparse coding and dictionary update"""
+    fit_k_ratio: float = 1.0
+    """while fitting, code each sample with up to ceil(fit_k_ratio * k) atoms, but not more
+    than d / (2 ln n_atoms), the support OMP still finds on random atoms (and never fewer
+    than k); transform keeps k. With k the mean L0, a row with more active features than k
+    otherwise leaves part of them in its residual, and the atom update follows that
+    leftover (512 atoms in d = 256: k 5 -> 10; 40 in d = 10: k stays 3)"""
+    fit_tol: float | None = None
+    """while fitting, also stop coding a sample once its squared residual is at most fit_tol
+    times the mean squared norm of the rows (scale-free; transform keeps `tol`): with
+    fit_k_ratio > 1, the extra atoms then go only to the rows that need them"""
+    prefix_fractions: tuple[float, ...] = ()
+    """code each sample in passes, in fit and transform: pass i takes up to prefix_ks[i]
+    atoms among the most-used prefix_fractions[i] of the atoms (atoms are kept sorted by
+    usage, most used first), on the residual of the passes before it; a last pass over all
+    atoms takes the rest of k (empty: one OMP pass). On hierarchical worlds a parent fires
+    with each of its children, and one pass at a fixed k favours an atom that holds parent +
+    child; coding the frequent atoms first leaves the child alone in the residual.
+    Fractions strictly increasing in (0, 1)"""
+    prefix_ks: tuple[int, ...] = ()
+    """atoms of each prefix pass (one per prefix_fractions entry), each >= 1, summing to < k"""
+    start_rows: int | None = None
+    """code and update on a random subset of this many rows in the first iteration, doubled
+    each iteration until every row is used (None: every row from the start): the first
+    alternations find the frequent features, which a subset shows as well as all rows"""
+    nonnegative: bool = False
+    """nonnegative codes (nonnegative OMP, sign-consistent updates); atoms stay signed"""
+    init: str = "data"
+    """initial atoms: 'data' = distinct random samples, normalised; 'random' = Gaussian"""
+    batch_size: int | None = None
+    """samples per OMP chunk (None: sized to a fixed workspace)"""
+    max_coherence: float = 0.99
+    """after each update, an atom whose cosine (|cos| for signed codes) with a more-used
+    atom exceeds this is replaced"""
+    n_swaps: int = 1
+    """per iteration, at most this many of the atoms whose removal would cost least are
+    swapped for a direction the dictionary misses, if that carries more (0: never)"""
+    swap_gain_factor: float = 2.0
+    """a swap happens only if the new direction carries more than this times the atom's
+    removal cost (0: the n_swaps cheapest atoms are swapped every iteration)"""
+    reseed: str = "pca"
+    """new directions for replaced atoms: 'pca' = principal directions of the worst residuals;
+    'cluster' = one per group of worst residuals that point the same way (|cos| > 0.5),
+    strongest sample first, so each seed follows one missing feature rather than a mix"""
+    overcomplete: float = 0.0
+    """fit with this fraction more atoms at first (0.25: 1.25 x n_components), then drop
+    the cheapest (`removal_cost`) down to n_components for the last quarter of n_iter:
+    spare atoms let rare features be learned instead of being fought over"""
+    purify: bool = False
+    """each iteration, an atom whose samples point several ways (its part of them plus their
+    residuals fall into groups, `cluster_directions`) and that no group agrees with (cos <
+    0.95) takes its strongest group's direction: a mixture of rare features becomes one of
+    them, and the rest show up in the residuals for re-seeding"""
+    fit_offset: bool = False
+    """learn an offset b [d] beside the atoms, h ~ c D + b: b starts at the data mean and
+    after each update moves by the mean residual (its least-squares value for fixed codes and atoms);
+    the codes of transform are those of h - b. Activations with a nonzero mean otherwise
+    spend atoms, or parts of every atom, on the mean"""
+    random_state: int | None = 0
+    """seed of the one generator used by fit (init, atom order, replacements); None: fresh
+    entropy"""
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."""
+
+    def __post_init__(self):
+        check_param("n_components", self.n_components, low=1, integer=True)
+        check_param("k", self.k, low=1, integer=True, at_most=("n_components", self.n_components))
+        check_param("tol", self.tol, low=0, optional=True)
+        check_param("n_iter", self.n_iter, low=1, integer=True)
+        check_param("fit_k_ratio", self.fit_k_ratio, low=1)
+        check_param("fit_tol", self.fit_tol, low=0, optional=True)
+        check_param("start_rows", self.start_rows, low=1, integer=True, optional=True)
+        self._check_prefixes()
+        check_param("nonnegative", self.nonnegative, boolean=True)
+        check_param("init", self.init, choices=INITS)
+        check_param("batch_size", self.batch_size, low=1, integer=True, optional=True)
+        check_param("max_coherence", self.max_coherence, low=0, high=1, low_open=True)
+        check_param("n_swaps", self.n_swaps, low=0, integer=True)
+        check_param("swap_gain_factor", self.swap_gain_factor, low=0)
+        check_param("reseed", self.reseed, choices=RESEEDS)
+        check_param("overcomplete", self.overcomplete, low=0, high=4)
+        if n_spare_atoms(self.overcomplete, self.n_components):
+            check_param("n_iter", self.n_iter, low=min_iterations_to_prune(), integer=True,
+                        when=f"overcomplete={self.overcomplete} (to settle after pruning)")
+        check_param("purify", self.purify, boolean=True)
+        check_param("fit_offset", self.fit_offset, boolean=True)
+        check_param("random_state", self.random_state, low=0, integer=True, optional=True)
+        check_param("device", self.device, device=True)
+
+    def _check_prefixes(self) -> None:
+        fractions = _as_tuple("prefix_fractions", self.prefix_fractions, (int, float), "number")
+        ks = _as_tuple("prefix_ks", self.prefix_ks, int, "integer")
+        object.__setattr__(self, "prefix_fractions", tuple(float(f) for f in fractions))
+        object.__setattr__(self, "prefix_ks", ks)
+        if len(fractions) != len(ks):
+            raise ConfigError("prefix_ks", f"needs one entry per prefix_fractions entry "
+                                           f"({len(fractions)}), got {len(ks)}")
+        if any(not 0 < f < 1 for f in fractions) or any(
+                a >= b for a, b in zip(fractions, fractions[1:])):
+            raise ConfigError("prefix_fractions", f"must be strictly increasing in (0, 1), "
+                                                  f"got {list(fractions)}")
+        if any(k < 1 for k in ks) or (ks and sum(ks) >= self.k):
+            raise ConfigError("prefix_ks", f"must be >= 1 each and sum to < k={self.k}, "
+                                           f"got {list(ks)}")
+
+
+def _as_tuple(name: str, value, kind: type | tuple[type, ...], kind_name: str) -> tuple:
+    """value (a list or tuple of `kind`, booleans excluded) as a tuple; else ConfigError."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not all(
+            isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise ConfigError(name, f"must be a list of {kind_name}s, got {value!r}")
+    return tuple(value)
+
+
+def _as_tuple(name: str, value, kind: type | tuple[type, ...], kind_name: str) -> tuple:
+    """value (a list or tuple of `kind`, booleans excluded) as a tuple; else ConfigError."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not all(
+            isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise ConfigError(name, f"must be a list of {kind_name}s, got {value!r}")
+    return tuple(value)
