@@ -17,7 +17,8 @@ The same number of training samples (--samples, 2M by default) for every method:
 samples / batch_size optimiser steps over the training rows (cycling them); a full-batch
 method (k-SVD, MOD) alternates over min(samples, --fit-rows) rows for as many iterations as
 make up the samples, at most MAX_ITER, with the stage's other defaults for them
-(sae.config.SPARSE_CODING_DEFAULTS: what `python -m sae` fits); sklearn's
+(sae.config.SPARSE_CODING_DEFAULTS: what `python -m sae` fits; its start_rows codes fewer rows
+in the first iterations, so these see somewhat fewer samples); sklearn's
 MiniBatchDictionaryLearning sees SKLEARN_ROWS rows once (its lasso coding over thousands of
 atoms runs at a few hundred rows/s here).
 

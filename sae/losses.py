@@ -33,9 +33,11 @@ def tilted_mse(h: torch.Tensor, h_hat: torch.Tensor, tilt: float) -> torch.Tenso
     if tilt == 0:
         return err.mean()
     scale = err.detach().mean().clamp_min(torch.finfo(err.dtype).tiny)
-    log_mean = torch.logsumexp(tilt * err / scale, dim=0) - torch.log(
+    # m (1 + log mean exp(t (e/m - 1)) / t): the same value, written so that a small t
+    # costs precision only in the correction to m, not in m itself
+    excess = torch.logsumexp(tilt * (err / scale - 1), dim=0) - torch.log(
         err.new_tensor(float(err.shape[0])))
-    return scale * log_mean / tilt
+    return scale * (1 + excess / tilt)
 
 
 def decoder_weighted_l1(codes: torch.Tensor, decoder_norms: torch.Tensor) -> torch.Tensor:

@@ -42,13 +42,14 @@ class SAEConfig:
     1 / (the rarest feature's probability), or AuxK pulls healthy rare latents"""
     tilt: float = 0.0
     """t of the tilted reconstruction loss (`sae.losses.tilted_mse`): 0 the plain MSE; t > 0
-    weights the rows reconstructed worst more (each row by softmax(t e / mean e))"""
+    weights the rows reconstructed worst more (each row's gradient by batch * softmax(t e /
+    mean e)); Matryoshka's inner prefix terms stay plain"""
     resample_every: int | None = None
     """every this many steps, give the latents dead by dead_steps_threshold the directions of
-    poorly reconstructed rows of that step's batch (sae/resampling.py; None: never, AuxK
-    alone revives them)"""
+    poorly reconstructed rows of that step's batch (sae/resampling.py; None: never)"""
     resample_until: float = 0.5
-    """resample only within this first fraction of the steps, so the last ones settle"""
+    """resample only within this first fraction of the steps, so the last ones settle (on
+    every due step when the number of steps is unknown: an iterable of unknown length)"""
     random_state: int | None = 0
     """seeds the one torch.Generator of a fit (None: fresh entropy)"""
     device: str = "auto"
@@ -199,8 +200,9 @@ class MatryoshkaSAEConfig(BatchTopKSAEConfig):
     never; the nested loss alone orders them)"""
     prefix_loss_weight: float = 1.0
     """weight of each inner prefix's MSE beside the whole dictionary's (1: the paper's sum).
-    Below 1 the inner latents hedge less (absorb less of their children into themselves,
-    Chanin et al. 2025) at the price of more absorption"""
+    Below 1 the inner latents hedge less (their atoms hold less of their children's
+    directions, Chanin et al. 2025), at the price of more absorption (children's atoms
+    taking in their parent)"""
 
     def __post_init__(self):
         super().__post_init__()

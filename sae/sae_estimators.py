@@ -111,6 +111,9 @@ class _SAEEstimator(DictionaryEstimator):
     def _after_step(self, sae: SparseAutoencoder, out: SAEOutput) -> None:
         pass
 
+    def _after_resample(self, revived: torch.Tensor) -> None:
+        """After `resample_dead_` gave the latents `revived` [m] new directions."""
+
     def _reorder(self, sae: SparseAutoencoder, out: SAEOutput, step: int) -> torch.Tensor | None:
         """After a step: a new latent order [n_components] (new j = old order[j]) or None."""
         return None
@@ -196,6 +199,7 @@ class _SAEEstimator(DictionaryEstimator):
                 revived = resample_dead_(sae, opt, h, out.h_hat.detach(),
                                          since_fired >= cfg.dead_steps_threshold, gen)
                 since_fired[revived] = 0
+                self._after_resample(revived)
             order = self._reorder(sae, out, step)
             if order is not None:
                 sae.permute_latents_(order, opt)
@@ -350,10 +354,11 @@ class MatryoshkaSAE(BatchTopKSAE):
     dictionary (latents 0..m-1 for each width m of `prefixes`) are each trained to
     reconstruct alone.
 
-    Loss: sum over the widths m of mean_b ||h_b - (b_dec + sum_{i < m} f_bi W_dec,i)||^2, with
-    f the batch-top-k codes of the whole dictionary restricted to the prefix (the outermost
-    term, m = n_components, is the usual reconstruction MSE), plus AuxK as for BatchTopK. The
-    log's `prefix_mse` is the sum of the inner terms (m < n_components).
+    Loss: the whole dictionary's MSE plus prefix_loss_weight (1) times the sum over the inner
+    widths m < n_components of mean_b ||h_b - (b_dec + sum_{i < m} f_bi W_dec,i)||^2, with f
+    the batch-top-k codes of the whole dictionary restricted to the prefix, plus AuxK as for
+    BatchTopK. The log's `prefix_mse` is the weighted sum of the inner terms (which stay
+    plain MSEs under `tilt`: it tilts the whole dictionary's MSE only).
 
     Latent order: the index order is the prefix order. The nested loss itself sends the
     features that most reduce the error, the frequent and general ones, to the early latents
@@ -369,6 +374,9 @@ class MatryoshkaSAE(BatchTopKSAE):
     def _setup(self, sae):
         super()._setup(sae)
         self._fire_counts = torch.zeros(sae.n_components, device=sae.W_dec.device)
+
+    def _after_resample(self, revived):
+        self._fire_counts[revived] = 0  # a new latent: the old one's firing is not its own
 
     def _reorder(self, sae, out, step):
         if self.sort_every is None:

@@ -54,6 +54,7 @@ from sae.omp import sparse_reconstruct, sparse_to_dense
 from sae.prefix_coding import prefix_omp
 from sae.sparse_coding_config import SparseCodingConfig
 
+
 class SparseCodingDictionary(DictionaryEstimator):
     """Base of KSVD and MOD. Subclasses set `method`, `config_class` and `_update`.
 
@@ -180,7 +181,14 @@ class SparseCodingDictionary(DictionaryEstimator):
         offset = self._offset(device, X.dtype)
         if offset is not None:
             X = X - offset
-        codes = sparse_to_dense(*self._code(X, D), D.shape[0])
+        if self.rel_tol is None:
+            codes = sparse_to_dense(*self._code(X, D), D.shape[0])
+        else:
+            # each row at unit norm, so one scalar tolerance is relative to every row
+            norms = X.norm(dim=1, keepdim=True)                        # [n_samples, 1]
+            unit = X / norms.clamp_min(torch.finfo(X.dtype).tiny)
+            codes = sparse_to_dense(*self._code(unit, D, self.k, self.rel_tol),
+                                    D.shape[0]) * norms
         return _like(codes, H)
 
     def _offset(self, device, dtype) -> torch.Tensor | None:

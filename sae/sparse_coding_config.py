@@ -30,6 +30,11 @@ class SparseCodingConfig:
     than k); transform keeps k. With k the mean L0, a row with more active features than k
     otherwise leaves part of them in its residual, and the atom update follows that
     leftover (512 atoms in d = 256: k 5 -> 10; 40 in d = 10: k stays 3)"""
+    rel_tol: float | None = None
+    """in transform, stop coding a row once its squared residual is at most rel_tol times
+    its own squared norm (None: code every row with k atoms, unless `tol`): learned atoms
+    are never exact, so without it every row takes k atoms and a row with fewer active
+    features gains false firings (the oracle stops at rounding noise). Exclusive with tol"""
     fit_tol: float | None = None
     """while fitting, also stop coding a sample once its squared residual is at most fit_tol
     times the mean squared norm of the rows (scale-free; transform keeps `tol`): with
@@ -93,6 +98,10 @@ class SparseCodingConfig:
         check_param("tol", self.tol, low=0, optional=True)
         check_param("n_iter", self.n_iter, low=1, integer=True)
         check_param("fit_k_ratio", self.fit_k_ratio, low=1)
+        check_param("rel_tol", self.rel_tol, low=0, optional=True)
+        if self.rel_tol is not None and self.tol is not None:
+            raise ConfigError("rel_tol", f"set tol or rel_tol, not both (tol={self.tol}, "
+                                         f"rel_tol={self.rel_tol})")
         check_param("fit_tol", self.fit_tol, low=0, optional=True)
         check_param("start_rows", self.start_rows, low=1, integer=True, optional=True)
         self._check_prefixes()
@@ -127,14 +136,6 @@ class SparseCodingConfig:
         if any(k < 1 for k in ks) or (ks and sum(ks) >= self.k):
             raise ConfigError("prefix_ks", f"must be >= 1 each and sum to < k={self.k}, "
                                            f"got {list(ks)}")
-
-
-def _as_tuple(name: str, value, kind: type | tuple[type, ...], kind_name: str) -> tuple:
-    """value (a list or tuple of `kind`, booleans excluded) as a tuple; else ConfigError."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not all(
-            isinstance(v, kind) and not isinstance(v, bool) for v in value):
-        raise ConfigError(name, f"must be a list of {kind_name}s, got {value!r}")
-    return tuple(value)
 
 
 def _as_tuple(name: str, value, kind: type | tuple[type, ...], kind_name: str) -> tuple:

@@ -120,6 +120,7 @@ _FLOAT_RULES = {
     "k_anneal_fraction": ("finite and in (0, 1]", 0.0, "0.0"),
     "resample_until": ("finite and in [0, 1]", 1.5, "1.5"),
     "tilt": ("finite and >= 0", -1.0, "-1.0"),
+    "rel_tol": ("None or finite and >= 0", -1.0, "-1.0"),
 }
 _FLOAT_FIELDS = {
     "l1": {"lr", "lr_decay_fraction", "grad_clip_norm", "l1_coefficient", "refine_step_size",
@@ -129,10 +130,10 @@ _FLOAT_FIELDS = {
     "batchtopk": {"lr", "lr_decay_fraction", "grad_clip_norm", "aux_coefficient",
                   "threshold_rate", "refine_step_size", "k_anneal_fraction", "resample_until",
                   "tilt"},
-    **{m: {"tol", "fit_tol", "fit_k_ratio", "max_coherence",
+    **{m: {"tol", "rel_tol", "fit_tol", "fit_k_ratio", "max_coherence",
            "swap_gain_factor", "overcomplete"}
        for m in ("ksvd", "ksvd_nn")},
-    **{m: {"tol", "fit_tol", "fit_k_ratio", "max_coherence",
+    **{m: {"tol", "rel_tol", "fit_tol", "fit_k_ratio", "max_coherence",
            "swap_gain_factor", "overcomplete", "ridge"} for m in ("mod", "mod_nn")},
     "sklearn": {"alpha"},
 }

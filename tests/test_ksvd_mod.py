@@ -9,10 +9,10 @@ from evaluate.metrics import mmcs
 from sae import methods
 from sae.atom_maintenance import duplicate_atoms, prune_atoms, removal_cost
 from sae.base import DictionaryEstimator
+from sae.fit_schedule import Phase, fit_sparsity, rows_in_iteration, schedule
 from sae.ksvd import KSVD, KSVDConfig, ksvd_sweep
 from sae.mod import MOD, MODConfig, mod_update
 from sae.omp import omp_encode, sparse_reconstruct
-from sae.fit_schedule import Phase, fit_sparsity, rows_in_iteration, schedule
 
 
 def planted(n_samples=20_000, n_features=64, d=32, active=3, seed=0):
@@ -220,7 +220,7 @@ def test_same_seed_same_atoms(small_data):
     assert not np.array_equal(a, c)
 
 
-_SHARED_DEFAULTS = {"k": 3, "tol": None, "n_iter": 30, "fit_k_ratio": 1.0, "fit_tol": None,
+_SHARED_DEFAULTS = {"k": 3, "tol": None, "n_iter": 30, "rel_tol": None, "fit_k_ratio": 1.0, "fit_tol": None,
                     "prefix_fractions": (), "prefix_ks": (), "start_rows": None,
                     "nonnegative": False, "init": "data",
                     "batch_size": None, "max_coherence": 0.99, "n_swaps": 1,
@@ -448,3 +448,22 @@ def test_prefix_coding_keeps_parents_and_children_apart():
     assert uniqueness(G.numpy(), two.components_) > one + 0.04
     codes = two.transform(H[:200])
     assert ((codes != 0).sum(1) <= k).all()
+
+
+def test_rel_tol_stops_each_row_at_a_residual_relative_to_its_own_norm():
+    # orthonormal atoms e1, e2, e3; the row 3 e1 + 0.01 e2 leaves 1e-4 after e1, which is
+    # 1.1e-5 of its squared norm: below rel_tol = 1e-3 (one atom), above 1e-6 (two)
+    est = MOD(n_components=3, k=2, nonnegative=True, rel_tol=1e-3)
+    est.components_ = np.eye(3, dtype=np.float32)
+    H = np.array([[3.0, 0.01, 0.0], [0.0, 2.0, 1.0]], dtype=np.float32)
+    for scale in (1.0, 100.0):                       # scale-free: the same supports
+        codes = est.transform(H * scale)
+        assert (codes != 0).sum(1).tolist() == [1, 2]
+        assert np.allclose(codes[0], [3.0 * scale, 0, 0], rtol=1e-5)
+        assert np.allclose(codes[1], [0, 2.0 * scale, 1.0 * scale], rtol=1e-5)
+    est.rel_tol = 1e-6
+    assert (est.transform(H) != 0).sum(1).tolist() == [2, 2]
+    est.rel_tol = None                               # every row takes k atoms
+    assert (est.transform(H) != 0).sum(1).tolist() == [2, 2]
+    with pytest.raises(ConfigError, match="^rel_tol: set tol or rel_tol, not both"):
+        MOD(n_components=3, k=2, tol=0.1, rel_tol=1e-3)

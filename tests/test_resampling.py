@@ -39,10 +39,41 @@ def test_dead_latents_take_unit_residual_directions_and_live_ones_are_untouched(
         keep = [0, 2, 3, 4, 5]
         after, old = getattr(sae, name).detach(), before[name]
         assert torch.equal(after[..., keep], old[..., keep]), name
-    state = opt.state[sae.W_dec]
-    assert torch.all(state["exp_avg"][:, 1] == 0)
-    expected = state["exp_avg_sq"][:, [0, 2, 3, 4, 5]].mean()
-    assert torch.allclose(state["exp_avg_sq"][:, 1], expected.expand(4))
+    for param, column in ((sae.W_dec, lambda t: t[:, 1]), (sae.W_enc, lambda t: t[:, 1]),
+                          (sae.b_enc, lambda t: t[1:2])):
+        state = opt.state[param]
+        live = state["exp_avg_sq"][:, [0, 2, 3, 4, 5]] if param.dim() == 2 else \
+            state["exp_avg_sq"][[0, 2, 3, 4, 5]]
+        assert torch.all(column(state["exp_avg"]) == 0)
+        assert live.mean() > 0
+        assert torch.allclose(column(state["exp_avg_sq"]), live.mean().expand_as(column(param)))
+
+
+def test_with_every_latent_dead_each_row_seeds_one_and_adam_keeps_its_scale():
+    sae, opt, h = tiny_sae_with_adam_state()
+    sq_before = opt.state[sae.W_dec]["exp_avg_sq"].mean()
+    h_hat = h.clone()
+    h_hat[[2, 5]] += 1.0                     # two rows with an error: two latents reseeded
+    revived = resample_dead_(sae, opt, h, h_hat, torch.ones(6, dtype=torch.bool),
+                             torch.Generator().manual_seed(0))
+    assert revived.tolist() == [0, 1]
+    direction = -torch.ones(4) / 2           # both residuals are -(1, 1, 1, 1)
+    assert torch.allclose(sae.W_dec[:, :2], direction[:, None].expand(4, 2))
+    assert torch.allclose(sae.W_enc[:, :2], sae.W_dec[:, :2])   # no live norm: unit
+    sq = opt.state[sae.W_dec]["exp_avg_sq"][:, :2]
+    assert torch.allclose(sq, sq_before.expand_as(sq))
+
+
+def test_a_jumprelu_latent_takes_the_live_latents_mean_threshold():
+    sae = SparseAutoencoder(4, 3, "jumprelu")
+    sae.initialize_(torch.eye(4)[:3], torch.zeros(4))
+    with torch.no_grad():
+        sae.log_threshold.copy_(torch.tensor([0.0, 5.0, 1.0]))
+    h = torch.ones(2, 4)
+    resample_dead_(sae, None, h, torch.zeros(2, 4), torch.tensor([False, True, False]),
+                   torch.Generator().manual_seed(0))
+    assert torch.allclose(sae.log_threshold, torch.tensor([0.0, 0.5, 1.0]))
+    assert torch.allclose(sae.threshold, sae.log_threshold.exp())
 
 
 def test_no_dead_latent_or_no_error_changes_nothing():

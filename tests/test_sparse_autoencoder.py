@@ -160,6 +160,10 @@ def test_tilted_mse_by_hand():
     loss = tilted_mse(h, h_hat, 1.0)
     assert torch.allclose(loss, torch.tensor(expected, dtype=torch.float32))
     assert 2.0 < loss.item() < 3.0 and tilted_mse(h, h_hat, 50.0).item() == pytest.approx(3, abs=0.03)
+    zero = torch.zeros(2, 2, requires_grad=True)                   # no error: 0, no NaN
+    assert tilted_mse(zero.detach(), zero, 1.0).item() == 0
+    small = tilted_mse(h, h_hat, 1e-6).item()                      # -> the mean as t -> 0
+    assert 2.0 <= small < 2.0 + 1e-5
     # each row's gradient is the plain MSE's times softmax(t e / m) * batch
     loss.backward()
     weights = torch.softmax(torch.tensor([0.5, 1.5]), 0) * 2
