@@ -26,6 +26,10 @@ marginal, which is what `ground_truth.safetensors` records as `probability`.
   siblings' q_c sum above 1 they are scaled to sum to 1, so each child's marginal is
   P_parent q_c / Σq < p_c. (SAELens instead draws children independently and keeps one at
   random, compensating approximately; here the realised marginal is exact and recorded.)
+  `child_share` s < 1 (the world's `hierarchy_child_share`) caps the siblings' sum at s
+  instead of 1 (each q_c at s when not exclusive), so a parent fires alone at least 1 - s of
+  the time: with s = 1 and children that sum above their parent, it never does, and a
+  parent's direction is then told from a mixture with its children only by magnitudes.
   The copula acts only between features without a parent (roots and free features): a child's
   own coin is independent, which is what keeps every marginal above exact.
 - Magnitudes of a firing feature: `uniform` on [0, 1] (the toy default), `signed_uniform` on
@@ -133,6 +137,7 @@ class Hierarchy:
     branching: int
     depth: int
     exclusive: bool
+    child_share: float = 1.0  # the most of a parent's firings its children may take
 
     def level_sizes(self) -> list[int]:
         """Features per level, roots first: [R, R b, R b², ...]."""
@@ -165,10 +170,11 @@ class Hierarchy:
             n_par = count // self.branching
             parent_p = realised[:, parent_start:parent_start + n_par, None]  # [inst, par, 1]
             q_level = p[:, start:start + count].reshape(n_inst, n_par, self.branching) / parent_p
+            share = self.child_share
             if self.exclusive:
-                q_level = q_level / q_level.sum(-1, keepdim=True).clamp(min=1.0)
+                q_level = q_level * (share / q_level.sum(-1, keepdim=True).clamp(min=share))
             else:
-                q_level = q_level.clamp(max=1.0)
+                q_level = q_level.clamp(max=share)
             q[:, start:start + count] = q_level.reshape(n_inst, count)
             realised[:, start:start + count] = (parent_p * q_level).reshape(n_inst, count)
         return q, realised

@@ -51,6 +51,12 @@ class WorldFields:
     great-grandchild)."""
     hierarchy_exclusive: bool = True
     """Synthetic source: at most one child of a parent fires."""
+    hierarchy_child_share: float = 1.0
+    """Synthetic source: the most a parent's children may take of its firings (exclusive: the
+    children's conditional probabilities are scaled to sum to at most this; otherwise each
+    is capped at it). 1: the recipe, where children whose stated probabilities sum above
+    their parent's leave it never firing alone; 0.5: a parent fires alone at least half
+    the time."""
     magnitude_mean: tuple[float, ...] = (1.0,)
     """Synthetic source, folded_normal: one mean for all, or first,last linear over the feature
     index."""
@@ -81,6 +87,8 @@ class World(WorldFields):
             ("hierarchy_branching", self.hierarchy_branching >= 1,
              f"must be >= 1, got {self.hierarchy_branching}"),
             ("hierarchy_depth", self.hierarchy_depth >= 1, f"must be >= 1, got {self.hierarchy_depth}"),
+            ("hierarchy_child_share", 0 < self.hierarchy_child_share <= 1,
+             f"must be in (0, 1], got {self.hierarchy_child_share}"),
             ("value", self.value in WORLD_VALUES,
              f"must be one of {', '.join(WORLD_VALUES)}, got {self.value!r}"),
             ("magnitude_mean",
@@ -109,7 +117,7 @@ class World(WorldFields):
         if not self.hierarchy_roots:
             return None
         return Hierarchy(self.hierarchy_roots, self.hierarchy_branching, self.hierarchy_depth,
-                         self.hierarchy_exclusive)
+                         self.hierarchy_exclusive, self.hierarchy_child_share)
 
     def check_size(self, n_features: int, p_max: tuple[float, ...]) -> None:
         """Errors that need n_features and the p_max of every instance."""

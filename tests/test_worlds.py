@@ -165,6 +165,28 @@ def test_child_more_frequent_than_its_parent_is_capped_at_the_parent():
     assert torch.allclose(realised, torch.tensor([[0.1, 0.1, 0.05]]))
 
 
+def test_child_share_leaves_a_parent_firing_alone():
+    # stated (0.1, 0.3, 0.3): the children's q = 3 each sum to 6; share 0.5 scales them to
+    # 0.25 each (exclusive), so the parent fires alone half the time; not exclusive: each q
+    # capped at 0.5
+    p = torch.tensor([[0.1, 0.3, 0.3]])
+    q, realised = Hierarchy(1, 2, 1, True, child_share=0.5).conditionals(p)
+    assert torch.allclose(q, torch.tensor([[0.1, 0.25, 0.25]]))
+    assert torch.allclose(realised, torch.tensor([[0.1, 0.025, 0.025]]))
+    q, _ = Hierarchy(1, 2, 1, False, child_share=0.5).conditionals(p)
+    assert torch.allclose(q, torch.tensor([[0.1, 0.5, 0.5]]))
+    # drawn: with constant p = 0.3 every level-1 parent of _hierarchy_samples would always
+    # have a child at share 1 (the test above); at 0.4 it has one 40% of the time
+    world = World(probability_schedule="constant", hierarchy_roots=2, hierarchy_branching=3,
+                  hierarchy_depth=2, hierarchy_exclusive=True, hierarchy_child_share=0.4)
+    fires = WorldDistribution(world, 30, (0.3,), _gen()).sample(100_000, _gen(1))[:, 0] != 0
+    roots, kids = fires[:, :2], fires[:, 2:8].reshape(-1, 2, 3).any(-1)  # [rows, 2] each
+    with_child = (kids & roots).sum(0).float() / roots.sum(0)
+    assert torch.allclose(with_child, torch.tensor([0.4, 0.4]), atol=0.01)
+    with pytest.raises(ConfigError, match="^hierarchy_child_share: must be in"):
+        World(hierarchy_roots=2, hierarchy_child_share=0.0)
+
+
 # ---- magnitudes ------------------------------------------------------------------------------
 def test_folded_normal_magnitudes_follow_the_per_feature_mean():
     world = World(value="folded_normal", magnitude_mean=(5.0, 4.0), probability_schedule="linear",
