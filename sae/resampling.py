@@ -33,13 +33,14 @@ def resample_dead_(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer | No
     first update ~3x lr. Returns the indices of the resampled latents ([m], possibly empty).
     """
     dead_idx = dead.nonzero().squeeze(1)                                # [n_dead]
-    err = (h - h_hat).pow(2).sum(dim=1)                                 # [batch]
+    residual = h - h_hat                                                # [batch, d]
+    err = residual.pow(2).sum(dim=1)                                    # [batch]
     n = min(len(dead_idx), int((err > 0).sum()))
     if n == 0:
         return dead_idx[:0]
     latents = dead_idx[:n]
     rows = torch.multinomial(err, n, replacement=False, generator=gen)  # [n]
-    directions = unit_norm_rows(h[rows] - h_hat[rows])                  # [n, d]
+    directions = unit_norm_rows(residual[rows])                         # [n, d]
     live = (~dead).nonzero().squeeze(1)                                 # [n_live]
     enc_norm = sae.W_enc[:, live].norm(dim=0).mean() if len(live) else sae.W_enc.new_ones(())
     sae.W_dec[:, latents] = directions.T
