@@ -90,6 +90,12 @@ def method_params(method: str, n_components: int, k: int, samples: int, n_rows: 
                   seed: int, device: str = "cpu") -> dict:
     """Every method at n_components atoms, L0 k and `samples` training samples."""
     common = dict(n_components=n_components, random_state=seed, device=device)
+    if method == "matryoshka_mod":
+        # its SAE sees the run's samples as the other SAEs do; MOD's passes over the training
+        # rows (n_iter of the stage's defaults) come on top
+        return SAEStageConfig(params={method: {
+            **common, "k": k, "init_sae_steps": max(1, samples // SAE_BATCH),
+            "init_sae_lr": SAE_LR}}).method_params(method)
     if method in SAE_METHODS or method not in ("ksvd", "ksvd_nn", "mod", "mod_nn", "sklearn"):
         sae = {**common, "lr": SAE_LR, "batch_size": SAE_BATCH,
                "n_steps": max(1, samples // SAE_BATCH)}

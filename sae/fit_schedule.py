@@ -20,10 +20,11 @@ def n_spare_atoms(overcomplete: float, n_components: int) -> int:
     return round(overcomplete * n_components)
 
 
-def fit_sparsity(k: int, ratio: float, d: int, n_atoms: int) -> int:
-    """Atoms per sample while fitting: ceil(ratio * k), capped at d / (2 ln n_atoms) (the
-    sparsity up to which OMP recovers supports on random atoms), never below k."""
-    cap = math.floor(d / (2 * math.log(max(n_atoms, 2))))
+def fit_sparsity(k: int, ratio: float, d: int, n_atoms: int, capped: bool = True) -> int:
+    """Atoms per sample while fitting: ceil(ratio * k), capped (unless not `capped`) at
+    d / (2 ln n_atoms) (the sparsity up to which OMP recovers supports on random atoms), never
+    below k nor above n_atoms."""
+    cap = math.floor(d / (2 * math.log(max(n_atoms, 2)))) if capped else n_atoms
     return max(k, min(math.ceil(ratio * k), cap, n_atoms))
 
 

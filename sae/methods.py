@@ -24,9 +24,12 @@ METHODS = {
     "sklearn": (SklearnDictionary, {}),
     "matryoshka": (MatryoshkaSAE, {}),
     "jumprelu": (JumpReLUSAE, {}),
+    # nonnegative MOD started from a Matryoshka SAE's decoder (sae/warm_start.py)
+    "matryoshka_mod": (MOD, {"nonnegative": True, "init": "matryoshka"}),
 }
 # every method of the stage; the default run fits sae.config.DEFAULT_METHODS, which leaves out
-# the two frontier SAEs (matryoshka, jumprelu) so that its table stays comparable across runs
+# the two frontier SAEs (matryoshka, jumprelu) and their hybrid with MOD (matryoshka_mod) so
+# that its table stays comparable across runs
 ALL_METHODS = METHODS
 SAE_METHODS = ("l1", "topk", "batchtopk", "matryoshka", "jumprelu")
 

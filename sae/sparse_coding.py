@@ -53,6 +53,7 @@ from sae.fit_schedule import (
 from sae.omp import sparse_reconstruct, sparse_to_dense
 from sae.prefix_coding import prefix_omp
 from sae.sparse_coding_config import SparseCodingConfig
+from sae.warm_start import matryoshka_atoms
 
 
 class SparseCodingDictionary(DictionaryEstimator):
@@ -87,9 +88,13 @@ class SparseCodingDictionary(DictionaryEstimator):
             # the growing subsets are prefixes of one shuffle: file order may not be random
             X = X[torch.randperm(n_samples, generator=gen, device=device)]
         n_spare = n_spare_atoms(cfg.overcomplete, cfg.n_components)
-        fit_k = fit_sparsity(cfg.k, cfg.fit_k_ratio, d, cfg.n_components + n_spare)
+        fit_k = fit_sparsity(cfg.k, cfg.fit_k_ratio, d, cfg.n_components + n_spare,
+                             capped=cfg.cap_fit_k)
         signed = not cfg.nonnegative
-        D = init_atoms(X, cfg.n_components + n_spare, cfg.init, gen)  # [n_atoms, d]
+        if cfg.init == "matryoshka":
+            D = matryoshka_atoms(X, cfg.n_components + n_spare, cfg, gen)  # [n_atoms, d]
+        else:
+            D = init_atoms(X, cfg.n_components + n_spare, cfg.init, gen)
 
         age = torch.full((D.shape[0],), SWAP_GRACE_ITERATIONS, device=device)
         # the mean starts closer to a sparse signal's offset than 0 does (off by the mean

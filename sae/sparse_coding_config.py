@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from data.configs import ConfigError
-from sae.atom_maintenance import INITS
+from sae.atom_maintenance import INITS as ATOM_INITS
 from sae.base import check_param
 from sae.fit_schedule import min_iterations_to_prune, n_spare_atoms
 
 RESEEDS = ("pca", "cluster")
+INITS = (*ATOM_INITS, "matryoshka")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +31,16 @@ class SparseCodingConfig:
     than k); transform keeps k. With k the mean L0, a row with more active features than k
     otherwise leaves part of them in its residual, and the atom update follows that
     leftover (512 atoms in d = 256: k 5 -> 10; 40 in d = 10: k stays 3)"""
+    cap_fit_k: bool = True
+    """cap the atoms per row while fitting at d / (2 ln n_atoms) (see fit_k_ratio). Off, a row
+    may take all ceil(fit_k_ratio * k) (set fit_tol so that rows stop when they are coded):
+    on worlds whose rows carry far more features than k (a hierarchy's chains fire
+    together), the capped fit cannot code those rows with the true atoms and drifts to
+    atoms that absorb parent and child; MOD started at the true directions of the
+    interference rung keeps mcc 0.97, uniqueness 1.0 uncapped, and falls to 0.71 capped.
+    Where every row carries exactly k features and d is tight, the cap is what keeps rows
+    from being coded by wrong atoms (planted 24 atoms in d = 16, k 3: 0.88 uncapped against
+    1.00 capped, both from a Matryoshka start)"""
     rel_tol: float | None = None
     """in transform, stop coding a row once its squared residual is at most rel_tol times
     its own squared norm (None: code every row with k atoms, unless `tol`): learned atoms
@@ -56,7 +67,16 @@ class SparseCodingConfig:
     nonnegative: bool = False
     """nonnegative codes (nonnegative OMP, sign-consistent updates); atoms stay signed"""
     init: str = "data"
-    """initial atoms: 'data' = distinct random samples, normalised; 'random' = Gaussian"""
+    """initial atoms: 'data' = distinct random samples, normalised; 'random' = Gaussian;
+    'matryoshka' = the decoder of a Matryoshka SAE (BatchTopK with nested prefixes, its
+    defaults otherwise) fitted first to the same rows at n_components latents and L0 k, for
+    init_sae_steps steps at init_sae_lr (spare atoms are samples). Its atoms are close to
+    the true ones on hierarchical worlds, where reconstruction alone settles on absorbed
+    atoms; the sparse-coding fit then refines them (sae/warm_start.py)"""
+    init_sae_steps: int = 8000
+    """with init='matryoshka': the SAE's training steps, 128 rows each"""
+    init_sae_lr: float = 3e-3
+    """with init='matryoshka': the SAE's Adam learning rate"""
     batch_size: int | None = None
     """samples per OMP chunk (None: sized to a fixed workspace)"""
     max_coherence: float = 0.99
@@ -107,6 +127,9 @@ class SparseCodingConfig:
         self._check_prefixes()
         check_param("nonnegative", self.nonnegative, boolean=True)
         check_param("init", self.init, choices=INITS)
+        check_param("init_sae_steps", self.init_sae_steps, low=1, integer=True)
+        check_param("init_sae_lr", self.init_sae_lr, low=0, low_open=True)
+        check_param("cap_fit_k", self.cap_fit_k, boolean=True)
         check_param("batch_size", self.batch_size, low=1, integer=True, optional=True)
         check_param("max_coherence", self.max_coherence, low=0, high=1, low_open=True)
         check_param("n_swaps", self.n_swaps, low=0, integer=True)

@@ -20,14 +20,16 @@ FAST = {"l1": {"n_steps": 20, "batch_size": 64, "log_every": 5},
         "mod": {"n_iter": 3, "k": 2}, "mod_nn": {"n_iter": 3, "k": 2},
         "sklearn": {"max_iter": 1, "k": 2},
         "matryoshka": {"n_steps": 20, "batch_size": 64, "log_every": 5, "k": 2},
-        "jumprelu": {"n_steps": 20, "batch_size": 64, "log_every": 5}}
+        "jumprelu": {"n_steps": 20, "batch_size": 64, "log_every": 5},
+        "matryoshka_mod": {"n_iter": 3, "k": 2, "init_sae_steps": 20}}
 # a valid value other than the default, per parameter kind, for the round trips
 OTHER = {"l1": {"lr": 3e-3, "l1_coefficient": 0.05}, "topk": {"k": 3, "aux_k": 4},
          "batchtopk": {"threshold_rate": 0.1}, "ksvd": {"approximate": True, "tol": 1e-3},
          "ksvd_nn": {"n_swaps": 0}, "mod": {"ridge": 1e-3}, "mod_nn": {"reseed": "cluster"},
          "sklearn": {"alpha": 0.5, "fit_algorithm": "lars"},
          "matryoshka": {"prefixes": (0.25, 6), "threshold_rate": 0.1},
-         "jumprelu": {"l0_coefficient": 0.5, "bandwidth": 0.2}}
+         "jumprelu": {"l0_coefficient": 0.5, "bandwidth": 0.2},
+         "matryoshka_mod": {"init_sae_steps": 50, "cap_fit_k": False}}
 
 
 def make(method: str, **params):

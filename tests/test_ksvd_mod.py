@@ -223,6 +223,7 @@ def test_same_seed_same_atoms(small_data):
 _SHARED_DEFAULTS = {"k": 3, "tol": None, "n_iter": 30, "rel_tol": None, "fit_k_ratio": 1.0, "fit_tol": None,
                     "prefix_fractions": (), "prefix_ks": (), "start_rows": None,
                     "nonnegative": False, "init": "data",
+                    "init_sae_steps": 8000, "init_sae_lr": 3e-3, "cap_fit_k": True,
                     "batch_size": None, "max_coherence": 0.99, "n_swaps": 1,
                     "swap_gain_factor": 2.0, "reseed": "pca", "overcomplete": 0.0,
                     "purify": False, "fit_offset": False, "random_state": 0, "device": "auto"}
@@ -253,7 +254,8 @@ def test_bad_input_is_named(small_data, cls):
         cls(n_components=16, k=9).fit(H)
     with pytest.raises(ValueError, match="^k: must be <= n_components=4, got 5$"):
         cls(n_components=4, k=5).fit(H)
-    with pytest.raises(ValueError, match=r"^init: must be one of \['data', 'random'\], got 'kmeans'$"):
+    with pytest.raises(ValueError, match=r"^init: must be one of "
+                                         r"\['data', 'random', 'matryoshka'\], got 'kmeans'$"):
         cls(n_components=4, init="kmeans").fit(H)
     est = cls(n_components=4, k=1, n_iter=1).fit(H)
     with pytest.raises(ValueError, match="H has d=5 columns, but this dictionary has d=8"):
