@@ -20,11 +20,12 @@ def n_spare_atoms(overcomplete: float, n_components: int) -> int:
     return round(overcomplete * n_components)
 
 
-def fit_sparsity(k: int, ratio: float, d: int, n_atoms: int, capped: bool = True) -> int:
-    """Atoms per sample while fitting: ceil(ratio * k), capped (unless not `capped`) at
-    d / (2 ln n_atoms) (the sparsity up to which OMP recovers supports on random atoms), never
-    below k nor above n_atoms."""
-    cap = math.floor(d / (2 * math.log(max(n_atoms, 2)))) if capped else n_atoms
+def fit_sparsity(k: int, ratio: float, d: int, n_atoms: int, cap: float | None = None) -> int:
+    """Atoms per sample while fitting: ceil(ratio * k), capped at floor(cap * d) or, with cap
+    None, at d / (2 ln n_atoms) (the sparsity up to which OMP recovers supports on random
+    atoms); never below k nor above n_atoms."""
+    cap = (math.floor(d / (2 * math.log(max(n_atoms, 2)))) if cap is None
+           else math.floor(cap * d))
     return max(k, min(math.ceil(ratio * k), cap, n_atoms))
 
 

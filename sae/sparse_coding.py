@@ -89,7 +89,7 @@ class SparseCodingDictionary(DictionaryEstimator):
             X = X[torch.randperm(n_samples, generator=gen, device=device)]
         n_spare = n_spare_atoms(cfg.overcomplete, cfg.n_components)
         fit_k = fit_sparsity(cfg.k, cfg.fit_k_ratio, d, cfg.n_components + n_spare,
-                             capped=cfg.cap_fit_k)
+                             cap=cfg.fit_k_cap)
         signed = not cfg.nonnegative
         if cfg.init == "matryoshka":
             D = matryoshka_atoms(X, cfg.n_components + n_spare, cfg, gen)  # [n_atoms, d]

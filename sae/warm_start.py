@@ -6,8 +6,9 @@ parent into its children, and alternating sparse coding with dictionary updates 
 atoms settles on the absorbed ones (interference rung: mod_nn mcc 0.68, uniqueness 0.63).
 Matryoshka's nested prefixes make a parent's latent reconstruct without its children, which
 keeps its atoms near the true ones (mcc 0.80 there, but each hedged by its siblings); MOD
-started from them, fitted at a mean rather than a capped per-row L0 (`cap_fit_k=False`),
-then removes the hedging: mcc 0.88, uniqueness 0.94 on that rung.
+started from them, with rows coded by up to d / 5 atoms while fitting (`fit_k_cap=0.2`;
+the default cap d / (2 ln n) is below k there), then removes the hedging: mcc 0.88 on that
+rung.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ OTHER = {"l1": {"lr": 3e-3, "l1_coefficient": 0.05}, "topk": {"k": 3, "aux_k": 4
          "sklearn": {"alpha": 0.5, "fit_algorithm": "lars"},
          "matryoshka": {"prefixes": (0.25, 6), "threshold_rate": 0.1},
          "jumprelu": {"l0_coefficient": 0.5, "bandwidth": 0.2},
-         "matryoshka_mod": {"init_sae_steps": 50, "cap_fit_k": False}}
+         "matryoshka_mod": {"init_sae_steps": 50, "fit_k_cap": 0.5}}
 
 
 def make(method: str, **params):

@@ -104,6 +104,7 @@ def test_the_safetensors_header_is_sorted_and_aligned():
 _FLOAT_RULES = {
     "lr": ("finite and > 0", -0.001, "-0.001"),
     "init_sae_lr": ("finite and > 0", -0.001, "-0.001"),
+    "fit_k_cap": ("None or finite and in (0, 1]", 0.0, "0.0"),
     "lr_decay_fraction": ("finite and in [0, 1]", 1.5, "1.5"),
     "grad_clip_norm": ("None or finite and > 0", 0.0, "0.0"),
     "l1_coefficient": ("finite and >= 0", -0.1, "-0.1"),
@@ -132,10 +133,11 @@ _FLOAT_FIELDS = {
                   "threshold_rate", "refine_step_size", "k_anneal_fraction", "resample_until",
                   "tilt"},
     **{m: {"tol", "rel_tol", "fit_tol", "fit_k_ratio", "max_coherence",
-           "swap_gain_factor", "overcomplete", "init_sae_lr"}
+           "swap_gain_factor", "overcomplete", "init_sae_lr", "fit_k_cap"}
        for m in ("ksvd", "ksvd_nn")},
     **{m: {"tol", "rel_tol", "fit_tol", "fit_k_ratio", "max_coherence",
-           "swap_gain_factor", "overcomplete", "ridge", "init_sae_lr"}
+           "swap_gain_factor", "overcomplete", "ridge", "init_sae_lr",
+               "fit_k_cap"}
        for m in ("mod", "mod_nn")},
     "sklearn": {"alpha"},
 }

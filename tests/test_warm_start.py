@@ -1,5 +1,5 @@
 """k-SVD/MOD started from a Matryoshka SAE (sae/warm_start.py) and fitted without the
-per-row cap (`cap_fit_k`): known answers on planted problems."""
+d / (2 ln n) cap on the atoms per row (`fit_k_cap`): known answers on planted problems."""
 import numpy as np
 import pytest
 import torch
@@ -15,11 +15,13 @@ from sae.sae_estimators import MatryoshkaSAE
 from sae.warm_start import matryoshka_atoms
 
 
-def test_without_the_cap_a_row_may_take_ratio_times_k_atoms():
-    # the interference rung: d = 160, 2048 + 512 spare atoms, k = 11
-    assert fit_sparsity(11, 3.0, 160, 2560) == 11          # d / (2 ln n) = 10.2 < k
-    assert fit_sparsity(11, 3.0, 160, 2560, capped=False) == 33
-    assert fit_sparsity(11, 3.0, 160, 20, capped=False) == 20  # never above the atoms
+def test_the_fit_k_cap_is_d_over_2_ln_n_or_a_fraction_of_d():
+    # the interference rung: d = 160, 2048 atoms, k = 11
+    assert fit_sparsity(11, 3.0, 160, 2048) == 11             # d / (2 ln n) = 10.5 < k
+    assert fit_sparsity(11, 3.0, 160, 2048, cap=0.2) == 32    # floor(0.2 * 160), below 3k
+    assert fit_sparsity(11, 3.0, 96, 2048, cap=0.2) == 19     # synthsaebench-small, d = 96
+    assert fit_sparsity(11, 3.0, 160, 20, cap=1.0) == 20      # never above the atoms
+    assert fit_sparsity(11, 3.0, 40, 2048, cap=0.2) == 11     # never below k
 
 
 def test_the_warm_start_atoms_are_the_matryoshka_decoder_then_samples():
@@ -46,16 +48,16 @@ def test_mod_from_a_matryoshka_start_recovers_a_planted_dictionary_a_data_start_
     assert cold < 0.98           # measured 0.963: eight iterations from samples are not enough
 
 
-def test_the_stage_fits_matryoshka_mod_at_a_mean_l0_without_swaps():
+def test_the_stage_fits_matryoshka_mod_with_a_looser_cap_without_swaps():
     params = SAEStageConfig().method_params("matryoshka_mod")
     est = build("matryoshka_mod", {**params, "n_components": 8, "k": 2})
     cfg = est.get_config()
-    assert cfg.init == "matryoshka" and cfg.nonnegative and not cfg.cap_fit_k
+    assert cfg.init == "matryoshka" and cfg.nonnegative and cfg.fit_k_cap == 0.2
     assert cfg.n_iter == 10 and cfg.fit_tol == 1e-3 and cfg.n_swaps == 0
 
 
 @pytest.mark.parametrize("field, value", [("init_sae_steps", 0), ("init_sae_lr", 0.0),
-                                          ("cap_fit_k", 1), ("init", "sae")])
+                                          ("fit_k_cap", 1.5), ("init", "sae")])
 def test_a_bad_warm_start_setting_is_refused_by_name(field, value):
     with pytest.raises(ConfigError) as err:
         MOD(n_components=8, k=2, **{field: value})
