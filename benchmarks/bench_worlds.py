@@ -194,9 +194,11 @@ def save_figure(results: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     methods = [r["method"] for r in results[0]["rows"] if r["method"] != ORACLE]
-    style = {m: (plt.cm.tab10(i % 10), "osD^v<>ph*"[i % 10]) for i, m in enumerate(methods)}
+    # 11 markers against 10 colours: no two of up to 110 methods look alike
+    style = {m: (plt.cm.tab10(i % 10), "osD^v<>ph*X"[i % 11]) for i, m in enumerate(methods)}
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results) + 1.6, 3.8),
                              squeeze=False)
     for ax, result in zip(axes[0], results):
@@ -208,6 +210,10 @@ def save_figure(results: list[dict], path: Path) -> None:
             ax.scatter(r["fit_seconds"], r["f1"], s=40, color=color, marker=marker,
                        label=r["method"])
         ax.set_xscale("log")
+        # plain seconds at 1, 2, 5 per decade: the default minor labels overlap on narrow spans
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("fit time, s (log)")
         ax.set_ylabel("F1 (held-out rows)")
