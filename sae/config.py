@@ -8,6 +8,9 @@ from data.rows import NONFINITE_POLICIES
 
 SIZE_BASES = ("represented", "features")
 DEFAULT_METHODS = ("l1", "topk", "batchtopk", "ksvd", "ksvd_nn", "mod", "mod_nn", "sklearn")
+# every method `--methods` takes (sae.methods.METHODS, which imports the estimators, in order):
+# the defaults, then the ones a user asks for by name
+METHOD_NAMES = (*DEFAULT_METHODS, "matryoshka", "jumprelu", "matryoshka_mod")
 EXPORT_FORMATS = ("saelens",)
 
 
@@ -39,8 +42,9 @@ STAGE_METHOD_DEFAULTS = {"l1": {"l1_coefficient": 0.3, "init": "random", "l1_war
 
 @dataclass(frozen=True)
 class SAEStageConfig(JSONConfig):
-    methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={"choices": DEFAULT_METHODS})
-    """Dictionary methods to fit, in this order."""
+    methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={"choices": METHOD_NAMES})
+    """Dictionary methods to fit, in this order (the default leaves out matryoshka, jumprelu
+    and matryoshka_mod)."""
     instances: tuple[str, ...] = ()
     """Instance ids to fit; empty means every instance of the run."""
     dict_ratio: float = 1.0

@@ -62,3 +62,36 @@ def test_a_bad_warm_start_setting_is_refused_by_name(field, value):
     with pytest.raises(ConfigError) as err:
         MOD(n_components=8, k=2, **{field: value})
     assert err.value.field == field
+
+
+def test_every_registered_method_is_a_choice_of_the_methods_option():
+    from sae.config import METHOD_NAMES
+    from sae.methods import METHODS
+
+    assert METHOD_NAMES == tuple(METHODS)
+
+
+def test_the_sae_command_fits_matryoshka_mod_with_its_cap_from_the_command_line(tiny_run,
+                                                                               tmp_path):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from data import files
+    from sae.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns(files.SAE_DIR))
+    result = CliRunner().invoke(main, [
+        "--run-dir", str(run), "--methods", "matryoshka_mod", "--k", "2",
+        "--param", "matryoshka_mod.init_sae_steps=20", "--param", "matryoshka_mod.n_iter=2",
+        "--param", "matryoshka_mod.fit_k_cap=0.5"])
+    assert result.exit_code == 0, result.output
+    for instance in files.list_instances(run):
+        folder = files.sae_dir(run, instance, "matryoshka_mod")
+        saved = json.loads((folder / files.CONFIG_FILE).read_text())
+        assert saved["method_name"] == "matryoshka_mod"
+        cfg = saved["config"]
+        assert (cfg["fit_k_cap"], cfg["init"], cfg["init_sae_steps"]) == (0.5, "matryoshka", 20)
+        assert cfg["nonnegative"] and cfg["n_swaps"] == 0   # the rest from the stage defaults
