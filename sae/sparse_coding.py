@@ -92,7 +92,7 @@ class SparseCodingDictionary(DictionaryEstimator):
                              cap=cfg.fit_k_cap)
         signed = not cfg.nonnegative
         if cfg.init == "matryoshka":
-            D = matryoshka_atoms(X, cfg.n_components + n_spare, cfg, gen)  # [n_atoms, d]
+            D = matryoshka_atoms(X, cfg.n_components + n_spare, cfg)  # [n_atoms, d]
         else:
             D = init_atoms(X, cfg.n_components + n_spare, cfg.init, gen)
 

@@ -69,8 +69,8 @@ class SparseCodingConfig:
     init: str = "data"
     """initial atoms: 'data' = distinct random samples, normalised; 'random' = Gaussian;
     'matryoshka' = the decoder of a Matryoshka SAE (BatchTopK with nested prefixes, its
-    defaults otherwise) fitted first to the same rows at n_components latents and L0 k, for
-    init_sae_steps steps at init_sae_lr (spare atoms are samples). Its atoms are close to
+    defaults otherwise) fitted first to the same rows at L0 k with a latent per atom (the
+    spares of `overcomplete` included), for init_sae_steps steps at init_sae_lr. Its atoms are close to
     the true ones on hierarchical worlds, where reconstruction alone settles on absorbed
     atoms; the sparse-coding fit then refines them (sae/warm_start.py)"""
     init_sae_steps: int = 8000
