@@ -30,8 +30,8 @@ SPARSE_CODING_DEFAULTS = {"n_iter": 20, "start_rows": 16384, "fit_k_ratio": 2.0,
 # at most d / 5 (fit_k_cap; d / (2 ln n) is below k on the hierarchical rungs) and stopped at
 # fit_tol, no swaps: Matryoshka's mcc 0.80 -> 0.87 on the interference rung (fit_k 32) and
 # 0.70 -> 0.75 on synthsaebench-small (fit_k 19), where the capped recipe above takes the
-# same start down (0.71 on interference)
-# same start, and the SAE a quarter wider, pruned back by MOD (overcomplete): 0.895 and 0.764
+# same start down (0.71 on interference); with the SAE a quarter wider and MOD pruning its
+# spare atoms away (overcomplete), 0.895 and 0.764
 MATRYOSHKA_MOD_DEFAULTS = {"n_iter": 10, "fit_k_cap": 0.2, "fit_k_ratio": 3.0,
                            "fit_tol": 1e-3, "n_swaps": 0, "overcomplete": 0.25}
 STAGE_METHOD_DEFAULTS = {"l1": {"l1_coefficient": 0.3, "init": "random", "l1_warmup_steps": 1000},

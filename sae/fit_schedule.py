@@ -24,9 +24,9 @@ def fit_sparsity(k: int, ratio: float, d: int, n_atoms: int, cap: float | None =
     """Atoms per sample while fitting: ceil(ratio * k), capped at floor(cap * d) or, with cap
     None, at d / (2 ln n_atoms) (the sparsity up to which OMP recovers supports on random
     atoms); never below k nor above n_atoms."""
-    cap = (math.floor(d / (2 * math.log(max(n_atoms, 2)))) if cap is None
-           else math.floor(cap * d))
-    return max(k, min(math.ceil(ratio * k), cap, n_atoms))
+    most = (math.floor(d / (2 * math.log(max(n_atoms, 2)))) if cap is None
+            else math.floor(cap * d))
+    return max(k, min(math.ceil(ratio * k), most, n_atoms))
 
 
 def rows_in_iteration(iteration: int, n_samples: int, start_rows: int | None) -> int:

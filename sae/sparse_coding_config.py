@@ -70,9 +70,9 @@ class SparseCodingConfig:
     """initial atoms: 'data' = distinct random samples, normalised; 'random' = Gaussian;
     'matryoshka' = the decoder of a Matryoshka SAE (BatchTopK with nested prefixes, its
     defaults otherwise) fitted first to the same rows at L0 k with a latent per atom (the
-    spares of `overcomplete` included), for init_sae_steps steps at init_sae_lr. Its atoms are close to
-    the true ones on hierarchical worlds, where reconstruction alone settles on absorbed
-    atoms; the sparse-coding fit then refines them (sae/warm_start.py)"""
+    spares of `overcomplete` included), for init_sae_steps steps at init_sae_lr. Its atoms
+    are close to the true ones on hierarchical worlds, where reconstruction alone settles on
+    absorbed atoms; the sparse-coding fit then refines them (sae/warm_start.py)"""
     init_sae_steps: int = 8000
     """with init='matryoshka': the SAE's training steps, 128 rows each"""
     init_sae_lr: float = 3e-3

@@ -136,8 +136,7 @@ _FLOAT_FIELDS = {
            "swap_gain_factor", "overcomplete", "init_sae_lr", "fit_k_cap"}
        for m in ("ksvd", "ksvd_nn")},
     **{m: {"tol", "rel_tol", "fit_tol", "fit_k_ratio", "max_coherence",
-           "swap_gain_factor", "overcomplete", "ridge", "init_sae_lr",
-               "fit_k_cap"}
+           "swap_gain_factor", "overcomplete", "ridge", "init_sae_lr", "fit_k_cap"}
        for m in ("mod", "mod_nn")},
     "sklearn": {"alpha"},
 }
