@@ -160,11 +160,23 @@ class SAELensDictionary(_External):
 
 @dataclass
 class DecoderDictionary(_External):
-    """A bare decoder: unit atoms, rows coded by the oracle's nonnegative OMP at k atoms."""
+    """A bare decoder: unit atoms, rows coded by the oracle's nonnegative OMP at k atoms.
 
-    atoms: np.ndarray | None = None                # [n_atoms, d] unit rows (a zero row stays 0)
+    The rows are kept as read and unit-normed where the oracle norms its own (in
+    `oracle_codes`): normalising twice (float64, cast to float32, then again) moves about one
+    element in 10^4 by one ulp, which can flip an OMP choice, so a decoder holding the true
+    directions would not code rows exactly as the oracle does."""
+
+    W_dec: np.ndarray | None = None                # [n_atoms, d] float32, as read
     b_dec: np.ndarray | None = None                # [d]
     k: int | None = None                           # set per instance: the stage's k
+
+    @property
+    def atoms(self) -> np.ndarray:
+        """[n_atoms, d] the unit rows of W_dec (a zero row stays 0), float32."""
+        from evaluate.oracle import unit_rows
+
+        return unit_rows(self.W_dec).astype(np.float32)
 
     @property
     def components_(self) -> np.ndarray:
@@ -181,10 +193,12 @@ class DecoderDictionary(_External):
         if self.k is None:
             raise ValueError(f"{self.path}: a bare decoder needs the stage's k to code rows")
         H = np.asarray(H, dtype=np.float32)
-        return oracle_codes(self.atoms, H - self.b_dec, self.k)[1]
+        return oracle_codes(self.W_dec, H - self.b_dec, self.k)[1]
 
     def inverse_transform(self, codes) -> np.ndarray:
-        return np.asarray(codes, dtype=np.float32) @ self.atoms + self.b_dec
+        # in torch, as oracle_codes reconstructs, so that the true directions give its H_hat
+        C = torch.as_tensor(np.asarray(codes, dtype=np.float32))
+        return (C @ torch.from_numpy(self.atoms)).numpy() + self.b_dec
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -303,13 +317,11 @@ def read_decoder(name: str, path: Path) -> DecoderDictionary:
     W = _tensor(path, tensors, key, shape, "a decoder", (key,)).numpy()
     b = (_tensor(path, tensors, "b_dec", (shape[1],), "a decoder", (key,)).numpy()
          if "b_dec" in tensors else np.zeros(shape[1], np.float32))
-    from evaluate.oracle import unit_rows
-
     return DecoderDictionary(
         name=name, path=path, kind="decoder", sha256={path.name: files.sha256_file(path)},
         description=(f"bare decoder {key!r} ({shape[0]} atoms, d = {shape[1]}), rows coded by "
                      f"nonnegative OMP at the stage's k, as the oracle"),
-        atoms=unit_rows(W).astype(np.float32), b_dec=b.astype(np.float32))
+        W_dec=W.astype(np.float32), b_dec=b.astype(np.float32))
 
 
 def load_external(name: str, path: str | Path) -> SAELensDictionary | DecoderDictionary:

@@ -190,14 +190,31 @@ def test_a_perfect_decoder_scores_as_the_oracle_and_a_random_one_low(evaluated):
     perfect, oracle, rand = scalars["ext:perfect"], scalars["oracle"], scalars["ext:random"]
     for metric in ("mmcs", "mmcs_abs", "matched_cos", "recovered_0.99", "mcc"):
         assert perfect[metric] == pytest.approx(1.0, abs=1e-5), metric
-    # coded as the oracle codes, up to one flipped OMP choice: on a fresh venv (numpy 2.4.6)
-    # F1 is 0.72194 against 0.72174 (both sides unit-norm by evaluate.oracle.unit_rows; where
-    # the two paths part is not yet located)
+    # coded as the oracle codes: the same unit rows (normalised once, from the rows as read)
     for metric in ("f1", "l0", "fvu", "code_correlation"):
-        assert perfect[metric] == pytest.approx(oracle[metric], rel=1e-3, abs=1e-6), metric
-    assert perfect["f1_vs_oracle"] == pytest.approx(1.0, rel=1e-3)
+        assert perfect[metric] == pytest.approx(oracle[metric], rel=1e-6, abs=1e-9), metric
+    assert perfect["f1_vs_oracle"] == pytest.approx(1.0, rel=1e-6)
     assert rand["recovered_0.9"] == 0 and rand["mmcs"] < 0.9 and rand["f1"] < perfect["f1"]
     assert rand["l0"] <= 3 and perfect["target_l0"] == scalars["topk"]["target_l0"]
+
+
+def test_a_bare_decoder_codes_its_rows_as_the_oracle_codes_the_same_rows(tmp_path):
+    from evaluate.oracle import oracle_codes, unit_rows
+
+    rng = np.random.default_rng(0)
+    W = (rng.normal(size=(1000, 16)) * rng.uniform(0.2, 3, size=(1000, 1))).astype(np.float32)
+    once = unit_rows(W).astype(np.float32)
+    # normalising twice moves an element here by one ulp: the case a second norm would break
+    (moved,) = np.flatnonzero((unit_rows(once).astype(np.float32) != once).any(1))
+    save_file({"W_dec": W}, str(tmp_path / "W.safetensors"))
+    ext = load_external("w", tmp_path / "W.safetensors").with_k(4)
+    codes_true = (rng.random((200, 1000)) < 0.003).astype(np.float32)  # [200, 1000]
+    codes_true[:, moved] = 1  # every row uses the moved atom
+    H = codes_true @ once                                               # [200, 16]
+    _, codes, H_hat = oracle_codes(W, H, 4)
+    assert np.array_equal(ext.components_, once)
+    assert np.array_equal(ext.transform(H), codes)
+    assert np.array_equal(ext.inverse_transform(codes), H_hat)
 
 
 def test_saelens_folders_of_the_true_directions(evaluated):
