@@ -50,6 +50,7 @@ from sae.fit_schedule import (
     rows_in_iteration,
     schedule,
 )
+from sae.incoherence import decohere_atoms, random_coherence
 from sae.omp import sparse_reconstruct, sparse_to_dense
 from sae.prefix_coding import prefix_omp
 from sae.sparse_coding_config import SparseCodingConfig
@@ -66,7 +67,8 @@ class SparseCodingDictionary(DictionaryEstimator):
     iteration, before atoms are replaced), l0 (mean nonzeros per
     sample), n_unused_atoms (atoms no sample used), n_duplicate_atoms (atoms with
     cos > max_coherence to a more-used one), n_swapped_atoms (see `n_swaps`): the atoms
-    replaced after this iteration; n_purified_atoms (with purify); seconds (wall time of the
+    replaced after this iteration; n_purified_atoms (with purify); n_decohered_atoms (with
+    incoherence: atom moves onto the bound, `sae.incoherence`); seconds (wall time of the
     iteration).
     """
 
@@ -97,6 +99,8 @@ class SparseCodingDictionary(DictionaryEstimator):
             D = init_atoms(X, cfg.n_components + n_spare, cfg.init, gen)
 
         age = torch.full((D.shape[0],), SWAP_GRACE_ITERATIONS, device=device)
+        max_cos = (1.0 if cfg.incoherence is None
+                   else cfg.incoherence * random_coherence(D.shape[0], d))
         # the mean starts closer to a sparse signal's offset than 0 does (off by the mean
         # code's part, sum_i p_i E[c_i] d_i, where 0 is off by the whole offset)
         offset = X.mean(dim=0) if cfg.fit_offset else X.new_zeros(d)  # [d]
@@ -123,6 +127,9 @@ class SparseCodingDictionary(DictionaryEstimator):
                 D, age = D[keep], age[keep]
             idx, val = self._code(Xc, D, fit_k, tol)               # [rows, fit_k] each
             D, val = self._update(Xc, D, idx, val, gen)
+            n_moved = 0
+            if max_cos < 1:
+                D, n_moved = decohere_atoms(D, atom_usage(idx, val, D.shape[0]), max_cos)
             D, val = orient_atoms(D, idx, val)
             R = Xc - sparse_reconstruct(idx, val, D)               # [rows, d]
             if cfg.fit_offset:
@@ -137,6 +144,8 @@ class SparseCodingDictionary(DictionaryEstimator):
                      "l0": float((val != 0).sum(1).float().mean()),
                      "n_unused_atoms": int(unused.sum()),
                      "n_duplicate_atoms": int(duplicate.sum())}
+            if max_cos < 1:
+                entry["n_decohered_atoms"] = n_moved
             # a new atom needs a few iterations to gather its samples before it is judged
             cost = removal_cost(D, idx, val, signed=signed)
             cost = cost.masked_fill(age < SWAP_GRACE_ITERATIONS, torch.inf)

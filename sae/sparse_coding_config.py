@@ -82,6 +82,14 @@ class SparseCodingConfig:
     max_coherence: float = 0.99
     """after each update, an atom whose cosine (|cos| for signed codes) with a more-used
     atom exceeds this is replaced"""
+    incoherence: float | None = None
+    """after each update, keep every two atoms at |cos| <= incoherence x sqrt(2 ln n_atoms / d)
+    (`sae.incoherence.random_coherence`, about the largest |cos| of one random direction with
+    n_atoms others: 0.31 for 2560 atoms in d = 160), moving the less used atom of a pair onto
+    the bound in their plane (None: no bound). On hierarchical worlds an atom that holds a
+    parent and its child codes their rows with one atom instead of two, and a fit at a budget
+    prefers it; the bound keeps them apart (sae/incoherence.py). Features whose true
+    directions are closer than the bound cannot be learnt exactly with it"""
     n_swaps: int = 1
     """per iteration, at most this many of the atoms whose removal would cost least are
     swapped for a direction the dictionary misses, if that carries more (0: never)"""
@@ -132,6 +140,7 @@ class SparseCodingConfig:
         check_param("fit_k_cap", self.fit_k_cap, low=0, high=1, low_open=True, optional=True)
         check_param("batch_size", self.batch_size, low=1, integer=True, optional=True)
         check_param("max_coherence", self.max_coherence, low=0, high=1, low_open=True)
+        check_param("incoherence", self.incoherence, low=0, low_open=True, optional=True)
         check_param("n_swaps", self.n_swaps, low=0, integer=True)
         check_param("swap_gain_factor", self.swap_gain_factor, low=0)
         check_param("reseed", self.reseed, choices=RESEEDS)

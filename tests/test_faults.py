@@ -123,6 +123,7 @@ _FLOAT_RULES = {
     "resample_until": ("finite and in [0, 1]", 1.5, "1.5"),
     "tilt": ("finite and >= 0", -1.0, "-1.0"),
     "rel_tol": ("None or finite and >= 0", -1.0, "-1.0"),
+    "incoherence": ("None or finite and > 0", 0.0, "0.0"),
 }
 _FLOAT_FIELDS = {
     "l1": {"lr", "lr_decay_fraction", "grad_clip_norm", "l1_coefficient", "refine_step_size",
@@ -133,10 +134,11 @@ _FLOAT_FIELDS = {
                   "threshold_rate", "refine_step_size", "k_anneal_fraction", "resample_until",
                   "tilt"},
     **{m: {"tol", "rel_tol", "fit_tol", "fit_k_ratio", "max_coherence",
-           "swap_gain_factor", "overcomplete", "init_sae_lr", "fit_k_cap"}
+           "swap_gain_factor", "overcomplete", "init_sae_lr", "fit_k_cap", "incoherence"}
        for m in ("ksvd", "ksvd_nn")},
     **{m: {"tol", "rel_tol", "fit_tol", "fit_k_ratio", "max_coherence",
-           "swap_gain_factor", "overcomplete", "ridge", "init_sae_lr", "fit_k_cap"}
+           "swap_gain_factor", "overcomplete", "ridge", "init_sae_lr", "fit_k_cap",
+           "incoherence"}
        for m in ("mod", "mod_nn")},
     "sklearn": {"alpha"},
 }
