@@ -30,6 +30,7 @@ def random_coherence(n_atoms: int, d: int) -> float:
 
 
 def decohere_atoms(D: torch.Tensor, usage: torch.Tensor, max_cos: float, *,
+                   leave_above: float = 1.0,
                    passes: int = MAX_PASSES) -> tuple[torch.Tensor, int]:
     """D [n_atoms, d] unit rows, usage [n_atoms] (how much each atom is used; ties keep the
     lower index) -> (D' [n_atoms, d] unit rows, number of atom moves).
@@ -41,7 +42,8 @@ def decohere_atoms(D: torch.Tensor, usage: torch.Tensor, max_cos: float, *,
     the plane of a and b. |cos| counts for nonnegative codes too: there an atom near -a is
     how a fit corrects atoms that absorbed a (the root's atom above). Stops after `passes`
     passes or when no pair is above the bound; a pair that is exactly parallel is left
-    alone (no plane to move in)."""
+    alone (no plane to move in), and so is a pair above `leave_above` (a duplicate, which
+    the fit replaces by a new direction instead: moved, it would survive as a mixture)."""
     if not 0 < max_cos < 1:
         raise ValueError(f"max_cos must be in (0, 1), got {max_cos}")
     out = D.double().clone()                                        # [n_atoms, d]
@@ -49,7 +51,9 @@ def decohere_atoms(D: torch.Tensor, usage: torch.Tensor, max_cos: float, *,
     for _ in range(passes):
         cos = out @ out.T                                           # [n_atoms, n_atoms]
         cos.fill_diagonal_(0)
-        best, partner = cos.abs().max(dim=1)                        # [n_atoms] each
+        cos = cos.abs()
+        cos = cos.masked_fill(cos > leave_above, 0)
+        best, partner = cos.max(dim=1)                              # [n_atoms] each
         over = best > max_cos * (1 + 1e-9)
         if not bool(over.any()):
             break

@@ -85,8 +85,9 @@ class SparseCodingConfig:
     incoherence: float | None = None
     """after each update, keep every two atoms at |cos| <= incoherence x sqrt(2 ln n_atoms / d)
     (`sae.incoherence.random_coherence`, about the largest |cos| of one random direction with
-    n_atoms others: 0.31 for 2560 atoms in d = 160), moving the less used atom of a pair onto
-    the bound in their plane (None: no bound). On hierarchical worlds an atom that holds a
+    n_atoms others, n_atoms counting the spares of `overcomplete`: 0.31 for 2560 atoms in
+    d = 160), moving the less used atom of a pair onto the bound in their plane, from the
+    first update after the spares are pruned (None: no bound). On hierarchical worlds an atom that holds a
     parent and its child codes their rows with one atom instead of two, and a fit at a budget
     prefers it; the bound keeps them apart (sae/incoherence.py). Features whose true
     directions are closer than the bound cannot be learnt exactly with it"""

@@ -8,8 +8,9 @@ Matryoshka's nested prefixes make a parent's latent reconstruct without its chil
 keeps its atoms near the true ones (mcc 0.80 there, but each hedged by its siblings); MOD
 started from them, with rows coded by up to d / 5 atoms while fitting (`fit_k_cap=0.2`;
 the default cap d / (2 ln n) is below k there), then removes the hedging: mcc 0.87 on that
-rung, and 0.895 when the SAE has a quarter more latents than atoms and MOD prunes the least
-useful away (`overcomplete=0.25`).
+rung, 0.895 when the SAE has a quarter more latents than atoms and MOD prunes the least
+useful away (`overcomplete=0.25`), and 0.904 when no two atoms may lie closer than the bound
+of `incoherence` (sae/incoherence.py), which keeps a child's atom from absorbing its parent.
 """
 from __future__ import annotations
 

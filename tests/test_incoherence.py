@@ -86,3 +86,26 @@ def test_mod_with_incoherence_keeps_its_atoms_apart_and_logs_the_moves():
 def test_incoherence_must_be_positive():
     with pytest.raises(ConfigError, match="incoherence"):
         MOD(n_components=4, k=1, incoherence=0)
+
+
+def test_duplicates_above_leave_above_are_left_for_replacement():
+    e = torch.eye(3, dtype=torch.float64)
+    D = torch.stack([e[0], _unit(e[0] + 0.05 * e[1]), e[2]])  # cos 0.9988: a duplicate
+    out, moves = decohere_atoms(D, torch.tensor([2, 1, 0]), 0.3, leave_above=0.99)
+    assert moves == 0 and torch.equal(out, D)
+    out, moves = decohere_atoms(D, torch.tensor([2, 1, 0]), 0.3)
+    assert moves == 1 and float(out[0] @ out[1]) == pytest.approx(0.3)
+
+
+def test_the_bound_waits_for_the_spares_to_be_pruned():
+    from sae.fit_schedule import prune_iteration
+
+    gen = np.random.default_rng(1)
+    G = gen.normal(size=(24, 12))
+    G /= np.linalg.norm(G, axis=1, keepdims=True)
+    X = ((gen.random((2000, 24)) < 0.1) * 1.0 @ G).astype(np.float32)
+    est = MOD(n_components=24, k=3, n_iter=8, n_swaps=0, overcomplete=0.5, incoherence=0.9,
+              nonnegative=True, random_state=0, device="cpu").fit(X)
+    last_spare = prune_iteration(8)
+    assert all(e["n_decohered_atoms"] == 0 for e in est.log_[:last_spare])
+    assert sum(e["n_decohered_atoms"] for e in est.log_[last_spare:]) > 0
