@@ -31,7 +31,7 @@ SPARSE_CODING_DEFAULTS = {"n_iter": 20, "start_rows": 16384, "fit_k_ratio": 2.0,
 # fit_tol, no swaps: Matryoshka's mcc 0.80 -> 0.87 on the interference rung (fit_k 32) and
 # 0.70 -> 0.75 on synthsaebench-small (fit_k 19), where the capped recipe above takes the
 # same start down (0.71 on interference); with the SAE a quarter wider and MOD pruning its
-# spare atoms away (overcomplete), 0.895 and 0.764; with atoms kept at |cos| <=
+# spare atoms away (overcomplete), 0.895 and 0.764; 0.909 and 0.769 with atoms kept at |cos| <=
 # sqrt(2 ln n / d) (incoherence 1: a child's atom cannot absorb its parent's direction),
 # measured in README "Keeping atoms apart"
 MATRYOSHKA_MOD_DEFAULTS = {"n_iter": 10, "fit_k_cap": 0.2, "fit_k_ratio": 3.0,

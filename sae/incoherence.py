@@ -47,25 +47,27 @@ def decohere_atoms(D: torch.Tensor, usage: torch.Tensor, max_cos: float, *,
     if not 0 < max_cos < 1:
         raise ValueError(f"max_cos must be in (0, 1), got {max_cos}")
     out = D.double().clone()                                        # [n_atoms, d]
+    uses = usage.tolist()
     n_atoms, moves = out.shape[0], 0
     for _ in range(passes):
         cos = out @ out.T                                           # [n_atoms, n_atoms]
         cos.fill_diagonal_(0)
         cos = cos.abs()
         cos = cos.masked_fill(cos > leave_above, 0)
-        best, partner = cos.max(dim=1)                              # [n_atoms] each
+        best, partner = (t.cpu() for t in cos.max(dim=1))          # [n_atoms] each
         over = best > max_cos * (1 + 1e-9)
         if not bool(over.any()):
             break
+        # the greedy pairing is a short Python loop over the atoms above the bound, on the CPU
         order = torch.argsort(best, descending=True, stable=True)
-        taken = torch.zeros(n_atoms, dtype=torch.bool)
+        taken = [False] * n_atoms
         keep, move = [], []
-        for i in order[over[order].cpu()].tolist():
+        for i in order[over[order]].tolist():
             j = int(partner[i])
             if taken[i] or taken[j]:
                 continue
             taken[i] = taken[j] = True
-            more_used_i = bool(usage[i] > usage[j]) or (bool(usage[i] == usage[j]) and i < j)
+            more_used_i = uses[i] > uses[j] or (uses[i] == uses[j] and i < j)
             keep.append(i if more_used_i else j)
             move.append(j if more_used_i else i)
         a, b = out[keep], out[move]                                 # [pairs, d] each
@@ -75,8 +77,7 @@ def decohere_atoms(D: torch.Tensor, usage: torch.Tensor, max_cos: float, *,
         ok = (norms > 1e-12).squeeze(1)
         s = torch.where(c >= 0, 1.0, -1.0).to(out.dtype)
         moved = s * max_cos * a + math.sqrt(1 - max_cos ** 2) * ortho / norms.clamp_min(1e-300)
-        idx = torch.tensor(move, device=out.device)[ok.cpu()]
-        out[idx] = moved[ok]
+        out[torch.tensor(move, device=out.device)[ok]] = moved[ok]
         moves += int(ok.sum())
         if not bool(ok.any()):
             break

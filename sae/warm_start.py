@@ -9,7 +9,7 @@ keeps its atoms near the true ones (mcc 0.80 there, but each hedged by its sibli
 started from them, with rows coded by up to d / 5 atoms while fitting (`fit_k_cap=0.2`;
 the default cap d / (2 ln n) is below k there), then removes the hedging: mcc 0.87 on that
 rung, 0.895 when the SAE has a quarter more latents than atoms and MOD prunes the least
-useful away (`overcomplete=0.25`), and 0.904 when no two atoms may lie closer than the bound
+useful away (`overcomplete=0.25`), and 0.909 when no two atoms may lie closer than the bound
 of `incoherence` (sae/incoherence.py), which keeps a child's atom from absorbing its parent.
 """
 from __future__ import annotations
