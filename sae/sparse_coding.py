@@ -127,20 +127,18 @@ class SparseCodingDictionary(DictionaryEstimator):
                 D, age = D[keep], age[keep]
             idx, val = self._code(Xc, D, fit_k, tol)               # [rows, fit_k] each
             D, val = self._update(Xc, D, idx, val, gen)
+            usage = atom_usage(idx, val, D.shape[0])               # [n_atoms]
             n_moved = 0
             # only once the spares are pruned: while they are there, a spare that shares a
             # feature with its atom can outnumber it and push the true atom off (on `simple`,
             # 98 of 1024 features then end below cos 0.99, none without)
-            bounded = max_cos < 1 and D.shape[0] == cfg.n_components
-            if bounded:
-                D, n_moved = decohere_atoms(D, atom_usage(idx, val, D.shape[0]), max_cos,
-                                            leave_above=cfg.max_coherence)
-            D, val = orient_atoms(D, idx, val)
+            if max_cos < 1 and D.shape[0] == cfg.n_components:
+                D, n_moved = decohere_atoms(D, usage, max_cos, leave_above=cfg.max_coherence)
+            D, val = orient_atoms(D, idx, val)  # flips signs only: usage stays
             R = Xc - sparse_reconstruct(idx, val, D)               # [rows, d]
             if cfg.fit_offset:
                 shift = R.mean(dim=0)                              # [d]
                 offset, R = offset + shift, R - shift
-            usage = atom_usage(idx, val, D.shape[0])               # [n_atoms]
             unused = usage == 0
             duplicate = duplicate_atoms(D, usage, cfg.max_coherence, signed=signed) & ~unused
             # R = X - C D (- offset): the fvu of data.measures.fvu without a copy

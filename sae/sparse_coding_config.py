@@ -87,10 +87,10 @@ class SparseCodingConfig:
     (`sae.incoherence.random_coherence`, about the largest |cos| of one random direction with
     n_atoms others, n_atoms counting the spares of `overcomplete`: 0.31 for 2560 atoms in
     d = 160), moving the less used atom of a pair onto the bound in their plane, from the
-    first update after the spares are pruned (None: no bound). On hierarchical worlds an atom that holds a
-    parent and its child codes their rows with one atom instead of two, and a fit at a budget
-    prefers it; the bound keeps them apart (sae/incoherence.py). Features whose true
-    directions are closer than the bound cannot be learnt exactly with it"""
+    first update after the spares are pruned (None: no bound). On hierarchical worlds an
+    atom that holds a parent and its child codes their rows with one atom instead of two,
+    and a fit at a budget prefers it; the bound keeps them apart (sae/incoherence.py).
+    Features whose true directions are closer than the bound cannot be learnt exactly"""
     n_swaps: int = 1
     """per iteration, at most this many of the atoms whose removal would cost least are
     swapped for a direction the dictionary misses, if that carries more (0: never)"""
