@@ -1,11 +1,11 @@
 """The sweep's ray backend on a real, if local, Ray cluster: a head node and a worker node
-started with `ray start` as a user would (each its own process group and temp dir), the sweep
+started with `ray start` as a user would (each its own session and temp dir), the sweep
 joining them with `--backend ray --address`. Points run on both nodes and aggregate to the
 local backend's numbers; a worker node killed while it runs a point does not lose the point:
 Ray runs it again on the head, and the aggregate is still the local one.
 
-Teardown kills the process groups these tests started, never `ray stop` (which stops every
-Ray on the machine)."""
+Teardown kills the processes of the sessions these tests started, never `ray stop` (which
+stops every Ray on the machine)."""
 import json
 import os
 import shutil
@@ -58,9 +58,26 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _session_pids(sid: int) -> list[int]:
+    """The live processes of session `sid` (field 6 of /proc/PID/stat; zombies, state Z,
+    left out; the name, field 2, may hold spaces and parentheses, so the fields are counted
+    after its last ')')."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # exited meanwhile
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 class Node:
     """`ray start ... --block` in a session of its own: its raylet, agents and workers are
-    one process group, killed together."""
+    that session's processes, killed together. (Not one process group: Ray puts each task
+    worker in a group of its own, so a worker killed only with its node's group lived on,
+    finished its point and committed it on the dead node.)"""
 
     def __init__(self, temp_dir: Path, args: list[str]):
         self.temp_dir = temp_dir
@@ -72,7 +89,7 @@ class Node:
                  "--temp-dir", str(temp_dir), "--block"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env(),
                 start_new_session=True)
-        self.pgid = self.proc.pid
+        self.sid = self.proc.pid
 
     def wait_started(self) -> str:
         """This node's Ray node id, once it runs."""
@@ -89,19 +106,15 @@ class Node:
                              f"{self.log.read_text()[-3000:]}")
 
     def alive(self) -> bool:
-        try:
-            os.killpg(self.pgid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+        return bool(_session_pids(self.sid))
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for _ in range(5):  # again, for a worker the raylet started meanwhile
+            for pid in _session_pids(self.sid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         self.proc.wait(timeout=30)
         deadline = time.monotonic() + 10
         while self.alive() and time.monotonic() < deadline:  # children reaped by init
@@ -131,9 +144,9 @@ def cluster():
     finally:
         for node in reversed(nodes):
             node.kill()
-        leftover = [n.pgid for n in nodes if n.alive()]
+        leftover = [n.sid for n in nodes if n.alive()]
         shutil.rmtree(root, ignore_errors=True)
-        assert not leftover, f"process groups {leftover} outlived the cluster"
+        assert not leftover, f"sessions {leftover} outlived the cluster"
 
 
 @pytest.fixture(scope="module")
