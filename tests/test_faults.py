@@ -115,6 +115,7 @@ _FLOAT_RULES = {
     "swap_gain_factor": ("finite and >= 0", -1.0, "-1.0"),
     "overcomplete": ("finite and in [0, 4]", 5.0, "5.0"),
     "ridge": ("finite and >= 0", -1.0, "-1.0"),
+    "row_weight_exponent": ("finite and >= 0", -1.0, "-1.0"),
     "fit_k_ratio": ("finite and >= 1", 0.5, "0.5"),
     "fit_tol": ("None or finite and >= 0", -1.0, "-1.0"),
     "alpha": ("finite and >= 0", -0.5, "-0.5"),
@@ -138,7 +139,7 @@ _FLOAT_FIELDS = {
        for m in ("ksvd", "ksvd_nn")},
     **{m: {"tol", "rel_tol", "fit_tol", "fit_k_ratio", "max_coherence",
            "swap_gain_factor", "overcomplete", "ridge", "init_sae_lr", "fit_k_cap",
-           "incoherence"}
+           "incoherence", "row_weight_exponent"}
        for m in ("mod", "mod_nn")},
     "sklearn": {"alpha"},
 }

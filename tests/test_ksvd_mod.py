@@ -11,7 +11,7 @@ from sae.atom_maintenance import duplicate_atoms, prune_atoms, removal_cost
 from sae.base import DictionaryEstimator
 from sae.fit_schedule import Phase, fit_sparsity, rows_in_iteration, schedule
 from sae.ksvd import KSVD, KSVDConfig, ksvd_sweep
-from sae.mod import MOD, MODConfig, mod_update
+from sae.mod import MOD, MODConfig, mod_update, row_weights
 from sae.omp import omp_encode, sparse_reconstruct
 
 
@@ -28,8 +28,10 @@ def planted_data():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cls, kwargs", [(KSVD, {}), (KSVD, {"nonnegative": True}),
-                                         (MOD, {}), (MOD, {"nonnegative": True})],
-                         ids=["ksvd", "ksvd-nonnegative", "mod", "mod-nonnegative"])
+                                         (MOD, {}), (MOD, {"nonnegative": True}),
+                                         (MOD, {"nonnegative": True, "row_weight_exponent": 3.0})],
+                         ids=["ksvd", "ksvd-nonnegative", "mod", "mod-nonnegative",
+                              "mod-nonnegative-row-weights"])
 def test_planted_recovery(planted_data, cls, kwargs):
     H, A = planted_data
     est = cls(n_components=64, k=3, n_iter=40, random_state=0, **kwargs).fit(H)
@@ -112,6 +114,39 @@ def test_mod_update_is_least_squares():
     torch.testing.assert_close(new_D, D_ls / D_ls.norm(dim=1, keepdim=True))
     new_C = torch.zeros(n, M, dtype=torch.float64).scatter_(1, idx, new_val)
     torch.testing.assert_close(new_C @ new_D, C @ D_ls)
+
+
+def test_row_weights_by_hand():
+    X = torch.tensor([[3.0, 4.0], [0.0, 0.0], [0.0, 2.0]])
+    torch.testing.assert_close(row_weights(X, 2.0), torch.tensor([[0.2], [0.0], [0.5]]))
+    torch.testing.assert_close(row_weights(X, 4.0), torch.tensor([[0.04], [0.0], [0.25]]))
+
+
+def test_the_weighted_update_is_weighted_least_squares():
+    g = torch.Generator().manual_seed(4)
+    n, M, d, k = 200, 10, 6, 3
+    X = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.rand(n, 1, generator=g,
+                                                                         dtype=torch.float64)
+    X[0] = 0.0  # a row of norm 0 weighs nothing and keeps codes of 0
+    idx = torch.rand(n, M, generator=g).argsort(1)[:, :k]
+    val = torch.randn(n, k, generator=g, dtype=torch.float64)
+    val[0] = 0.0
+    D = torch.nn.functional.normalize(torch.randn(M, d, generator=g, dtype=torch.float64))
+    C = torch.zeros(n, M, dtype=torch.float64).scatter_(1, idx, val)
+    gamma = 3.0
+    weight = X.norm(dim=1).pow(-gamma).nan_to_num(posinf=0.0)             # [n]
+    sw = weight.sqrt().unsqueeze(1)
+    D_wls = torch.linalg.lstsq(sw * C, sw * X).solution                    # [M, d]
+    est = MOD(n_components=M, k=k, ridge=0.0, row_weight_exponent=gamma)
+    new_D, new_val = est._update(X, D, idx, val, None)
+    torch.testing.assert_close(new_D, D_wls / D_wls.norm(dim=1, keepdim=True))
+    new_C = torch.zeros(n, M, dtype=torch.float64).scatter_(1, idx, new_val)
+    torch.testing.assert_close(new_C @ new_D, C @ D_wls)
+    assert (new_val[0] == 0).all()
+    # rows of equal norm weigh alike: the plain update
+    U = torch.nn.functional.normalize(X[1:]) * 2.0
+    plain, _ = mod_update(U, D, idx[1:], val[1:], ridge=0.0)
+    torch.testing.assert_close(est._update(U, D, idx[1:], val[1:], None)[0], plain)
 
 
 def test_near_copies_and_their_cost():
@@ -229,7 +264,8 @@ _SHARED_DEFAULTS = {"k": 3, "tol": None, "n_iter": 30, "rel_tol": None, "fit_k_r
                     "purify": False, "fit_offset": False, "random_state": 0, "device": "auto"}
 
 
-@pytest.mark.parametrize("cls, own", [(KSVD, {"approximate": False}), (MOD, {"ridge": 1e-6})])
+@pytest.mark.parametrize("cls, own", [(KSVD, {"approximate": False}),
+                                      (MOD, {"ridge": 1e-6, "row_weight_exponent": 0.0})])
 def test_the_documented_defaults(cls, own):
     assert issubclass(cls, DictionaryEstimator)
     est = cls(n_components=5)
