@@ -116,6 +116,7 @@ _FLOAT_RULES = {
     "overcomplete": ("finite and in [0, 4]", 5.0, "5.0"),
     "ridge": ("finite and >= 0", -1.0, "-1.0"),
     "row_weight_exponent": ("finite and >= 0", -1.0, "-1.0"),
+    "residual_weight_scale": ("None or finite and > 0", 0.0, "0.0"),
     "fit_k_ratio": ("finite and >= 1", 0.5, "0.5"),
     "fit_tol": ("None or finite and >= 0", -1.0, "-1.0"),
     "alpha": ("finite and >= 0", -0.5, "-0.5"),
@@ -139,7 +140,7 @@ _FLOAT_FIELDS = {
        for m in ("ksvd", "ksvd_nn")},
     **{m: {"tol", "rel_tol", "fit_tol", "fit_k_ratio", "max_coherence",
            "swap_gain_factor", "overcomplete", "ridge", "init_sae_lr", "fit_k_cap",
-           "incoherence", "row_weight_exponent"}
+           "incoherence", "row_weight_exponent", "residual_weight_scale"}
        for m in ("mod", "mod_nn")},
     "sklearn": {"alpha"},
 }
