@@ -107,19 +107,34 @@ def test_ksvd_sweep_never_increases_the_error():
                 assert (val2 >= 0).all()
 
 
-def test_mod_update_is_least_squares():
-    g = torch.Generator().manual_seed(3)
-    n, M, d, k = 200, 10, 6, 3
+def _coding_problem(seed: int, n: int = 200, M: int = 10, d: int = 6, k: int = 3):
+    """Random rows X [n, d], codes (idx, val) [n, k] on M atoms D [M, d], float64, and the
+    generator, for checking atom updates against dense algebra."""
+    g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, d, generator=g, dtype=torch.float64)
     idx = torch.rand(n, M, generator=g).argsort(1)[:, :k]
     val = torch.randn(n, k, generator=g, dtype=torch.float64)
     D = torch.nn.functional.normalize(torch.randn(M, d, generator=g, dtype=torch.float64))
-    C = torch.zeros(n, M, dtype=torch.float64).scatter_(1, idx, val)
-    D_ls = torch.linalg.lstsq(C, X).solution                       # [M, d]
-    new_D, new_val = mod_update(X, D, idx, val, ridge=0.0)
-    torch.testing.assert_close(new_D, D_ls / D_ls.norm(dim=1, keepdim=True))
-    new_C = torch.zeros(n, M, dtype=torch.float64).scatter_(1, idx, new_val)
-    torch.testing.assert_close(new_C @ new_D, C @ D_ls)
+    return X, idx, val, D, g
+
+
+def _assert_weighted_least_squares(update, X, D, idx, val, weight):
+    """update(X, D, idx, val) -> (D', val') must give the unit rows of the least-squares atoms
+    with each row's squared error weighted by weight [n], and codes with C' D' = C D_wls."""
+    C = torch.zeros(len(X), len(D), dtype=torch.float64).scatter_(1, idx, val)
+    sw = weight.sqrt().unsqueeze(1)
+    D_wls = torch.linalg.lstsq(sw * C, sw * X).solution                    # [M, d]
+    new_D, new_val = update(X, D, idx, val)
+    torch.testing.assert_close(new_D, D_wls / D_wls.norm(dim=1, keepdim=True))
+    new_C = torch.zeros_like(C).scatter_(1, idx, new_val)
+    torch.testing.assert_close(new_C @ new_D, C @ D_wls)
+    return new_val
+
+
+def test_mod_update_is_least_squares():
+    X, idx, val, D, _ = _coding_problem(3)
+    _assert_weighted_least_squares(lambda *a: mod_update(*a, ridge=0.0), X, D, idx, val,
+                                   torch.ones(len(X), dtype=torch.float64))
 
 
 def test_row_weights_by_hand():
@@ -129,30 +144,23 @@ def test_row_weights_by_hand():
 
 
 def test_the_weighted_update_is_weighted_least_squares():
-    g = torch.Generator().manual_seed(4)
-    n, M, d, k = 200, 10, 6, 3
-    X = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.rand(n, 1, generator=g,
-                                                                         dtype=torch.float64)
+    X, idx, val, D, g = _coding_problem(4)
+    X = X * torch.rand(len(X), 1, generator=g, dtype=torch.float64)
     X[0] = 0.0  # a row of norm 0 weighs nothing and keeps codes of 0
-    idx = torch.rand(n, M, generator=g).argsort(1)[:, :k]
-    val = torch.randn(n, k, generator=g, dtype=torch.float64)
     val[0] = 0.0
-    D = torch.nn.functional.normalize(torch.randn(M, d, generator=g, dtype=torch.float64))
-    C = torch.zeros(n, M, dtype=torch.float64).scatter_(1, idx, val)
     gamma = 3.0
     weight = X.norm(dim=1).pow(-gamma).nan_to_num(posinf=0.0)             # [n]
-    sw = weight.sqrt().unsqueeze(1)
-    D_wls = torch.linalg.lstsq(sw * C, sw * X).solution                    # [M, d]
-    est = MOD(n_components=M, k=k, ridge=0.0, row_weight_exponent=gamma)
-    new_D, new_val = est._update(X, D, idx, val, None)
-    torch.testing.assert_close(new_D, D_wls / D_wls.norm(dim=1, keepdim=True))
-    new_C = torch.zeros(n, M, dtype=torch.float64).scatter_(1, idx, new_val)
-    torch.testing.assert_close(new_C @ new_D, C @ D_wls)
+    est = MOD(n_components=len(D), k=idx.shape[1], ridge=0.0, row_weight_exponent=gamma)
+
+    def update(*args):
+        return est._update(*args, None)
+
+    new_val = _assert_weighted_least_squares(update, X, D, idx, val, weight)
     assert (new_val[0] == 0).all()
     # rows of equal norm weigh alike: the plain update
     U = torch.nn.functional.normalize(X[1:]) * 2.0
     plain, _ = mod_update(U, D, idx[1:], val[1:], ridge=0.0)
-    torch.testing.assert_close(est._update(U, D, idx[1:], val[1:], None)[0], plain)
+    torch.testing.assert_close(update(U, D, idx[1:], val[1:])[0], plain)
 
 
 def test_residual_weights_by_hand():
@@ -168,24 +176,15 @@ def test_residual_weights_by_hand():
 
 
 def test_the_residual_weighted_update_is_weighted_least_squares():
-    g = torch.Generator().manual_seed(5)
-    n, M, d, k = 200, 10, 6, 3
-    X = torch.randn(n, d, generator=g, dtype=torch.float64)
-    idx = torch.rand(n, M, generator=g).argsort(1)[:, :k]
-    val = torch.randn(n, k, generator=g, dtype=torch.float64)
-    D = torch.nn.functional.normalize(torch.randn(M, d, generator=g, dtype=torch.float64))
-    C = torch.zeros(n, M, dtype=torch.float64).scatter_(1, idx, val)
+    X, idx, val, D, _ = _coding_problem(5)
+    M, k = D.shape[0], idx.shape[1]
+    C = torch.zeros(len(X), M, dtype=torch.float64).scatter_(1, idx, val)
     gamma, tau = 2.0, 0.5
     rho = (X - C @ D).pow(2).sum(1) / X.pow(2).sum(1)                     # [n]
     weight = X.norm(dim=1).pow(-gamma) * torch.exp(-rho / tau)             # [n]
-    sw = weight.sqrt().unsqueeze(1)
-    D_wls = torch.linalg.lstsq(sw * C, sw * X).solution                    # [M, d]
     est = MOD(n_components=M, k=k, ridge=0.0, row_weight_exponent=gamma,
               residual_weight_scale=tau)
-    new_D, new_val = est._update(X, D, idx, val, None)
-    torch.testing.assert_close(new_D, D_wls / D_wls.norm(dim=1, keepdim=True))
-    new_C = torch.zeros(n, M, dtype=torch.float64).scatter_(1, idx, new_val)
-    torch.testing.assert_close(new_C @ new_D, C @ D_wls)
+    _assert_weighted_least_squares(lambda *a: est._update(*a, None), X, D, idx, val, weight)
     # codes that explain every row alike leave the plain (or norm-weighted) update
     exact = C @ D
     plain, _ = mod_update(exact, D, idx, val, ridge=0.0)
