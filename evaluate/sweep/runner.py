@@ -221,8 +221,9 @@ class LocalBackend:
 
 
 class RayBackend:
-    """Each task a Ray task asking for `threads` CPUs, and a GPU where its stage runs on cuda.
-    Joins the running Ray instance if there is one, else `ray.init(address)` (None: a local
+    """Each task a Ray task asking for `threads` CPUs, and a GPU where its stage runs on cuda,
+    spread over the cluster's nodes (Ray's default prefers the driver's node while it has
+    room, and short points queued there while another node sat idle). Joins the running Ray instance if there is one, else `ray.init(address)` (None: a local
     instance, or the cluster named by RAY_ADDRESS). A task whose worker process or node dies
     is run again by Ray, up to `max_retries` times (on a node still alive; the task wipes
     what the lost run staged); one that still does not come back is a failed point, and the
@@ -242,7 +243,8 @@ class RayBackend:
         self.remote = ray.remote(max_retries=max_retries, retry_exceptions=False)(execute)
 
     def run(self, tasks: list[dict], on_result: Callable) -> None:
-        refs = {self.remote.options(num_cpus=self.threads, num_gpus=task["gpus"])
+        refs = {self.remote.options(num_cpus=self.threads, num_gpus=task["gpus"],
+                                    scheduling_strategy="SPREAD")
                 .remote(task, self.threads): task for task in tasks}
         pending = list(refs)
         while pending:
