@@ -223,8 +223,9 @@ class LocalBackend:
 class RayBackend:
     """Each task a Ray task asking for `threads` CPUs, and a GPU where its stage runs on cuda,
     spread over the cluster's nodes (Ray's default prefers the driver's node while it has
-    room, and short points queued there while another node sat idle). Joins the running Ray instance if there is one, else `ray.init(address)` (None: a local
-    instance, or the cluster named by RAY_ADDRESS). A task whose worker process or node dies
+    room, and short points queued there while another node sat idle). Joins the running Ray
+    instance if there is one, else `ray.init(address)` (None: a local instance, or the
+    cluster named by RAY_ADDRESS). A task whose worker process or node dies
     is run again by Ray, up to `max_retries` times (on a node still alive; the task wipes
     what the lost run staged); one that still does not come back is a failed point, and the
     sweep goes on."""
