@@ -54,6 +54,7 @@ from sae.incoherence import decohere_atoms, random_coherence
 from sae.omp import sparse_reconstruct, sparse_to_dense
 from sae.prefix_coding import prefix_omp
 from sae.sparse_coding_config import SparseCodingConfig
+from sae.inertia import extrapolate_atoms
 from sae.warm_start import matryoshka_atoms
 
 
@@ -107,6 +108,7 @@ class SparseCodingDictionary(DictionaryEstimator):
         tol = None if cfg.fit_tol is None else cfg.fit_tol * sum_squares(X) / n_samples
         variances = {}                                             # rows -> fvu denominator
         usage = None                                               # [n_atoms], per iteration
+        previous = None  # [n_atoms, d] the atoms the last update started from (inertia)
         self.log_ = []
         for iteration in range(1, cfg.n_iter + 1):
             t0 = time.perf_counter()
@@ -120,13 +122,19 @@ class SparseCodingDictionary(DictionaryEstimator):
                 # most used first: the prefix pass codes with the leading atoms
                 order = torch.argsort(usage, descending=True, stable=True)
                 D, age = D[order], age[order]
+                previous = None if previous is None else previous[order]
             if phase.prune:
                 # judged on the codes of the atoms as they are now, after the last replacements
                 keep = prune_atoms(D, *self._code(Xc, D, fit_k, tol), cfg.n_components,
                                    signed=signed)
                 D, age = D[keep], age[keep]
+                previous = None if previous is None else previous[keep]
             idx, val = self._code(Xc, D, fit_k, tol)               # [rows, fit_k] each
+            start = D
             D, val = self._update(Xc, D, idx, val, gen)
+            if cfg.inertia and previous is not None:
+                D = extrapolate_atoms(D, start, previous, cfg.inertia)
+            previous = start
             usage = atom_usage(idx, val, D.shape[0])               # [n_atoms]
             n_moved = 0
             # only once the spares are pruned: while they are there, a spare that shares a
@@ -158,13 +166,17 @@ class SparseCodingDictionary(DictionaryEstimator):
                                    nonnegative=cfg.nonnegative,
                                    gain_factor=cfg.swap_gain_factor, reseed=cfg.reseed)
             entry["n_swapped_atoms"] = int((new & ~forced).sum())
+            new_direction = new
             if cfg.purify and not phase.settling:
                 pure = purify_atoms(D, R, idx, val, eligible=~new & (age >= SWAP_GRACE_ITERATIONS),
                                     nonnegative=cfg.nonnegative)
                 purified = pure.isfinite().all(1)                 # [n_atoms]
                 D = torch.where(purified.unsqueeze(1), pure, D)
+                new_direction = new | purified
                 entry["n_purified_atoms"] = int(purified.sum())
             age = torch.where(new, 0, age + 1)
+            if cfg.inertia:  # a new direction is a jump, not a step to carry on
+                previous = torch.where(new_direction.unsqueeze(1), D, previous)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             entry["seconds"] = time.perf_counter() - t0

@@ -91,6 +91,12 @@ class SparseCodingConfig:
     atom that holds a parent and its child codes their rows with one atom instead of two,
     and a fit at a budget prefers it; the bound keeps them apart (sae/incoherence.py).
     Features whose true directions are closer than the bound cannot be learnt exactly"""
+    inertia: float = 0.0
+    """beta: after each update the atoms also move by beta times the step they took in the
+    iteration before, D' = D_update + beta (D_t - D_{t-1}), renormalised (heavy-ball
+    inertia, `sae.inertia`): along directions the data barely fix (a parent and its
+    always co-firing children trading a shared part) plain alternation crawls. 0: none;
+    below 1 (the step must shrink for the fit to settle)"""
     n_swaps: int = 1
     """per iteration, at most this many of the atoms whose removal would cost least are
     swapped for a direction the dictionary misses, if that carries more (0: never)"""
@@ -142,6 +148,7 @@ class SparseCodingConfig:
         check_param("batch_size", self.batch_size, low=1, integer=True, optional=True)
         check_param("max_coherence", self.max_coherence, low=0, high=1, low_open=True)
         check_param("incoherence", self.incoherence, low=0, low_open=True, optional=True)
+        check_param("inertia", self.inertia, low=0, high=1, high_open=True)
         check_param("n_swaps", self.n_swaps, low=0, integer=True)
         check_param("swap_gain_factor", self.swap_gain_factor, low=0)
         check_param("reseed", self.reseed, choices=RESEEDS)

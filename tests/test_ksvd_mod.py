@@ -35,9 +35,12 @@ def planted_data():
                                          (MOD, {}), (MOD, {"nonnegative": True}),
                                          (MOD, {"nonnegative": True, "row_weight_exponent": 3.0}),
                                          (MOD, {"nonnegative": True, "row_weight_exponent": 3.0,
-                                                "residual_weight_scale": 0.1})],
+                                                "residual_weight_scale": 0.1}),
+                                         (MOD, {"nonnegative": True, "inertia": 0.5}),
+                                         (KSVD, {"inertia": 0.5})],
                          ids=["ksvd", "ksvd-nonnegative", "mod", "mod-nonnegative",
-                              "mod-nonnegative-row-weights", "mod-nonnegative-residual-weights"])
+                              "mod-nonnegative-row-weights", "mod-nonnegative-residual-weights",
+                              "mod-nonnegative-inertia", "ksvd-inertia"])
 def test_planted_recovery(planted_data, cls, kwargs):
     H, A = planted_data
     est = cls(n_components=64, k=3, n_iter=40, random_state=0, **kwargs).fit(H)
@@ -51,10 +54,12 @@ def test_planted_recovery(planted_data, cls, kwargs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cls", [KSVD, MOD])
-def test_overcomplete_start_is_pruned_to_n_components(cls):
+@pytest.mark.parametrize("cls, inertia", [(KSVD, 0.0), (MOD, 0.0), (MOD, 0.5)])
+def test_overcomplete_start_is_pruned_to_n_components(cls, inertia):
+    # with inertia, the steps of the kept atoms carry on through the pruning
     H, A = planted(8000, 48, 32, seed=2)
-    est = cls(n_components=48, k=3, n_iter=30, overcomplete=0.5, random_state=0).fit(H)
+    est = cls(n_components=48, k=3, n_iter=30, overcomplete=0.5, random_state=0,
+              inertia=inertia).fit(H)
     assert est.components_.shape == (48, 32)
     assert mmcs(A, est.components_) >= 0.99
 
@@ -302,7 +307,8 @@ _SHARED_DEFAULTS = {"k": 3, "tol": None, "n_iter": 30, "rel_tol": None, "fit_k_r
                     "prefix_fractions": (), "prefix_ks": (), "start_rows": None,
                     "nonnegative": False, "init": "data",
                     "init_sae_steps": 8000, "init_sae_lr": 3e-3, "fit_k_cap": None,
-                    "batch_size": None, "max_coherence": 0.99, "incoherence": None, "n_swaps": 1,
+                    "batch_size": None, "max_coherence": 0.99, "incoherence": None, "inertia": 0.0,
+                    "n_swaps": 1,
                     "swap_gain_factor": 2.0, "reseed": "pca", "overcomplete": 0.0,
                     "purify": False, "fit_offset": False, "random_state": 0, "device": "auto"}
 
