@@ -132,7 +132,8 @@ class SparseCodingDictionary(DictionaryEstimator):
             idx, val = self._code(Xc, D, fit_k, tol)               # [rows, fit_k] each
             start = D
             D, val = self._update(Xc, D, idx, val, gen)
-            if cfg.inertia and previous is not None:
+            if cfg.inertia and previous is not None and iteration < cfg.n_iter:
+                # not after the last update: the fitted atoms are an update's
                 D = extrapolate_atoms(D, start, previous, cfg.inertia)
             previous = start
             usage = atom_usage(idx, val, D.shape[0])               # [n_atoms]

@@ -92,11 +92,13 @@ class SparseCodingConfig:
     and a fit at a budget prefers it; the bound keeps them apart (sae/incoherence.py).
     Features whose true directions are closer than the bound cannot be learnt exactly"""
     inertia: float = 0.0
-    """beta: after each update the atoms also move by beta times the step they took in the
-    iteration before, D' = D_update + beta (D_t - D_{t-1}), renormalised (heavy-ball
-    inertia, `sae.inertia`): along directions the data barely fix (a parent and its
-    always co-firing children trading a shared part) plain alternation crawls. 0: none;
-    below 1 (the step must shrink for the fit to settle)"""
+    """beta: after each update but the last the atoms also move by beta times the step they
+    took in the iteration before, D' = D_update + beta (D_t - D_{t-1}), renormalised, with
+    an atom's sign flips not counted as steps and an atom given a new direction (replaced,
+    purified) starting without one (heavy-ball inertia, `sae.inertia`): along directions
+    the data barely fix (a parent and its always co-firing children trading a shared part)
+    plain alternation crawls. 0: none; below 1 (the step must shrink for the fit to
+    settle)"""
     n_swaps: int = 1
     """per iteration, at most this many of the atoms whose removal would cost least are
     swapped for a direction the dictionary misses, if that carries more (0: never)"""
