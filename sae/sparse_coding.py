@@ -51,10 +51,10 @@ from sae.fit_schedule import (
     schedule,
 )
 from sae.incoherence import decohere_atoms, random_coherence
+from sae.inertia import extrapolate_atoms
 from sae.omp import sparse_reconstruct, sparse_to_dense
 from sae.prefix_coding import prefix_omp
 from sae.sparse_coding_config import SparseCodingConfig
-from sae.inertia import extrapolate_atoms
 from sae.warm_start import matryoshka_atoms
 
 
@@ -132,10 +132,10 @@ class SparseCodingDictionary(DictionaryEstimator):
             idx, val = self._code(Xc, D, fit_k, tol)               # [rows, fit_k] each
             start = D
             D, val = self._update(Xc, D, idx, val, gen)
-            if cfg.inertia and previous is not None and iteration < cfg.n_iter:
+            if previous is not None and iteration < cfg.n_iter:
                 # not after the last update: the fitted atoms are an update's
                 D = extrapolate_atoms(D, start, previous, cfg.inertia)
-            previous = start
+            previous = start if cfg.inertia else None
             usage = atom_usage(idx, val, D.shape[0])               # [n_atoms]
             n_moved = 0
             # only once the spares are pruned: while they are there, a spare that shares a
@@ -176,7 +176,7 @@ class SparseCodingDictionary(DictionaryEstimator):
                 new_direction = new | purified
                 entry["n_purified_atoms"] = int(purified.sum())
             age = torch.where(new, 0, age + 1)
-            if cfg.inertia:  # a new direction is a jump, not a step to carry on
+            if previous is not None:  # a new direction is a jump, not a step to carry on
                 previous = torch.where(new_direction.unsqueeze(1), D, previous)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
