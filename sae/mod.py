@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from sae.base import check_param
-from sae.omp import sparse_reconstruct
+from sae.omp import gram_of_sparse_codes, sparse_reconstruct
 from sae.sparse_coding import SparseCodingDictionary
 from sae.sparse_coding_config import SparseCodingConfig
 
@@ -105,7 +105,7 @@ def mod_update(X: torch.Tensor, D: torch.Tensor, idx: torch.Tensor, val: torch.T
     C = sparse_codes_as_matrix(idx, val, n_components)             # sparse [n_samples, M]
     # the normal equations in float64: C^T C squares the codes' condition number
     CtX = torch.sparse.mm(C.t(), X).double()                       # [M, d]
-    CtC = _gram_of_sparse_codes(idx, val, n_components)            # [M, M] float64
+    CtC = gram_of_sparse_codes(idx, val, n_components)            # [M, M] float64
     lam = ridge * float(CtC.diagonal().mean())
     A = CtC + lam * torch.eye(n_components, dtype=CtC.dtype, device=CtC.device)
     L, info = torch.linalg.cholesky_ex(A)
@@ -119,23 +119,6 @@ def mod_update(X: torch.Tensor, D: torch.Tensor, idx: torch.Tensor, val: torch.T
                         D.double()).to(D.dtype)
     scale = torch.where(used, norms, 1.0).to(val.dtype)
     return D_new, val * scale[idx.clamp_min(0)]
-
-
-def _gram_of_sparse_codes(idx: torch.Tensor, val: torch.Tensor, n_components: int,
-                          chunk: int = 1 << 16) -> torch.Tensor:
-    """C^T C [n_components, n_components] float64 from sparse codes [n_samples, k].
-
-    Sums the k x k outer products of each sample's coefficients into their (i, j) cells,
-    so the cost is n_samples * k^2, never n_samples * n_components.
-    """
-    M = n_components
-    out = torch.zeros(M * M, dtype=torch.float64, device=val.device)
-    for start in range(0, idx.shape[0], chunk):
-        i = idx[start:start + chunk].clamp_min(0)                  # [c, k]
-        v = val[start:start + chunk].double()                      # [c, k]
-        cells = (i.unsqueeze(2) * M + i.unsqueeze(1)).flatten()   # [c * k * k]
-        out.index_add_(0, cells, (v.unsqueeze(2) * v.unsqueeze(1)).flatten())
-    return out.view(M, M)
 
 
 def sparse_codes_as_matrix(idx: torch.Tensor, val: torch.Tensor,

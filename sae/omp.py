@@ -157,6 +157,23 @@ def sparse_reconstruct(indices: torch.Tensor, values: torch.Tensor,
                                              mode="sum")
 
 
+def gram_of_sparse_codes(idx: torch.Tensor, val: torch.Tensor, n_components: int,
+                          chunk: int = 1 << 16) -> torch.Tensor:
+    """C^T C [n_components, n_components] float64 from sparse codes [n_samples, k].
+
+    Sums the k x k outer products of each sample's coefficients into their (i, j) cells,
+    so the cost is n_samples * k^2, never n_samples * n_components.
+    """
+    M = n_components
+    out = torch.zeros(M * M, dtype=torch.float64, device=val.device)
+    for start in range(0, idx.shape[0], chunk):
+        i = idx[start:start + chunk].clamp_min(0)                  # [c, k]
+        v = val[start:start + chunk].double()                      # [c, k]
+        cells = (i.unsqueeze(2) * M + i.unsqueeze(1)).flatten()   # [c * k * k]
+        out.index_add_(0, cells, (v.unsqueeze(2) * v.unsqueeze(1)).flatten())
+    return out.view(M, M)
+
+
 # ---- one chunk ----------------------------------------------------------------------------
 def _noise_floor(alpha0: torch.Tensor) -> torch.Tensor:
     """[B] correlation below which an atom only fits rounding error of the residual."""

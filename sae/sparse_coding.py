@@ -25,6 +25,7 @@ import torch
 
 from data import files
 from data.measures import column_mean, fvu_of_residual, sum_squares
+from sae.anchors import cofiring_counts, find_anchors, hold_anchor_parts
 from sae.atom_maintenance import (
     atom_usage,
     duplicate_atoms,
@@ -132,6 +133,10 @@ class SparseCodingDictionary(DictionaryEstimator):
             idx, val = self._code(Xc, D, fit_k, tol)               # [rows, fit_k] each
             start = D
             D, val = self._update(Xc, D, idx, val, gen)
+            if cfg.anchor_share is not None:
+                anchors = find_anchors(cofiring_counts(idx, val, D.shape[0]), rows,
+                                       cfg.anchor_share)
+                D = hold_anchor_parts(D, start, *anchors)
             if previous is not None and iteration < cfg.n_iter:
                 # not after the last update: the fitted atoms are an update's
                 D = extrapolate_atoms(D, start, previous, cfg.inertia)

@@ -99,6 +99,14 @@ class SparseCodingConfig:
     the data barely fix (a parent and its always co-firing children trading a shared part)
     plain alternation crawls. 0: none; below 1 (the step must shrink for the fit to
     settle)"""
+    anchor_share: float | None = None
+    """hold each atom's part along its co-firing anchors through every update (None: off):
+    its anchors are the atoms used in at least this share of the rows that use it, at least
+    twice as often there as in rows at large and used at least twice as often as it (a
+    parent for its child; `sae.anchors`). Given supports that hold parent and child, an atom
+    for child + a x parent reconstructs their rows as well as the child's own direction
+    does, so the data leave that part free and an update drifts it towards absorbing the
+    parent; with this the update moves only the rest of the atom"""
     n_swaps: int = 1
     """per iteration, at most this many of the atoms whose removal would cost least are
     swapped for a direction the dictionary misses, if that carries more (0: never)"""
@@ -151,6 +159,8 @@ class SparseCodingConfig:
         check_param("max_coherence", self.max_coherence, low=0, high=1, low_open=True)
         check_param("incoherence", self.incoherence, low=0, low_open=True, optional=True)
         check_param("inertia", self.inertia, low=0, high=1, high_open=True)
+        check_param("anchor_share", self.anchor_share, low=0, high=1, low_open=True,
+                    optional=True)
         check_param("n_swaps", self.n_swaps, low=0, integer=True)
         check_param("swap_gain_factor", self.swap_gain_factor, low=0)
         check_param("reseed", self.reseed, choices=RESEEDS)

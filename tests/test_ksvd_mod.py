@@ -37,10 +37,12 @@ def planted_data():
                                          (MOD, {"nonnegative": True, "row_weight_exponent": 3.0,
                                                 "residual_weight_scale": 0.1}),
                                          (MOD, {"nonnegative": True, "inertia": 0.5}),
-                                         (KSVD, {"inertia": 0.5})],
+                                         (KSVD, {"inertia": 0.5}),
+                                         (MOD, {"nonnegative": True, "anchor_share": 0.5})],
                          ids=["ksvd", "ksvd-nonnegative", "mod", "mod-nonnegative",
                               "mod-nonnegative-row-weights", "mod-nonnegative-residual-weights",
-                              "mod-nonnegative-inertia", "ksvd-inertia"])
+                              "mod-nonnegative-inertia", "ksvd-inertia",
+                              "mod-nonnegative-anchors"])
 def test_planted_recovery(planted_data, cls, kwargs):
     H, A = planted_data
     est = cls(n_components=64, k=3, n_iter=40, random_state=0, **kwargs).fit(H)
@@ -573,3 +575,6 @@ def test_residual_weights_keep_the_true_atoms_on_a_hierarchical_world(monkeypatc
     kept = mmcs(G.numpy(), MOD(**fit, residual_weight_scale=0.01).fit(H).components_)
     assert drifted < 0.9
     assert kept > 0.99
+    # holding each child's part along its parent (sae/anchors.py) keeps them too (0.99993)
+    anchored = MOD(**fit, residual_weight_scale=0.01, anchor_share=0.5).fit(H)
+    assert mmcs(G.numpy(), anchored.components_) > 0.99
