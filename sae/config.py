@@ -27,9 +27,10 @@ SPARSE_CODING_DEFAULTS = {"n_iter": 20, "start_rows": 16384, "fit_k_ratio": 2.0,
                           "overcomplete": 0.25, "purify": True, "n_swaps": 8,
                           "swap_gain_factor": 1.0, "reseed": "cluster"}
 # matryoshka_mod: plain MOD refinement of the SAE's atoms, rows coded with up to 3k atoms but
-# at most d / 5 (fit_k_cap; d / (2 ln n) is below k on the hierarchical rungs) and stopped at
-# fit_tol, no swaps: Matryoshka's mcc 0.80 -> 0.87 on the interference rung (fit_k 32) and
-# 0.70 -> 0.75 on synthsaebench-small (fit_k 19), where the capped recipe above takes the
+# at most d / 5 (fit_k_cap, 0.17 d now, below; d / (2 ln n) is below k on the hierarchical
+# rungs) and stopped at fit_tol, no swaps: Matryoshka's mcc 0.80 -> 0.87 on the interference
+# rung (fit_k 32) and 0.70 -> 0.75 on synthsaebench-small (fit_k 19), where the capped recipe
+# above takes the
 # same start down (0.71 on interference); with the SAE a quarter wider and MOD pruning its
 # spare atoms away (overcomplete), 0.895 and 0.764; 0.909 and 0.769 with atoms kept at |cos| <=
 # sqrt(2 ln n / d) (incoherence 1: a child's atom cannot absorb its parent's direction),
@@ -39,11 +40,14 @@ SPARSE_CODING_DEFAULTS = {"n_iter": 20, "start_rows": 16384, "fit_k_ratio": 2.0,
 # residual (residual_weight_scale: rows the codes cannot explain are mostly coded wrong);
 # 0.919 and 0.839 with the bound at 0.8 of sqrt(2 ln n / d), which the atoms mixing
 # co-firing roots exceed (README "Weighting the rows by their residual"); 0.910 and 0.847
-# (3 seeds 0.835 -> 0.844) with 20 iterations (README "Inertia and the length of the fit")
-MATRYOSHKA_MOD_DEFAULTS = {"n_iter": 20, "fit_k_cap": 0.2, "fit_k_ratio": 3.0,
+# (3 seeds 0.835 -> 0.844) with 20 iterations (README "Inertia and the length of the fit");
+# 0.916 and 0.852 (3 seeds 0.842 -> 0.850) with each atom's part along its co-firing anchors
+# held through the updates (anchor_share, sae/anchors.py) and rows coded with at most 0.17 d
+# atoms while fitting (README "Holding what the data leave free")
+MATRYOSHKA_MOD_DEFAULTS = {"n_iter": 20, "fit_k_cap": 0.17, "fit_k_ratio": 3.0,
                            "fit_tol": 1e-3, "n_swaps": 0, "overcomplete": 0.25,
                            "incoherence": 0.8, "row_weight_exponent": 3.0,
-                           "residual_weight_scale": 0.01}
+                           "residual_weight_scale": 0.01, "anchor_share": 0.5}
 STAGE_METHOD_DEFAULTS = {"l1": {"l1_coefficient": 0.3, "init": "random", "l1_warmup_steps": 1000},
                          # the baseline at 10 passes took 60 s of a 3-minute default run
                          "sklearn": {"max_iter": 3},

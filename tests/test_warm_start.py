@@ -49,8 +49,9 @@ def test_the_stage_fits_matryoshka_mod_with_a_looser_cap_without_swaps():
     params = SAEStageConfig().method_params("matryoshka_mod")
     est = build("matryoshka_mod", {**params, "n_components": 8, "k": 2})
     cfg = est.get_config()
-    assert cfg.init == "matryoshka" and cfg.nonnegative and cfg.fit_k_cap == 0.2
+    assert cfg.init == "matryoshka" and cfg.nonnegative and cfg.fit_k_cap == 0.17
     assert cfg.n_iter == 20 and cfg.fit_tol == 1e-3 and cfg.n_swaps == 0
+    assert cfg.anchor_share == 0.5           # a child's part along its parent held
     assert cfg.overcomplete == 0.25          # the SAE a quarter wider, pruned back by MOD
 
 
