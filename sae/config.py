@@ -40,7 +40,7 @@ SPARSE_CODING_DEFAULTS = {"n_iter": 20, "start_rows": 16384, "fit_k_ratio": 2.0,
 # 0.919 and 0.839 with the bound at 0.8 of sqrt(2 ln n / d), which the atoms mixing
 # co-firing roots exceed (README "Weighting the rows by their residual"); 0.910 and 0.847
 # (3 seeds 0.835 -> 0.844) with 20 iterations (README "Inertia and the length of the fit");
-# 0.916 and 0.852 (3 seeds 0.842 -> 0.850) with each atom's part along its co-firing anchors
+# 0.911 and 0.852 (3 seeds 0.842 -> 0.850) with each atom's part along its co-firing anchors
 # held through the updates (anchor_share, sae/anchors.py) and rows coded with at most 0.17 d
 # atoms while fitting (README "Holding what the data leave free")
 MATRYOSHKA_MOD_DEFAULTS = {"n_iter": 20, "fit_k_cap": 0.17, "fit_k_ratio": 3.0,
