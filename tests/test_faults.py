@@ -127,6 +127,7 @@ _FLOAT_RULES = {
     "rel_tol": ("None or finite and >= 0", -1.0, "-1.0"),
     "incoherence": ("None or finite and > 0", 0.0, "0.0"),
     "inertia": ("finite and in [0, 1)", 1.0, "1.0"),
+    "anchor_share": ("None or finite and in (0, 1]", 0.0, "0.0"),
 }
 _FLOAT_FIELDS = {
     "l1": {"lr", "lr_decay_fraction", "grad_clip_norm", "l1_coefficient", "refine_step_size",
@@ -138,11 +139,12 @@ _FLOAT_FIELDS = {
                   "tilt"},
     **{m: {"tol", "rel_tol", "fit_tol", "fit_k_ratio", "max_coherence",
            "swap_gain_factor", "overcomplete", "init_sae_lr", "fit_k_cap", "incoherence",
-           "inertia"}
+           "inertia", "anchor_share"}
        for m in ("ksvd", "ksvd_nn")},
     **{m: {"tol", "rel_tol", "fit_tol", "fit_k_ratio", "max_coherence",
            "swap_gain_factor", "overcomplete", "ridge", "init_sae_lr", "fit_k_cap",
-           "incoherence", "inertia", "row_weight_exponent", "residual_weight_scale"}
+           "incoherence", "inertia", "row_weight_exponent", "residual_weight_scale",
+           "anchor_share"}
        for m in ("mod", "mod_nn")},
     "sklearn": {"alpha"},
 }

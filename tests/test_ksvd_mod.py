@@ -310,6 +310,7 @@ _SHARED_DEFAULTS = {"k": 3, "tol": None, "n_iter": 30, "rel_tol": None, "fit_k_r
                     "nonnegative": False, "init": "data",
                     "init_sae_steps": 8000, "init_sae_lr": 3e-3, "fit_k_cap": None,
                     "batch_size": None, "max_coherence": 0.99, "incoherence": None, "inertia": 0.0,
+                    "anchor_share": None,
                     "n_swaps": 1,
                     "swap_gain_factor": 2.0, "reseed": "pca", "overcomplete": 0.0,
                     "purify": False, "fit_offset": False, "random_state": 0, "device": "auto"}
