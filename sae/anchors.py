@@ -12,8 +12,9 @@ removes their hedging against their siblings, and their matched |cos| peaks at i
 An atom's anchors are found from the codes alone: the atoms used in at least `share` of the
 rows that use it, at least ANCHOR_LIFT times as often as in rows at large, and used at least
 ANCHOR_USAGE_RATIO times as often as it (a parent is, its child is not); at most MAX_ANCHORS
-of them. `hold_anchor_parts` then keeps each atom's least-squares coefficients on its anchors'
-atoms what they were before the update, so that the update moves only the rest of it.
+of them. `hold_anchor_parts` then gives each atom back the least-squares coefficients it had
+on its anchors' atoms before the update, relative to the rest of it, so that the update moves
+only the rest.
 """
 from __future__ import annotations
 

@@ -33,8 +33,9 @@ SPARSE_CODING_DEFAULTS = {"n_iter": 20, "start_rows": 16384, "fit_k_ratio": 2.0,
 # above takes the same start down (0.71 on interference); with the SAE a quarter wider and
 # MOD pruning its spare atoms away (overcomplete), 0.895 and 0.764; 0.909 and 0.769 with
 # atoms kept at |cos| <= sqrt(2 ln n / d) (incoherence 1: a child's atom cannot absorb its
-# parent's direction), measured in README "Keeping atoms apart"; 0.915 and 0.795 with each row's squared error
-# weighted by ||h||^-3 in the update (row_weight_exponent, README "Weighting the rows");
+# parent's direction), measured in README "Keeping atoms apart"; 0.915 and 0.795 with each
+# row's squared error weighted by ||h||^-3 in the update (row_weight_exponent, README
+# "Weighting the rows");
 # 0.914 and 0.832 with each row also weighted by exp(-rho / 0.01), rho its relative squared
 # residual (residual_weight_scale: rows the codes cannot explain are mostly coded wrong);
 # 0.919 and 0.839 with the bound at 0.8 of sqrt(2 ln n / d), which the atoms mixing
