@@ -31,19 +31,19 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 generate: $(STAMP)
-	$(PY) -m generate --run-dir $(RUN) $(GENERATE_ARGS)
+	$(PY) -m unsuperpose generate --run-dir $(RUN) $(GENERATE_ARGS)
 
 sae: $(STAMP)
-	$(PY) -m sae --run-dir $(RUN) $(SAE_ARGS)
+	$(PY) -m unsuperpose sae --run-dir $(RUN) $(SAE_ARGS)
 
 evaluate: $(STAMP)
-	$(PY) -m evaluate --run-dir $(RUN) $(EVALUATE_ARGS)
+	$(PY) -m unsuperpose evaluate --run-dir $(RUN) $(EVALUATE_ARGS)
 
 sweep: $(STAMP)
-	$(PY) -m evaluate.sweep $(GRID) $(SWEEP_ARGS)
+	$(PY) -m unsuperpose sweep $(GRID) $(SWEEP_ARGS)
 
 paper: $(STAMP)
-	$(PY) -m generate.paper --out runs/paper $(PAPER_ARGS)
+	$(PY) -m unsuperpose paper --out runs/paper $(PAPER_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -26,13 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data import planted  # noqa: E402
-from data.measures import fvu  # noqa: E402
-from evaluate.metrics import mmcs, per_feature_max_cosine  # noqa: E402
-from sae.ksvd import KSVD  # noqa: E402
-from sae.methods import build  # noqa: E402
-from sae.mod import MOD  # noqa: E402
-from sae.sklearn_baseline import SklearnDictionary  # noqa: E402
+from unsuperpose.data import planted  # noqa: E402
+from unsuperpose.data.measures import fvu  # noqa: E402
+from unsuperpose.evaluate.metrics import mmcs, per_feature_max_cosine  # noqa: E402
+from unsuperpose.sae.ksvd import KSVD  # noqa: E402
+from unsuperpose.sae.methods import build  # noqa: E402
+from unsuperpose.sae.mod import MOD  # noqa: E402
+from unsuperpose.sae.sklearn_baseline import SklearnDictionary  # noqa: E402
 
 
 def planted_problem(n_samples: int = 20_000, n_features: int = 512, d: int = 256,

@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import matmul_peak_gflops  # noqa: E402
-from data.files import MANIFEST_FILE, read_json  # noqa: E402
-from generate.config import GenerateConfig  # noqa: E402
-from generate.pipeline import distribution, resolve_device, run_generate  # noqa: E402
-from generate.train import train_toy_models  # noqa: E402
-from models.toy import ToyModel  # noqa: E402
+from unsuperpose.data.files import MANIFEST_FILE, read_json  # noqa: E402
+from unsuperpose.generate.config import GenerateConfig  # noqa: E402
+from unsuperpose.generate.pipeline import distribution, resolve_device, run_generate  # noqa: E402
+from unsuperpose.generate.train import train_toy_models  # noqa: E402
+from unsuperpose.models.toy import ToyModel  # noqa: E402
 
 
 def bench_training(config: GenerateConfig, steps: int, device: torch.device) -> dict:

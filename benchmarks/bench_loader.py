@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from data import files  # noqa: E402
-from data.loader import iter_batches, load_activations, stream_activations  # noqa: E402
-from data.rows import iter_shards  # noqa: E402
-from data.shards import ShardWriter  # noqa: E402
+from unsuperpose.data import files  # noqa: E402
+from unsuperpose.data.loader import iter_batches, load_activations, stream_activations  # noqa: E402
+from unsuperpose.data.rows import iter_shards  # noqa: E402
+from unsuperpose.data.shards import ShardWriter  # noqa: E402
 
 
 def rows_per_s(fn, rows: int) -> float:

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import sae.omp_native as omp_native  # noqa: E402
-from sae.omp import batch_omp, sparse_to_dense  # noqa: E402
+import unsuperpose.sae.omp_native as omp_native  # noqa: E402
+from unsuperpose.sae.omp import batch_omp, sparse_to_dense  # noqa: E402
 
 
 def sparse_problem(n_samples: int, d: int, n_components: int, k: int, noise: float, seed: int,

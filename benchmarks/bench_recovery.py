@@ -7,7 +7,7 @@ with a long tail of rare features, and how many samples an SAE needs.
     python benchmarks/bench_recovery.py sharkey [--sharkey-rows 100000]  # (d) ~5 min
     python benchmarks/bench_recovery.py all --json results.json
 
-(a) toy: the default `python -m generate` run (5 ReLU-output models, 40 features in d=10,
+(a) toy: the default `unsuperpose generate` run (5 ReLU-output models, 40 features in d=10,
     feature probabilities 0.3 .. 0.003), generated into --run-dir unless it exists already.
     On the sparsest instance every method learns as many atoms as there are represented
     features and is scored by signed MMCS over them and the fraction recovered at cos >= 0.99;
@@ -21,7 +21,7 @@ with a long tail of rare features, and how many samples an SAE needs.
 
 (d) sharkey: the `sharkey` world (data/worlds.py; generated into --run-dir/sharkey unless it
     exists), its first --sharkey-rows training rows all fitted by --sharkey-methods with
-    exactly 512 atoms and the stage's k (5): once with the settings `python -m sae` uses by
+    exactly 512 atoms and the stage's k (5): once with the settings `unsuperpose sae` uses by
     default (sae.config.STAGE_METHOD_DEFAULTS), once with the estimator's own defaults, the
     reference, in the same run; signed MMCS against the 512 true directions and fit seconds.
     The target: mod_nn >= 0.99 in <= 60 s on one thread with the stage's defaults.
@@ -44,9 +44,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data import files  # noqa: E402
-from evaluate.metrics import mmcs, per_feature_max_cosine  # noqa: E402
-from sae.methods import build  # noqa: E402
+from unsuperpose.data import files  # noqa: E402
+from unsuperpose.evaluate.metrics import mmcs, per_feature_max_cosine  # noqa: E402
+from unsuperpose.sae.methods import build  # noqa: E402
 
 RARE = 1e-3  # a feature firing in fewer than this fraction of rows counts as rare
 
@@ -56,7 +56,7 @@ def load_instance(instance_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """(H [rows, d], represented directions [n_rep, d], their probabilities [n_rep])."""
     from safetensors.torch import load_file
 
-    from data.rows import read_all
+    from unsuperpose.data.rows import read_all
 
     H, _ = read_all(instance_dir)
     gt = load_file(str(instance_dir / files.GROUND_TRUTH_FILE))
@@ -165,7 +165,7 @@ def toy(run_dir: Path, methods: list[str], seed: int = 0, drop_zero_rows: bool =
     instances = files.instances_dir(run_dir)
     if not instances.is_dir():
         print(f"generating the default toy run into {run_dir} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "generate", "--run-dir", str(run_dir)],
+        subprocess.run([sys.executable, "-m", "unsuperpose.generate", "--run-dir", str(run_dir)],
                        check=True, cwd=Path(__file__).resolve().parents[1])
     out = {}
     for name in sorted(p.name for p in instances.iterdir()):
@@ -279,14 +279,14 @@ def efficiency(tail_size: tuple[int, int, int], seed: int = 0, check_every: int 
 
 # ---- (d) the sharkey world with the stage's defaults -----------------------------------------
 def sharkey(run_dir: Path, methods: list[str], n_rows: int, seed: int = 0) -> dict:
-    from data.manifest import verify_instance
-    from data.rows import take_rows
-    from evaluate.inputs import read_instance
-    from sae.config import SAEStageConfig
+    from unsuperpose.data.manifest import verify_instance
+    from unsuperpose.data.rows import take_rows
+    from unsuperpose.evaluate.inputs import read_instance
+    from unsuperpose.sae.config import SAEStageConfig
 
     world = run_dir / "sharkey"
     if not files.instances_dir(world).is_dir():
-        subprocess.run([sys.executable, "-m", "generate", "--source", "synthetic", "--world",
+        subprocess.run([sys.executable, "-m", "unsuperpose.generate", "--source", "synthetic", "--world",
                         "sharkey", "--run-dir", str(world), "--threads", "1", "--device", "cpu"],
                        check=True, cwd=Path(__file__).resolve().parents[1])
     (instance_id,) = files.list_instances(world)

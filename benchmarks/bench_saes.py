@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import best_of, matmul_peak_gflops  # noqa: E402
-from data.planted import planted_problem  # noqa: E402
-from evaluate.metrics import mmcs  # noqa: E402
-from sae.sae_estimators import L1SAE, BatchTopKSAE, TopKSAE  # noqa: E402
-from sae.sae_module import SPARSE_DECODE_RATIO  # noqa: E402
+from unsuperpose.data.planted import planted_problem  # noqa: E402
+from unsuperpose.evaluate.metrics import mmcs  # noqa: E402
+from unsuperpose.sae.sae_estimators import L1SAE, BatchTopKSAE, TopKSAE  # noqa: E402
+from unsuperpose.sae.sae_module import SPARSE_DECODE_RATIO  # noqa: E402
 
 METHODS = {"l1": L1SAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE}
 

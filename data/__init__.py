@@ -1,4 +1,2 @@
-"""Stage 1's shared base: file layout, shards, distributions; and the one version of the
-project (`__version__`, read by setup.cfg and recorded by `data.environment.environment`)."""
-
-__version__ = "0.1.0"
+"""The libraries every stage shares: file layout, shards and their manifest, configs and their
+click options, loading rows with `datasets`."""

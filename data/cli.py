@@ -36,7 +36,7 @@ def read_config_file(path) -> dict:
     """The fields of a `--config` JSON file: a bare field dict or a saved stage config.json
     (whose fields sit under "config"). The one reader of every stage's --config: a missing,
     unreadable or malformed file is a usage error naming the option (one line, exit 2)."""
-    from data.files import read_json
+    from unsuperpose.data.files import read_json
 
     path = Path(path)
     if not path.is_file():

@@ -28,8 +28,8 @@ import typing
 
 import click
 
-from data.cli import FloatList, NameList
-from data.configs import ConfigError
+from unsuperpose.data.cli import FloatList, NameList
+from unsuperpose.data.configs import ConfigError
 
 # `X | None` options take this word for None: a config file's value can be unset on purpose
 NONE_WORD = "none"

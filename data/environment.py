@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-import data
+import unsuperpose
 
 _GIT_TIMEOUT_S = 2.0  # a stuck git (network file system, lock) must not hold up a stage
 
@@ -83,7 +83,7 @@ def source_checkout(root: str | None = None) -> tuple[str | None, bool | None]:
     Cached per process: the code a process runs does not change under it.
     """
     try:
-        root_path = Path(root if root is not None else Path(data.__file__).parent.parent).resolve()
+        root_path = Path(root if root is not None else Path(unsuperpose.__file__).parent.parent).resolve()
         top = _run_git(root_path, "rev-parse", "--show-toplevel")
         # a package installed into a venv that lives inside some checkout is not that checkout
         if top is None or Path(top.strip()).resolve() != root_path:
@@ -106,7 +106,7 @@ def environment(device: str) -> dict:
     import sklearn
 
     commit, dirty = source_checkout()
-    return {"unsuperpose": data.__version__, "git_commit": commit, "git_dirty": dirty,
+    return {"unsuperpose": unsuperpose.__version__, "git_commit": commit, "git_dirty": dirty,
             "python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__, "datasets": datasets.__version__,
             "safetensors": safetensors.__version__, "scikit-learn": sklearn.__version__,

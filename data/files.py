@@ -248,7 +248,7 @@ def config_sha256(config: dict) -> str:
 def read_stage_config(path: str | os.PathLike, stage: str) -> dict:
     """A stage's config.json with `config_sha256` (of its resolved config) added; a
     StageInputError names the file when it is not JSON or holds no "config" object."""
-    from data.errors import StageInputError
+    from unsuperpose.data.errors import StageInputError
 
     try:
         saved = read_json(path)

@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 import torch
 
-from data.configs import ConfigError
+from unsuperpose.data.configs import ConfigError
 
 SCHEDULES = ("constant", "linear", "exponential", "zipf")
 _MIN_DIAG = 0.01  # the least own (unshared) variance a copula latent keeps, as SAELens

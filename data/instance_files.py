@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data import files
-from data.errors import ShardError
-from data.manifest import verify_files
-from data.safetensors_io import read_checked
+from unsuperpose.data import files
+from unsuperpose.data.errors import ShardError
+from unsuperpose.data.manifest import verify_files
+from unsuperpose.data.safetensors_io import read_checked
 
 # key -> dtype; "gt" entries have one row per true direction (n or 2n of them), "n" per feature
 _GT_KEYS = {

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from data import files
-from data.manifest import read_manifest, shard_paths, verify_instance
-from data.rows import usable_rows
-from data.shards import csr_to_dense, read_shard
+from unsuperpose.data import files
+from unsuperpose.data.manifest import read_manifest, shard_paths, verify_instance
+from unsuperpose.data.rows import usable_rows
+from unsuperpose.data.shards import csr_to_dense, read_shard
 
 
 def _features(d: int, n_features: int, with_x: bool):

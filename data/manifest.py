@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from data import files
-from data.errors import ShardError
-from data.shards import SHARD_DTYPES, read_shard
+from unsuperpose.data import files
+from unsuperpose.data.errors import ShardError
+from unsuperpose.data.shards import SHARD_DTYPES, read_shard
 
 SPLITS = ("train", "heldout")  # train: what `sae` fits; heldout: what `evaluate` scores
 

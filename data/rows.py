@@ -9,10 +9,10 @@ from typing import Iterator
 
 import numpy as np
 
-from data import files
-from data.errors import ShardError
-from data.manifest import read_manifest, shard_entries, shard_paths, verify_instance
-from data.shards import csr_to_dense, read_shard
+from unsuperpose.data import files
+from unsuperpose.data.errors import ShardError
+from unsuperpose.data.manifest import read_manifest, shard_entries, shard_paths, verify_instance
+from unsuperpose.data.shards import csr_to_dense, read_shard
 
 NONFINITE_POLICIES = ("error", "drop")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import ShardError
+from unsuperpose.data.errors import ShardError
 
 _ST_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
               "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_, "F16": np.float16}

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from data import files
-from data.errors import ShardError
-from data.safetensors_io import mmap_safetensors, safetensors_bytes
+from unsuperpose.data import files
+from unsuperpose.data.errors import ShardError
+from unsuperpose.data.safetensors_io import mmap_safetensors, safetensors_bytes
 
 SHARD_DTYPES = {files.H: "float32", files.X_INDPTR: "int64", files.X_INDICES: "int64",
                 files.X_VALUES: "float32"}
@@ -120,6 +120,6 @@ class ShardWriter:
 
     def close(self, **manifest_fields) -> dict:
         """Flush the remainder and write manifest.json; returns the manifest."""
-        from data.manifest import write_manifest
+        from unsuperpose.data.manifest import write_manifest
 
         return write_manifest(self.dir, self.d, self.n_features, self.finish(), **manifest_fields)

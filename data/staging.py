@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from data import files
+from unsuperpose.data import files
 
 COMPLETE_MARKER = files.COMPLETE_MARKER  # an alias, for the modules that import it from here
 

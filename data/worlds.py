@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from data.configs import ConfigError
-from data.firing import (
+from unsuperpose.data.configs import ConfigError
+from unsuperpose.data.firing import (
     SCHEDULES,
     Hierarchy,
     copula_fires,

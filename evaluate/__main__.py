@@ -1,3 +1,3 @@
-from evaluate.cli import main
+from unsuperpose.evaluate.cli import main
 
-main(prog_name="python -m evaluate")
+main(prog_name="python -m unsuperpose.evaluate")

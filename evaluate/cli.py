@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from data.cli import (
+from unsuperpose.data.cli import (
     click_progress,
     config_file_option,
     os_error_line,
@@ -13,8 +13,8 @@ from data.cli import (
     set_cpu_threads,
     threads_option,
 )
-from data.config_cli import ConfigOptions
-from evaluate.config import EvaluateConfig
+from unsuperpose.data.config_cli import ConfigOptions
+from unsuperpose.evaluate.config import EvaluateConfig
 
 # one option per config field (help, type and choices from evaluate/config.py)
 # `external` is --external, repeatable, below
@@ -37,11 +37,11 @@ OPTIONS = ConfigOptions(EvaluateConfig, skip=("external",), names={"instances": 
 def main(run_dir, config_file, threads, externals, **options):
     """Score the dictionaries in RUN_DIR/sae against the ground truth in RUN_DIR/generate and
     write RUN_DIR/evaluate/ (report.md, metrics.json, metrics.csv, figures/)."""
-    from data.errors import ShardError
-    from data.staging import StageWriteError
-    from evaluate.external import ExternalDictionaryError, parse_spec
-    from evaluate.inputs import StageInputError
-    from evaluate.pipeline import REPORT_FILE, run_evaluate
+    from unsuperpose.data.errors import ShardError
+    from unsuperpose.data.staging import StageWriteError
+    from unsuperpose.evaluate.external import ExternalDictionaryError, parse_spec
+    from unsuperpose.evaluate.inputs import StageInputError
+    from unsuperpose.evaluate.pipeline import REPORT_FILE, run_evaluate
 
     set_cpu_threads(threads)
     values = read_config_file(config_file) if config_file is not None else {}
@@ -87,8 +87,8 @@ def main(run_dir, config_file, threads, externals, **options):
 def dictionary_errors(out: Path) -> list[dict]:
     """The "error" records (a dictionary that could not be loaded or applied) of the
     metrics.json in the evaluate folder `out`."""
-    from data import files
-    from evaluate.pipeline import METRICS_FILE
+    from unsuperpose.data import files
+    from unsuperpose.evaluate.pipeline import METRICS_FILE
 
     return [r for r in files.read_json(out / METRICS_FILE)["records"] if r["metric"] == "error"]
 

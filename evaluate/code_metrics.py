@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data.measures import fvu  # noqa: F401 (the one FVU, scored here too)
-from evaluate.metrics import best_true_feature
+from unsuperpose.data.measures import fvu  # noqa: F401 (the one FVU, scored here too)
+from unsuperpose.evaluate.metrics import best_true_feature
 
 
 def _f64(x) -> np.ndarray:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data.configs import ConfigError, JSONConfig, check_number  # noqa: F401 (re-exported)
-from data.rows import NONFINITE_POLICIES
+from unsuperpose.data.configs import ConfigError, JSONConfig, check_number  # noqa: F401 (re-exported)
+from unsuperpose.data.rows import NONFINITE_POLICIES
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class EvaluateConfig(JSONConfig):
     the stage's k. Each appears as ext:NAME in every table and figure (evaluate/external.py)."""
 
     def __post_init__(self):
-        from sae import METHODS
+        from unsuperpose.sae import METHODS
 
         for name in ("methods", "instances"):
             value = getattr(self, name)
@@ -72,7 +72,7 @@ class EvaluateConfig(JSONConfig):
                 raise ConfigError("thresholds", f"needs values in (0, 1], got {list(thresholds)!r}") from None
         object.__setattr__(self, "thresholds", tuple(sorted(float(t) for t in thresholds)))
         check_number("duplicate_cosine", self.duplicate_cosine, low=-1, high=1)
-        from evaluate.external import check_name
+        from unsuperpose.evaluate.external import check_name
 
         if not isinstance(self.external, dict):
             raise ConfigError("external", f"must map a name to a path, got {self.external!r}")

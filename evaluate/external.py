@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import files
-from data.errors import StageInputError
+from unsuperpose.data import files
+from unsuperpose.data.errors import StageInputError
 
 EXTERNAL_PREFIX = "ext:"
 """An external dictionary's method name in metrics, tables and figures: ext:NAME."""
@@ -174,7 +174,7 @@ class DecoderDictionary(_External):
     @property
     def atoms(self) -> np.ndarray:
         """[n_atoms, d] the unit rows of W_dec (a zero row stays 0), float32."""
-        from evaluate.oracle import unit_rows
+        from unsuperpose.evaluate.oracle import unit_rows
 
         return unit_rows(self.W_dec).astype(np.float32)
 
@@ -188,7 +188,7 @@ class DecoderDictionary(_External):
         return dataclasses.replace(self, k=int(k))
 
     def transform(self, H) -> np.ndarray:
-        from evaluate.oracle import oracle_codes
+        from unsuperpose.evaluate.oracle import oracle_codes
 
         if self.k is None:
             raise ValueError(f"{self.path}: a bare decoder needs the stage's k to code rows")

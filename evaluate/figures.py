@@ -18,13 +18,13 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from data import files  # noqa: E402
-from evaluate import metrics as gm  # noqa: E402
-from evaluate.oracle import ORACLE, unit_rows  # noqa: E402
-from evaluate.scoring import recovered_key  # noqa: E402
+from unsuperpose.data import files  # noqa: E402
+from unsuperpose.evaluate import metrics as gm  # noqa: E402
+from unsuperpose.evaluate.oracle import ORACLE, unit_rows  # noqa: E402
+from unsuperpose.evaluate.scoring import recovered_key  # noqa: E402
 
 if TYPE_CHECKING:
-    from evaluate.pipeline import Evaluation
+    from unsuperpose.evaluate.pipeline import Evaluation
 
 # Okabe-Ito without its yellow, which is faint on white
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#000000", "#56B4E9"]
@@ -43,8 +43,8 @@ def method_style(method: str) -> dict:
     nonnegative variant (`ksvd_nn`) takes its family's colour (`ksvd`) with a dashed line;
     an external dictionary (ext:NAME) is dash-dotted, with a marker none of ours uses; the
     oracle is grey and dotted."""
-    from evaluate.external import EXTERNAL_PREFIX, is_external
-    from sae import METHODS
+    from unsuperpose.evaluate.external import EXTERNAL_PREFIX, is_external
+    from unsuperpose.sae import METHODS
 
     if method == ORACLE:
         return dict(ORACLE_STYLE)
@@ -64,7 +64,7 @@ def method_style(method: str) -> dict:
 def method_label(method: str) -> str:
     """A method's name in legends and panel titles; the oracle is marked as the reference,
     an external dictionary as external."""
-    from evaluate.external import is_external
+    from unsuperpose.evaluate.external import is_external
 
     if is_external(method):
         return f"{method} (external)"

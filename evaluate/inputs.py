@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-from data import files
-from data.errors import ShardError, StageInputError
-from data.instance_files import read_ground_truth, read_model
-from data.manifest import (
+from unsuperpose.data import files
+from unsuperpose.data.errors import ShardError, StageInputError
+from unsuperpose.data.instance_files import read_ground_truth, read_model
+from unsuperpose.data.manifest import (
     has_heldout,
     lists_checksums,
     manifest_checksums,
     read_manifest,
     verify_instance,
 )
-from data.rows import shard_masks
-from data.shards import read_shard
+from unsuperpose.data.rows import shard_masks
+from unsuperpose.data.shards import read_shard
 
 
 @dataclass

@@ -14,8 +14,8 @@ import math
 import numpy as np
 import torch
 
-from evaluate.scoring import Scores, score_dictionary
-from sae.omp import omp_encode, sparse_to_dense
+from unsuperpose.evaluate.scoring import Scores, score_dictionary
+from unsuperpose.sae.omp import omp_encode, sparse_to_dense
 
 ORACLE = "oracle"
 """The oracle's method name in metrics.json, metrics.csv, the report and the figures."""

@@ -14,16 +14,16 @@ from typing import Callable
 
 import numpy as np
 
-from data import files
-from data.cli import silent_progress
-from data.environment import environment
-from data.manifest import read_manifest
-from data.errors import StageInputError
-from data.staging import stage_transaction
-from evaluate import metrics as gm
-from evaluate.config import EvaluateConfig
-from evaluate.external import is_external
-from evaluate.inputs import (
+from unsuperpose.data import files
+from unsuperpose.data.cli import silent_progress
+from unsuperpose.data.environment import environment
+from unsuperpose.data.manifest import read_manifest
+from unsuperpose.data.errors import StageInputError
+from unsuperpose.data.staging import stage_transaction
+from unsuperpose.evaluate import metrics as gm
+from unsuperpose.evaluate.config import EvaluateConfig
+from unsuperpose.evaluate.external import is_external
+from unsuperpose.evaluate.inputs import (
     Instance,
     check_dictionary,
     check_run,
@@ -32,7 +32,7 @@ from evaluate.inputs import (
     registry_order,
     sae_stage_config,
 )
-from evaluate.scoring import Scores, score_dictionary
+from unsuperpose.evaluate.scoring import Scores, score_dictionary
 
 # aliases of the data.files names, for the modules that import them from here (evaluate.cli)
 REPORT_FILE, METRICS_FILE = files.REPORT_FILE, files.METRICS_FILE
@@ -71,7 +71,7 @@ class Evaluation:
     def records(self) -> list[dict]:
         """One record per instance x method x metric (x feature for per-feature metrics);
         the oracle's as method "oracle"; a note as metric "skipped" or "error" (its kind)."""
-        from evaluate.oracle import ORACLE
+        from unsuperpose.evaluate.oracle import ORACLE
 
         out = []
         for res in self.results:
@@ -155,9 +155,9 @@ def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config:
     """Score the stage's dictionaries of one instance, then the external ones; `stage` is
     what sae/config.json says of the instance ({"k", "target_l0"}): a bare external decoder
     is coded at that k, and every external is compared at that target L0."""
-    from evaluate.external import DecoderDictionary
-    from evaluate.oracle import ORACLE, f1_vs_oracle, oracle_k, score_oracle
-    from sae import load
+    from unsuperpose.evaluate.external import DecoderDictionary
+    from unsuperpose.evaluate.oracle import ORACLE, f1_vs_oracle, oracle_k, score_oracle
+    from unsuperpose.sae import load
 
     res = InstanceResult(inst, toy_model_view(inst))
     if res.view["n_represented"] == 0:
@@ -240,8 +240,8 @@ def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config:
 def evaluate_run(config: EvaluateConfig, run_dir: str | Path,
                  progress: Callable | None = None) -> Evaluation:
     """Read and score a run (no writing)."""
-    from evaluate.external import check_width, load_external
-    from sae import METHODS
+    from unsuperpose.evaluate.external import check_width, load_external
+    from unsuperpose.sae import METHODS
 
     progress = progress or silent_progress
     run_dir = Path(run_dir)
@@ -310,8 +310,8 @@ def _stage_facts(sae_config: dict) -> dict[str, dict]:
 def run_evaluate(config: EvaluateConfig, run_dir: str | Path, progress: Callable | None = None,
                  echo: Callable[[str], None] = lambda s: None) -> Path:
     """Score the run and write `<run_dir>/evaluate/`; returns that folder."""
-    from evaluate.figures import save_figures
-    from evaluate.report import render_report
+    from unsuperpose.evaluate.figures import save_figures
+    from unsuperpose.evaluate.report import render_report
 
     started = time.perf_counter()
     out = files.evaluate_dir(run_dir)

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from data import files
-from evaluate.oracle import ORACLE
-from evaluate.scoring import metric_info, recovered_key
+from unsuperpose.data import files
+from unsuperpose.evaluate.oracle import ORACLE
+from unsuperpose.evaluate.scoring import metric_info, recovered_key
 
 if TYPE_CHECKING:
-    from evaluate.pipeline import Evaluation
+    from unsuperpose.evaluate.pipeline import Evaluation
 
 # the columns of the comparison and instance tables (every metric is in metrics.csv)
 TABLE_METRICS = ("mmcs", "mmcs_abs", "matched_cos", "{recovered}", "mcc", "uniqueness", "f1",

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from evaluate import code_metrics as cm
-from evaluate import metrics as gm
+from unsuperpose.evaluate import code_metrics as cm
+from unsuperpose.evaluate import metrics as gm
 
 # name -> (higher is better?, short label for tables); None: neither (context, not a score)
 METRICS = {

@@ -1,3 +1,3 @@
-from generate.cli import main
+from unsuperpose.generate.cli import main
 
-main(prog_name="python -m generate")
+main(prog_name="python -m unsuperpose.generate")

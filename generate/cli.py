@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from data.cli import (
+from unsuperpose.data.cli import (
     click_progress,
     config_file_option,
     os_error_line,
@@ -13,9 +13,9 @@ from data.cli import (
     set_cpu_threads,
     threads_option,
 )
-from data.config_cli import ConfigOptions
-from data.worlds import PRESETS, preset
-from generate.config import GenerateConfig
+from unsuperpose.data.config_cli import ConfigOptions
+from unsuperpose.data.worlds import PRESETS, preset
+from unsuperpose.generate.config import GenerateConfig
 
 # one option per config field (help, type and choices from generate/config.py and
 # data/worlds.py); `world` is the --world option below, which also sets the preset's fields;
@@ -41,8 +41,8 @@ def main(run_dir: Path, config_file: Path | None, threads: int | None, world: st
     """Train toy models of superposition (or draw a synthetic dictionary) and write their
     hidden activations, true feature values and ground-truth directions to RUN_DIR/generate."""
     # heavy imports inside the command keep --help fast
-    from data.environment import resolve_device
-    from generate.pipeline import run_generate
+    from unsuperpose.data.environment import resolve_device
+    from unsuperpose.generate.pipeline import run_generate
 
     set_cpu_threads(threads)
 
@@ -68,7 +68,7 @@ def main(run_dir: Path, config_file: Path | None, threads: int | None, world: st
         raise click.BadParameter(str(err), param_hint="--device") from None
 
     click.echo(f"generate: {len(config.instance_ids)} instance(s) -> {run_dir / 'generate'}")
-    from data.staging import StageWriteError
+    from unsuperpose.data.staging import StageWriteError
 
     try:
         out = run_generate(config, run_dir, progress=click_progress, echo=click.echo)

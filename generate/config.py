@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from data.configs import ConfigError, JSONConfig  # noqa: F401 (re-exported)
-from data.worlds import PRESETS, WORLD_VALUES, World, WorldFields
-from models.toy import MODEL_KINDS
+from unsuperpose.data.configs import ConfigError, JSONConfig  # noqa: F401 (re-exported)
+from unsuperpose.data.worlds import PRESETS, WORLD_VALUES, World, WorldFields
+from unsuperpose.models.toy import MODEL_KINDS
 
 SOURCES = ("toy", "synthetic")
 

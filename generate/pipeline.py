@@ -13,19 +13,19 @@ from typing import Callable
 
 import torch
 
-from data import files
-from data.cli import silent_progress
-from data.distributions import FeatureDistribution
-from data.environment import environment, resolve_device
-from data.manifest import file_entry, write_manifest
-from data.safetensors_io import safetensors_bytes
-from data.shards import ShardWriter
-from data.staging import stage_transaction
-from data.worlds import WorldDistribution, spread_directions
-from generate.config import GenerateConfig
-from generate.train import train_toy_models
-from models.ground_truth import feature_dimensionality, hidden_responses
-from models.toy import ToyModel
+from unsuperpose.data import files
+from unsuperpose.data.cli import silent_progress
+from unsuperpose.data.distributions import FeatureDistribution
+from unsuperpose.data.environment import environment, resolve_device
+from unsuperpose.data.manifest import file_entry, write_manifest
+from unsuperpose.data.safetensors_io import safetensors_bytes
+from unsuperpose.data.shards import ShardWriter
+from unsuperpose.data.staging import stage_transaction
+from unsuperpose.data.worlds import WorldDistribution, spread_directions
+from unsuperpose.generate.config import GenerateConfig
+from unsuperpose.generate.train import train_toy_models
+from unsuperpose.models.ground_truth import feature_dimensionality, hidden_responses
+from unsuperpose.models.toy import ToyModel
 
 DUMP_BATCH = 65536
 DUMP_ELEMENTS = 1 << 25  # rows * instances * n_features per dump batch (128 MB per float tensor)

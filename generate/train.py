@@ -6,8 +6,8 @@ from typing import Callable
 
 import torch
 
-from data.distributions import FeatureDistribution
-from models.toy import ToyModel
+from unsuperpose.data.distributions import FeatureDistribution
+from unsuperpose.models.toy import ToyModel
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int = 0, final_fraction: float = 0.05) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from models.toy import ToyModel
+from unsuperpose.models.toy import ToyModel
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from data import files
+from unsuperpose.data import files
 
 MODEL_KINDS = ("linear", "relu_output", "relu_hidden", "abs")
 

@@ -1,3 +1,3 @@
-from sae.cli import main
+from unsuperpose.sae.cli import main
 
-main(prog_name="python -m sae")
+main(prog_name="python -m unsuperpose.sae")

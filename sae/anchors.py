@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from sae.base import unit_norm_rows
-from sae.omp import gram_of_sparse_codes
+from unsuperpose.sae.base import unit_norm_rows
+from unsuperpose.sae.omp import gram_of_sparse_codes
 
 ANCHOR_LIFT = 2.0
 """an anchor fires with the atom at least this many times as often as in rows at large (a

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from sae.base import unit_norm_rows
-from sae.nnls import nnls_gram
+from unsuperpose.sae.base import unit_norm_rows
+from unsuperpose.sae.nnls import nnls_gram
 
 INITS = ("data", "random")
 REMOVAL_SPAN = 4  # atoms that may stand in for a removed one (`removal_cost`)

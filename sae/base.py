@@ -38,11 +38,11 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from data import files
-from data.configs import ConfigError, check_number  # noqa: F401 (re-exported)
-from data.environment import load_device, resolve_device  # noqa: F401 (re-exported)
-from data.safetensors_io import safetensors_bytes
-from sae.param_docs import (
+from unsuperpose.data import files
+from unsuperpose.data.configs import ConfigError, check_number  # noqa: F401 (re-exported)
+from unsuperpose.data.environment import load_device, resolve_device  # noqa: F401 (re-exported)
+from unsuperpose.data.safetensors_io import safetensors_bytes
+from unsuperpose.sae.param_docs import (
     field_default,
     param_docs,  # noqa: F401 (re-exported)
     parameters_section,

@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 import torch
 
-from sae.base import as_tensor_2d, resolve_device, torch_generator
-from sae.sae_configs import L1SAEConfig
+from unsuperpose.sae.base import as_tensor_2d, resolve_device, torch_generator
+from unsuperpose.sae.sae_configs import L1SAEConfig
 
 DEFAULT_MAX_FITS = 10
 DEFAULT_EVAL_ROWS = 4096  # held-aside rows a probe's L0 is measured on, when subsampling
@@ -178,7 +178,7 @@ def calibrate_l1_coefficient(
     Stops at a probe within tolerance, after max_fits probes, or when the bracket is under 1%
     wide (L0 jumps across the band). Deterministic for an int random_state.
     """
-    from sae.methods import build
+    from unsuperpose.sae.methods import build
 
     started = time.perf_counter()
     n_components = params.get("n_components")
@@ -198,7 +198,7 @@ def calibrate_l1_coefficient(
         raise ValueError(f"eval_rows={eval_rows!r}: expected an integer >= 1")
     if probe_steps is not None and probe_steps < 1:
         raise ValueError(f"probe_steps={probe_steps!r}: expected an integer >= 1 or None")
-    from sae.methods import METHODS
+    from unsuperpose.sae.methods import METHODS
 
     cls = METHODS[method][0] if method in METHODS else None
     name = getattr(cls, "calibrated_coefficient", None)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from data.cli import (
+from unsuperpose.data.cli import (
     click_progress,
     config_file_option,
     optional_options,
@@ -15,8 +15,8 @@ from data.cli import (
     set_cpu_threads,
     threads_option,
 )
-from data.config_cli import ConfigOptions
-from sae.config import ConfigError, SAEStageConfig
+from unsuperpose.data.config_cli import ConfigOptions
+from unsuperpose.sae.config import ConfigError, SAEStageConfig
 
 # options that set one hyperparameter of every method that has it (under "*" in params)
 _SHARED_PARAMS = [
@@ -64,10 +64,10 @@ OPTIONS = ConfigOptions(SAEStageConfig, skip=("params",), names={"instances": "-
 def main(run_dir, config_file, raw_params, threads, **options):
     """Fit dictionaries to every instance's activations in RUN_DIR/generate and write them to
     RUN_DIR/sae/<instance>/<method>/."""
-    from data.environment import resolve_device
-    from data.errors import ShardError
-    from data.staging import StageWriteError
-    from sae.pipeline import StageInputError, run_sae
+    from unsuperpose.data.environment import resolve_device
+    from unsuperpose.data.errors import ShardError
+    from unsuperpose.data.staging import StageWriteError
+    from unsuperpose.sae.pipeline import StageInputError, run_sae
 
     set_cpu_threads(threads)
 

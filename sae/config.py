@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data.configs import ConfigError, JSONConfig, check_number  # noqa: F401 (re-exported)
-from data.rows import NONFINITE_POLICIES
+from unsuperpose.data.configs import ConfigError, JSONConfig, check_number  # noqa: F401 (re-exported)
+from unsuperpose.data.rows import NONFINITE_POLICIES
 
 SIZE_BASES = ("represented", "features")
 DEFAULT_METHODS = ("l1", "topk", "batchtopk", "ksvd", "ksvd_nn", "mod", "mod_nn", "sklearn")
@@ -99,8 +99,8 @@ class SAEStageConfig(JSONConfig):
     it); k-SVD, MOD and sklearn get none. Empty: no export."""
 
     def __post_init__(self):
-        from sae.methods import ALL_METHODS as METHODS  # the defaults and the extra ones
-        from sae.methods import param_names
+        from unsuperpose.sae.methods import ALL_METHODS as METHODS  # the defaults and the extra ones
+        from unsuperpose.sae.methods import param_names
 
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "instances", tuple(self.instances))
@@ -147,7 +147,7 @@ class SAEStageConfig(JSONConfig):
                                                 f"valid: {', '.join(sorted(names))}")
 
     def method_params(self, method: str) -> dict:
-        from sae.fit_schedule import min_iterations_to_prune
+        from unsuperpose.sae.fit_schedule import min_iterations_to_prune
 
         defaults = dict(STAGE_METHOD_DEFAULTS.get(method, {}))
         given = {**self.params.get("*", {}), **self.params.get(method, {})}

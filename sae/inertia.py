@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from sae.base import unit_norm_rows
+from unsuperpose.sae.base import unit_norm_rows
 
 
 def extrapolate_atoms(updated: torch.Tensor, start: torch.Tensor, previous: torch.Tensor,

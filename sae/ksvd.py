@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from sae.base import check_param
-from sae.omp import sparse_reconstruct
-from sae.sparse_coding import SparseCodingDictionary
-from sae.sparse_coding_config import SparseCodingConfig
+from unsuperpose.sae.base import check_param
+from unsuperpose.sae.omp import sparse_reconstruct
+from unsuperpose.sae.sparse_coding import SparseCodingDictionary
+from unsuperpose.sae.sparse_coding_config import SparseCodingConfig
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from sae.base import rows_to_columns
+from unsuperpose.sae.base import rows_to_columns
 
 
 def reconstruction_mse(h: torch.Tensor, h_hat: torch.Tensor) -> torch.Tensor:

@@ -5,12 +5,12 @@ import dataclasses
 import os
 from pathlib import Path
 
-from data import files
-from data.configs import ConfigError
-from sae.ksvd import KSVD
-from sae.mod import MOD
-from sae.sae_estimators import L1SAE, BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, TopKSAE
-from sae.sklearn_baseline import SklearnDictionary
+from unsuperpose.data import files
+from unsuperpose.data.configs import ConfigError
+from unsuperpose.sae.ksvd import KSVD
+from unsuperpose.sae.mod import MOD
+from unsuperpose.sae.sae_estimators import L1SAE, BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, TopKSAE
+from unsuperpose.sae.sklearn_baseline import SklearnDictionary
 
 # name -> (estimator class, parameters that define the variant)
 METHODS = {

@@ -13,9 +13,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from data import files
-from data.loader import iter_batches
-from sae.base import as_tensor_2d
+from unsuperpose.data import files
+from unsuperpose.data.loader import iter_batches
+from unsuperpose.sae.base import as_tensor_2d
 
 
 def training_batches(H, *, batch_size: int, n_epochs: int, n_steps: int | None,

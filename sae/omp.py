@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import torch
 
-from sae.nnls import nnls_gram
-from sae.omp_native import native_lib, native_omp
+from unsuperpose.sae.nnls import nnls_gram
+from unsuperpose.sae.omp_native import native_lib, native_omp
 
 # Chunk sizing: each step makes ~6 passes over [chunk, n_components] arrays, fastest when
 # one of them stays in a core's L2 cache (measured on CPU: 2-3x faster than 8x larger

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
-from data.config_cli import field_docs
+from unsuperpose.data.config_cli import field_docs
 
 
 def param_docs(config_class: type) -> dict[str, str]:

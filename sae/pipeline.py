@@ -18,19 +18,19 @@ from typing import Callable
 import numpy as np
 import torch
 
-from data import files
-from data.cli import silent_progress
-from data.environment import environment, resolve_device
-from data.errors import ShardError, StageInputError
-from data.instance_files import read_ground_truth
-from data.loader import RowFilter, stream_activations
-from data.manifest import lists_checksums, manifest_checksums, verify_files, verify_instance
-from data.rows import shard_masks, take_rows
-from data.staging import stage_transaction
-from sae.calibration import calibrate_l1_coefficient, mean_l0
-from sae.config import ConfigError, SAEStageConfig
-from sae.methods import METHODS, SAE_METHODS, build
-from sae.saelens_export import SAELENS_DIR, export_estimator
+from unsuperpose.data import files
+from unsuperpose.data.cli import silent_progress
+from unsuperpose.data.environment import environment, resolve_device
+from unsuperpose.data.errors import ShardError, StageInputError
+from unsuperpose.data.instance_files import read_ground_truth
+from unsuperpose.data.loader import RowFilter, stream_activations
+from unsuperpose.data.manifest import lists_checksums, manifest_checksums, verify_files, verify_instance
+from unsuperpose.data.rows import shard_masks, take_rows
+from unsuperpose.data.staging import stage_transaction
+from unsuperpose.sae.calibration import calibrate_l1_coefficient, mean_l0
+from unsuperpose.sae.config import ConfigError, SAEStageConfig
+from unsuperpose.sae.methods import METHODS, SAE_METHODS, build
+from unsuperpose.sae.saelens_export import SAELENS_DIR, export_estimator
 
 
 def instance_facts(gt: dict[str, np.ndarray]) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from sae.omp import omp_encode, sparse_reconstruct
+from unsuperpose.sae.omp import omp_encode, sparse_reconstruct
 
 
 def prefix_omp(X: torch.Tensor, D: torch.Tensor, k: int, tol: float | None,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from sae.base import unit_norm_rows
-from sae.sae_module import LATENT_AXIS, SparseAutoencoder
+from unsuperpose.sae.base import unit_norm_rows
+from unsuperpose.sae.sae_module import LATENT_AXIS, SparseAutoencoder
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from sae.base import ConfigError, check_param
+from unsuperpose.sae.base import ConfigError, check_param
 
 INITS = ("data", "random")
 B_DEC_INITS = ("mean", "median", "zeros")

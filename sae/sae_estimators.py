@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from data import files
-from data.measures import fvu
-from sae.base import (
+from unsuperpose.data import files
+from unsuperpose.data.measures import fvu
+from unsuperpose.sae.base import (
     ArrayLike,
     DictionaryEstimator,
     Progress,
@@ -24,7 +24,7 @@ from sae.base import (
     rows_to_columns,
     torch_generator,
 )
-from sae.losses import (
+from unsuperpose.sae.losses import (
     auxk_loss,
     decoder_weighted_l1,
     jumprelu_l0,
@@ -32,9 +32,9 @@ from sae.losses import (
     reconstruction_mse,
     tilted_mse,
 )
-from sae.minibatches import training_batches
-from sae.resampling import resample_dead_
-from sae.sae_configs import (
+from unsuperpose.sae.minibatches import training_batches
+from unsuperpose.sae.resampling import resample_dead_
+from unsuperpose.sae.sae_configs import (
     BatchTopKSAEConfig,
     JumpReLUSAEConfig,
     L1SAEConfig,
@@ -43,8 +43,8 @@ from sae.sae_configs import (
     TopKSAEConfig,
     resolve_prefixes,
 )
-from sae.sae_module import K_ACTIVATIONS, SAEOutput, SparseAutoencoder
-from sae.saelens_export import export_saelens
+from unsuperpose.sae.sae_module import K_ACTIVATIONS, SAEOutput, SparseAutoencoder
+from unsuperpose.sae.saelens_export import export_saelens
 
 REFINE_THRESHOLD = files.SAE_REFINE_THRESHOLD  # also the SparseAutoencoder buffer's name
 _TRANSFORM_CHUNK = 16384  # rows per forward pass in transform, to bound [rows, n] memory

@@ -17,8 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from sae.base import rows_to_columns, unit_norm_rows
-from sae.losses import jumprelu
+from unsuperpose.sae.base import rows_to_columns, unit_norm_rows
+from unsuperpose.sae.losses import jumprelu
 
 ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
 K_ACTIVATIONS = ("topk", "batchtopk")  # the activations that take a k

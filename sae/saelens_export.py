@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from data import files
+from unsuperpose.data import files
 
 SAELENS_CFG_FILE = files.SAELENS_CFG_FILE  # re-exported; data/files.py owns file names
 SAELENS_WEIGHTS_FILE = files.SAELENS_WEIGHTS_FILE

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data.measures import fvu
-from sae.base import ArrayLike, DictionaryEstimator, Progress, as_tensor_2d, check_param
+from unsuperpose.data.measures import fvu
+from unsuperpose.sae.base import ArrayLike, DictionaryEstimator, Progress, as_tensor_2d, check_param
 
 FIT_ALGORITHMS = ("lars", "cd")
 

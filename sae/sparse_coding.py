@@ -23,10 +23,10 @@ from typing import ClassVar
 
 import torch
 
-from data import files
-from data.measures import column_mean, fvu_of_residual, sum_squares
-from sae.anchors import cofiring_counts, find_anchors, hold_anchor_parts
-from sae.atom_maintenance import (
+from unsuperpose.data import files
+from unsuperpose.data.measures import column_mean, fvu_of_residual, sum_squares
+from unsuperpose.sae.anchors import cofiring_counts, find_anchors, hold_anchor_parts
+from unsuperpose.sae.atom_maintenance import (
     atom_usage,
     duplicate_atoms,
     init_atoms,
@@ -36,7 +36,7 @@ from sae.atom_maintenance import (
     removal_cost,
     replace_atoms,
 )
-from sae.base import (
+from unsuperpose.sae.base import (
     ArrayLike,
     DictionaryEstimator,
     Progress,
@@ -44,19 +44,19 @@ from sae.base import (
     resolve_device,
     torch_generator,
 )
-from sae.fit_schedule import (
+from unsuperpose.sae.fit_schedule import (
     SWAP_GRACE_ITERATIONS,
     fit_sparsity,
     n_spare_atoms,
     rows_in_iteration,
     schedule,
 )
-from sae.incoherence import decohere_atoms, random_coherence
-from sae.inertia import extrapolate_atoms
-from sae.omp import sparse_reconstruct, sparse_to_dense
-from sae.prefix_coding import prefix_omp
-from sae.sparse_coding_config import SparseCodingConfig
-from sae.warm_start import matryoshka_atoms
+from unsuperpose.sae.incoherence import decohere_atoms, random_coherence
+from unsuperpose.sae.inertia import extrapolate_atoms
+from unsuperpose.sae.omp import sparse_reconstruct, sparse_to_dense
+from unsuperpose.sae.prefix_coding import prefix_omp
+from unsuperpose.sae.sparse_coding_config import SparseCodingConfig
+from unsuperpose.sae.warm_start import matryoshka_atoms
 
 
 class SparseCodingDictionary(DictionaryEstimator):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from data.configs import ConfigError
-from sae.atom_maintenance import INITS as ATOM_INITS
-from sae.base import check_param
-from sae.fit_schedule import min_iterations_to_prune, n_spare_atoms
+from unsuperpose.data.configs import ConfigError
+from unsuperpose.sae.atom_maintenance import INITS as ATOM_INITS
+from unsuperpose.sae.base import check_param
+from unsuperpose.sae.fit_schedule import min_iterations_to_prune, n_spare_atoms
 
 RESEEDS = ("pca", "cluster")
 INITS = (*ATOM_INITS, "matryoshka")

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sae.base import unit_norm_rows
+from unsuperpose.sae.base import unit_norm_rows
 
 if TYPE_CHECKING:
-    from sae.sparse_coding_config import SparseCodingConfig
+    from unsuperpose.sae.sparse_coding_config import SparseCodingConfig
 
 
 def matryoshka_atoms(X: torch.Tensor, n_atoms: int, cfg: "SparseCodingConfig") -> torch.Tensor:
@@ -29,7 +29,7 @@ def matryoshka_atoms(X: torch.Tensor, n_atoms: int, cfg: "SparseCodingConfig") -
     [n_samples, d] with n_atoms latents (the spare atoms of `overcomplete` too, so that the
     fit prunes among the SAE's atoms), L0 cfg.k, cfg.init_sae_steps steps at
     cfg.init_sae_lr, seeded by cfg.random_state."""
-    from sae.sae_estimators import MatryoshkaSAE  # the SAEs import nothing from here
+    from unsuperpose.sae.sae_estimators import MatryoshkaSAE  # the SAEs import nothing from here
 
     sae = MatryoshkaSAE(n_components=n_atoms, k=cfg.k, n_steps=cfg.init_sae_steps,
                         lr=cfg.init_sae_lr, random_state=cfg.random_state,

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from generate.config import GenerateConfig
-from generate.pipeline import run_generate
+from unsuperpose.generate.config import GenerateConfig
+from unsuperpose.generate.pipeline import run_generate
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from data.configs import ConfigError
-from sae.anchors import cofiring_counts, find_anchors, hold_anchor_parts
-from sae.mod import MOD
+from unsuperpose.data.configs import ConfigError
+from unsuperpose.sae.anchors import cofiring_counts, find_anchors, hold_anchor_parts
+from unsuperpose.sae.mod import MOD
 
 
 def test_cofiring_counts_by_hand():

@@ -1,6 +1,6 @@
 """The ladder benchmark's table marks the rows of methods it does not tune."""
 from benchmarks.bench_worlds import COLUMNS, UNTUNED, print_table
-from evaluate.oracle import ORACLE
+from unsuperpose.evaluate.oracle import ORACLE
 
 
 def _row(method, note=None):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.planted import planted_problem
-from sae.calibration import calibrate_l1_coefficient, full_fit_steps, mean_l0
+from unsuperpose.data.planted import planted_problem
+from unsuperpose.sae.calibration import calibrate_l1_coefficient, full_fit_steps, mean_l0
 
 N_ATOMS, D = 16, 8
 
@@ -83,6 +83,6 @@ def test_full_fit_steps_follow_the_estimator():
 
 
 def test_a_near_flat_l0_curve_moves_lambda_by_the_largest_step_without_overflow():
-    from sae.calibration import MAX_GROWTH, _expansion
+    from unsuperpose.sae.calibration import MAX_GROWTH, _expansion
     # L0 barely moves over a 2x step of lambda: the extrapolated factor is astronomically large
     assert _expansion([(1.0, 8.0), (2.0, 7.999999)], target=1.0) == pytest.approx(MAX_GROWTH)

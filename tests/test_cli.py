@@ -13,18 +13,18 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from data import files
-from data.config_cli import ConfigOptions, field_docs, field_help
-from data.configs import ConfigError, JSONConfig
-from evaluate.cli import OPTIONS as EVALUATE_OPTIONS
-from evaluate.cli import main as evaluate_main
-from evaluate.config import EvaluateConfig
-from generate.cli import OPTIONS as GENERATE_OPTIONS
-from generate.cli import main as generate_main
-from generate.config import GenerateConfig
-from sae.cli import OPTIONS as SAE_OPTIONS
-from sae.cli import main as sae_main
-from sae.config import SAEStageConfig
+from unsuperpose.data import files
+from unsuperpose.data.config_cli import ConfigOptions, field_docs, field_help
+from unsuperpose.data.configs import ConfigError, JSONConfig
+from unsuperpose.evaluate.cli import OPTIONS as EVALUATE_OPTIONS
+from unsuperpose.evaluate.cli import main as evaluate_main
+from unsuperpose.evaluate.config import EvaluateConfig
+from unsuperpose.generate.cli import OPTIONS as GENERATE_OPTIONS
+from unsuperpose.generate.cli import main as generate_main
+from unsuperpose.generate.config import GenerateConfig
+from unsuperpose.sae.cli import OPTIONS as SAE_OPTIONS
+from unsuperpose.sae.cli import main as sae_main
+from unsuperpose.sae.config import SAEStageConfig
 
 ROOT = Path(__file__).parent.parent
 
@@ -68,11 +68,11 @@ def test_field_docs_read_the_string_under_each_field_and_the_bases_fields():
 
 
 def test_option_kinds_follow_the_annotations_and_the_choices_the_config_declares():
-    from data.cli import FloatList, NameList
-    from data.config_cli import OrNone
-    from data.firing import SCHEDULES
-    from data.rows import NONFINITE_POLICIES
-    from models.toy import MODEL_KINDS
+    from unsuperpose.data.cli import FloatList, NameList
+    from unsuperpose.data.config_cli import OrNone
+    from unsuperpose.data.firing import SCHEDULES
+    from unsuperpose.data.rows import NONFINITE_POLICIES
+    from unsuperpose.models.toy import MODEL_KINDS
 
     generate, sae, evaluate = (_options(c) for c in (generate_main, sae_main, evaluate_main))
     assert tuple(generate["model_kind"].type.choices) == MODEL_KINDS
@@ -221,9 +221,10 @@ def test_a_bad_value_in_an_evaluate_config_file_names_the_option_not_the_file(tm
     assert "Invalid value for --duplicate-cosine: must be finite and in [-1, 1], got 2" in result.output
 
 
-# ---- python -m and the console scripts ----------------------------------------------------------
-@pytest.mark.parametrize("module, prog", [("generate", "python -m generate"), ("sae", "python -m sae"),
-                                          ("evaluate", "python -m evaluate")])
+# ---- python -m and the one console script -------------------------------------------------------
+@pytest.mark.parametrize("module, prog", [("unsuperpose.generate", "python -m unsuperpose.generate"),
+                                          ("unsuperpose.sae", "python -m unsuperpose.sae"),
+                                          ("unsuperpose.evaluate", "python -m unsuperpose.evaluate")])
 @pytest.mark.slow
 def test_python_m_help_exits_0(module, prog):
     done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True,
@@ -232,15 +233,20 @@ def test_python_m_help_exits_0(module, prog):
     assert done.stdout.startswith(f"Usage: {prog} [OPTIONS]") and "--run-dir" in done.stdout
 
 
-def test_setup_cfg_installs_a_console_script_per_command():
+def test_setup_cfg_installs_one_console_script_with_every_stage_as_a_subcommand():
+    from click.testing import CliRunner
+
+    from unsuperpose.cli import SUBCOMMANDS, main
+
     parser = configparser.ConfigParser()
     parser.read(ROOT / "setup.cfg")
     scripts = dict(line.replace(" ", "").split("=") for line in
                    parser["options.entry_points"]["console_scripts"].strip().splitlines())
-    assert scripts == {"generate": "generate.cli:main", "sae": "sae.cli:main",
-                       "evaluate": "evaluate.cli:main", "sweep": "evaluate.sweep.cli:main"}
-    import importlib
-
-    for target in scripts.values():
-        module, name = target.split(":")
-        assert isinstance(getattr(importlib.import_module(module), name), click.Command)
+    assert scripts == {"unsuperpose": "unsuperpose.cli:main"}
+    assert list(SUBCOMMANDS) == ["generate", "sae", "evaluate", "sweep", "paper"]
+    listing = CliRunner().invoke(main, ["--help"])
+    assert listing.exit_code == 0 and all(f"  {name} " in listing.output for name in SUBCOMMANDS)
+    for name in SUBCOMMANDS:
+        result = CliRunner().invoke(main, [name, "--help"])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"Usage: main {name} [OPTIONS]")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from evaluate.code_metrics import (
+from unsuperpose.evaluate.code_metrics import (
     code_correlation,
     dead_latents,
     explained_variance,
@@ -11,7 +11,7 @@ from evaluate.code_metrics import (
     l0,
     shrinkage,
 )
-from evaluate.scoring import recovered_key, score_dictionary
+from unsuperpose.evaluate.scoring import recovered_key, score_dictionary
 
 
 def _centered(rows=50, d=4, seed=0):

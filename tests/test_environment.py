@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from data.environment import resolve_device
+from unsuperpose.data.environment import resolve_device
 
 
 def test_auto_resolves_to_an_available_device():
@@ -28,7 +28,7 @@ def test_cuda_beyond_the_devices_torch_sees_is_refused():
 
 
 def test_load_device_falls_back_to_cpu_and_honours_an_explicit_choice():
-    from data.environment import load_device
+    from unsuperpose.data.environment import load_device
 
     has_cuda = torch.cuda.is_available()
     assert load_device(None, "cpu") == torch.device("cpu")
@@ -49,17 +49,17 @@ def test_one_version_for_the_package_and_its_metadata():
     import importlib.metadata
     from pathlib import Path
 
-    import data
+    import unsuperpose
 
-    root = Path(data.__file__).resolve().parent.parent
+    root = Path(unsuperpose.__file__).resolve().parent.parent
     cfg = configparser.ConfigParser()
     cfg.read(root / "setup.cfg")
-    assert cfg["metadata"]["version"] == "attr: data.__version__"
+    assert cfg["metadata"]["version"] == "attr: unsuperpose.__version__"
     try:
         installed = importlib.metadata.version("unsuperpose")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("unsuperpose is not installed (pip install -e .)")
-    assert installed == data.__version__
+    assert installed == unsuperpose.__version__
 
 
 def test_environment_records_the_version_and_the_commit_of_this_checkout():
@@ -67,13 +67,13 @@ def test_environment_records_the_version_and_the_commit_of_this_checkout():
     import subprocess
     from pathlib import Path
 
-    import data
-    from data.environment import environment
+    import unsuperpose
+    from unsuperpose.data.environment import environment
 
     env = environment("cpu")
-    assert env["unsuperpose"] == data.__version__
+    assert env["unsuperpose"] == unsuperpose.__version__
     assert {"git_commit", "git_dirty", "torch", "device"} <= set(env)
-    root = Path(data.__file__).resolve().parent.parent
+    root = Path(unsuperpose.__file__).resolve().parent.parent
     git = shutil.which("git")
     head = (subprocess.run([git, "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                            text=True) if git else None)
@@ -90,7 +90,7 @@ def test_source_checkout_commit_dirty_and_not_a_checkout(tmp_path, monkeypatch):
     import shutil
     import subprocess
 
-    from data.environment import source_checkout
+    from unsuperpose.data.environment import source_checkout
 
     check = source_checkout.__wrapped__  # uncached
     assert check(str(tmp_path)) == (None, None)  # not a checkout

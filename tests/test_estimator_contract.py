@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import sklearn.base
 
-from data.configs import ConfigError
-from data.planted import planted_problem
-from sae.base import DictionaryEstimator, param_docs
-from sae.methods import METHODS
+from unsuperpose.data.configs import ConfigError
+from unsuperpose.data.planted import planted_problem
+from unsuperpose.sae.base import DictionaryEstimator, param_docs
+from unsuperpose.sae.methods import METHODS
 
 # small fits: a few SAE steps, k-SVD/MOD iterations, one sklearn pass
 FAST = {"l1": {"n_steps": 20, "batch_size": 64, "log_every": 5},
@@ -140,8 +140,8 @@ def test_parameters_are_documented_once_on_the_config(method):
 
 
 def test_the_field_docs_are_the_strings_after_the_fields():
-    from sae.ksvd import KSVDConfig
-    from sae.sae_configs import TopKSAEConfig
+    from unsuperpose.sae.ksvd import KSVDConfig
+    from unsuperpose.sae.sae_configs import TopKSAEConfig
 
     assert param_docs(KSVDConfig)["approximate"] == ("the approximate atom update (Rubinstein "
                                                      "et al. 2008) instead of the rank-1 SVD")

@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
-from data import files
-from data.files import FIGURES_DIR, METRICS_CSV, METRICS_FILE, REPORT_FILE
-from evaluate.cli import main
-from sae.cli import main as sae_main
+from unsuperpose.data import files
+from unsuperpose.data.files import FIGURES_DIR, METRICS_CSV, METRICS_FILE, REPORT_FILE
+from unsuperpose.evaluate.cli import main
+from unsuperpose.sae.cli import main as sae_main
 
 METHODS = ["topk", "ksvd_nn", "mod"]
 FAST_SAE = ["--methods", ",".join(METHODS), "--n-epochs", "10", "--n-iter", "3",
@@ -105,7 +105,7 @@ def test_a_run_without_stage_2_is_refused_naming_the_path(tiny_run):
 
 @pytest.mark.slow
 def test_wrong_d_and_no_represented_feature_become_notes(fitted_run, tmp_path, monkeypatch):
-    from evaluate.inputs import Instance
+    from unsuperpose.evaluate.inputs import Instance
 
     run = _copy(fitted_run, tmp_path)
     # instance 00: the ground truth says no direction is represented (patched as read: the
@@ -137,8 +137,8 @@ def test_wrong_d_and_no_represented_feature_become_notes(fitted_run, tmp_path, m
 
 @pytest.mark.slow
 def test_a_failed_evaluation_keeps_the_previous_output(evaluated, fitted_run, monkeypatch):
-    from evaluate import EvaluateConfig, report
-    from evaluate.pipeline import run_evaluate
+    from unsuperpose.evaluate import EvaluateConfig, report
+    from unsuperpose.evaluate.pipeline import run_evaluate
 
     before = (evaluated / REPORT_FILE).read_text()
 
@@ -250,7 +250,7 @@ def test_an_unloadable_dictionary_is_an_error_and_the_run_exits_1(fitted_run, tm
 
 
 def test_keep_going_exits_0_and_still_reports_the_error(fitted_run, tmp_path, monkeypatch):
-    from sae.ksvd import KSVD
+    from unsuperpose.sae.ksvd import KSVD
 
     run = _copy(fitted_run, tmp_path)
 
@@ -324,7 +324,7 @@ def test_a_config_file_with_a_bad_value_names_the_option(fitted_run, tmp_path, v
 
 
 def test_every_default_and_a_single_threshold_are_valid():
-    from evaluate.config import EvaluateConfig
+    from unsuperpose.evaluate.config import EvaluateConfig
 
     config = EvaluateConfig(thresholds=0.5, seed=np.int64(3))
     assert config.thresholds == (0.5,) and config.keep_going is False

@@ -9,8 +9,8 @@ def _dict_fit(method: str, seed: int = 0):
     """A small fit of `method` on a planted problem, on CPU; (estimator, H)."""
     import torch
 
-    from data.planted import planted_problem
-    from sae.methods import build
+    from unsuperpose.data.planted import planted_problem
+    from unsuperpose.sae.methods import build
 
     torch.set_num_threads(1)
     H, _ = planted_problem(n_samples=400, n_features=12, d=8, active=2, seed=3)
@@ -26,7 +26,7 @@ def test_a_dictionary_fitted_on_cuda_loads_and_transforms_on_a_cpu_machine(metho
     import numpy as np
     import torch
 
-    from sae.methods import load
+    from unsuperpose.sae.methods import load
 
     est, H = _dict_fit(method)
     est.save(tmp_path)
@@ -84,7 +84,7 @@ def test_the_safetensors_header_is_sorted_and_aligned():
     import torch
     from safetensors.torch import load
 
-    from data.safetensors_io import safetensors_bytes
+    from unsuperpose.data.safetensors_io import safetensors_bytes
 
     tensors = {"b": torch.arange(3.0), "a": torch.ones(2, 2), "c": torch.tensor(0.5)}
     keys = [f"k{i}" for i in range(12)]
@@ -154,8 +154,8 @@ _FLOAT_FIELDS = {
 def test_every_float_hyperparameter_refuses_nan_inf_and_out_of_range_by_name(method):
     import dataclasses
 
-    from data.configs import ConfigError
-    from sae.methods import METHODS, build
+    from unsuperpose.data.configs import ConfigError
+    from unsuperpose.sae.methods import METHODS, build
 
     cls, _ = METHODS[method]
     floats = {f.name for f in dataclasses.fields(cls.config_class)
@@ -174,8 +174,8 @@ def test_every_float_hyperparameter_refuses_nan_inf_and_out_of_range_by_name(met
 
 
 def test_integer_hyperparameters_refuse_fractions_strings_and_bools_by_name():
-    from data.configs import ConfigError
-    from sae.methods import build
+    from unsuperpose.data.configs import ConfigError
+    from unsuperpose.sae.methods import build
 
     cases = [("ksvd", "n_iter", 2.5, "ksvd.n_iter: must be an integer >= 1, got 2.5"),
              ("topk", "batch_size", "64", "topk.batch_size: must be an integer >= 1, "
@@ -194,7 +194,7 @@ def test_the_sae_command_names_a_nan_hyperparameter(tiny_run, tmp_path):
 
     from click.testing import CliRunner
 
-    from sae.cli import main
+    from unsuperpose.sae.cli import main
 
     run_dir = tmp_path / "run"  # a copy: tiny_run is shared read-only
     shutil.copytree(tiny_run, run_dir)
@@ -211,9 +211,9 @@ def test_evaluate_exits_1_naming_a_damaged_dictionary_unless_keep_going(tiny_run
 
     from click.testing import CliRunner
 
-    from data import files
-    from evaluate.cli import main as evaluate_main
-    from sae.cli import main as sae_main
+    from unsuperpose.data import files
+    from unsuperpose.evaluate.cli import main as evaluate_main
+    from unsuperpose.sae.cli import main as sae_main
 
     run_dir = tmp_path / "run"  # a copy: tiny_run is shared read-only
     shutil.copytree(tiny_run, run_dir)
@@ -248,7 +248,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from data import files  # noqa: E402
+from unsuperpose.data import files  # noqa: E402
 
 _FAST_SAE = ["--methods", "topk,mod_nn", "--n-epochs", "3", "--n-iter", "3", "--device", "cpu",
              "--threads", "1"]
@@ -256,12 +256,12 @@ _INST = "00-p0.2"
 
 
 def _sae(run, *args):
-    from sae.cli import main
+    from unsuperpose.sae.cli import main
     return CliRunner().invoke(main, ["--run-dir", str(run), *args])
 
 
 def _evaluate(run, *args):
-    from evaluate.cli import main
+    from unsuperpose.evaluate.cli import main
     return CliRunner().invoke(main, ["--run-dir", str(run), "--no-figures", "--threads", "1", *args])
 
 
@@ -315,7 +315,7 @@ def _relist(inst: Path, relpath: str) -> None:
 def _poison_row(inst: Path, relpath: str, row: int, value: float) -> None:
     from safetensors.numpy import load_file
 
-    from data.shards import write_shard
+    from unsuperpose.data.shards import write_shard
     t = load_file(str(inst / relpath))
     h = t[files.H].copy()
     h[row, 1] = value
@@ -334,8 +334,8 @@ def test_sae_killed_between_two_methods_leaves_the_previous_stage_whole(run):
     before = _snapshot(files.sae_root(run))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sae", "--run-dir", str(run), "--instance", _INST, "--device", "cpu",
-         "--methods", "mod_nn,topk", "--n-iter", "3", "--param", "topk.n_steps=100000000"],
+        [sys.executable, "-m", "unsuperpose.sae", "--run-dir", str(run), "--instance", _INST,
+         "--device", "cpu", "--methods", "mod_nn,topk", "--n-iter", "3", "--param", "topk.n_steps=100000000"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -355,7 +355,7 @@ def test_sae_killed_between_two_methods_leaves_the_previous_stage_whole(run):
 
 
 def test_the_next_command_completes_a_swap_cut_between_its_two_renames(tmp_path):
-    from data.staging import COMPLETE_MARKER, recover
+    from unsuperpose.data.staging import COMPLETE_MARKER, recover
     final = tmp_path / "sae"
     new = tmp_path / ".sae.tmp-abc"
     new.mkdir()
@@ -371,7 +371,7 @@ def test_the_next_command_completes_a_swap_cut_between_its_two_renames(tmp_path)
 
 
 def test_a_replacement_that_never_completed_gives_the_old_folder_back(tmp_path):
-    from data.staging import recover
+    from unsuperpose.data.staging import recover
     final = tmp_path / "sae"
     (tmp_path / ".sae.tmp-abc").mkdir()                    # incomplete: no marker
     (tmp_path / ".sae.old-123").mkdir()
@@ -383,11 +383,11 @@ def test_a_replacement_that_never_completed_gives_the_old_folder_back(tmp_path):
 
 
 def test_staging_without_renameat2_swaps_by_two_renames(tmp_path, monkeypatch):
-    import data.staging
-    monkeypatch.setattr(data.staging, "exchange", lambda a, b: False)
+    import unsuperpose.data.staging
+    monkeypatch.setattr(unsuperpose.data.staging, "exchange", lambda a, b: False)
     final = tmp_path / "out"
     for text in ("first", "second"):
-        with data.staging.StagingDir(final) as stage:
+        with unsuperpose.data.staging.StagingDir(final) as stage:
             (stage / "a.txt").write_text(text)
     assert (final / "a.txt").read_text() == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -395,7 +395,7 @@ def test_staging_without_renameat2_swaps_by_two_renames(tmp_path, monkeypatch):
 
 
 def test_a_second_writer_is_refused_naming_the_run(run):
-    from data.staging import run_lock
+    from unsuperpose.data.staging import run_lock
     before = _snapshot(files.sae_root(run))
     with run_lock(run, "sae --run-dir elsewhere"):
         out = _one_line_error(_sae(run, *_FAST_SAE), 1)
@@ -476,8 +476,8 @@ def test_a_truncated_ground_truth_is_refused_naming_the_file(run):
 def test_a_safetensors_header_whose_offsets_disagree_with_the_shape_is_refused(tmp_path):
     import struct
 
-    from data.errors import ShardError
-    from data.safetensors_io import mmap_safetensors
+    from unsuperpose.data.errors import ShardError
+    from unsuperpose.data.safetensors_io import mmap_safetensors
     header = json.dumps({"h": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}).encode()
     path = tmp_path / "bad.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
@@ -508,7 +508,7 @@ def test_on_nonfinite_drop_leaves_the_rows_out_and_counts_them_per_shard(run):
     assert result.exit_code == 0, result.output
     saved = json.loads((files.sae_root(run) / files.CONFIG_FILE).read_text())
     assert saved["instances"][_INST]["nonfinite_dropped"] == {"activations/shard-00000.safetensors": 2}
-    from data.rows import read_all
+    from unsuperpose.data.rows import read_all
     H, _ = read_all(inst)
     usable = np.isfinite(H).all(1) & (np.abs(np.nan_to_num(H)).max(1) > 0)
     assert saved["instances"][_INST]["rows"] == int(usable.sum())
@@ -558,17 +558,17 @@ def test_invalid_manifest_json_is_one_line_in_evaluate(run):
 
 
 def test_a_read_only_run_folder_is_one_line(run, monkeypatch):
-    import data.staging
+    import unsuperpose.data.staging
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(data.staging.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(unsuperpose.data.staging.tempfile, "mkdtemp", refuse)
     out = _one_line_error(_sae(run, *_FAST_SAE), 1)
     assert f"{run}: cannot write here (Permission denied)" in out
 
 
 def test_rerunning_generate_with_the_same_config_keeps_the_dictionaries_current(run):
-    from generate.cli import main as generate_main
+    from unsuperpose.generate.cli import main as generate_main
     config = run / "saved-generate.json"
     shutil.copy(files.generate_dir(run) / files.CONFIG_FILE, config)
     result = CliRunner().invoke(generate_main, ["--run-dir", str(run), "--config", str(config)])
@@ -578,7 +578,7 @@ def test_rerunning_generate_with_the_same_config_keeps_the_dictionaries_current(
 
 
 def test_evaluate_refuses_a_sae_stage_fitted_on_a_different_generate(run):
-    from generate.cli import main as generate_main
+    from unsuperpose.generate.cli import main as generate_main
     config = run / "saved-generate.json"
     shutil.copy(files.generate_dir(run) / files.CONFIG_FILE, config)
     result = CliRunner().invoke(generate_main, ["--run-dir", str(run), "--config", str(config),
@@ -618,7 +618,7 @@ def test_evaluate_records_the_held_out_split_and_warns_on_a_run_without_one(run)
 
 
 def test_sae_streams_every_row_with_max_rows_0(run):
-    from data.rows import read_all
+    from unsuperpose.data.rows import read_all
     result = _sae(run, "--methods", "topk", "--instance", _INST, "--max-rows", "0",
                   "--n-epochs", "1", "--device", "cpu", "--threads", "1")
     assert result.exit_code == 0, result.output
@@ -646,7 +646,7 @@ def _metric(run, method, metric, instance=None):
 
 def _one_sparse_instance(tmp_path) -> Path:
     """A toy run of one instance where the stage's k is 1: 8 features in d = 4 at p = 0.05."""
-    from generate.cli import main as generate_main
+    from unsuperpose.generate.cli import main as generate_main
     run = tmp_path / "run"
     result = CliRunner().invoke(generate_main, [
         "--run-dir", str(run), "--n-features", "8", "--d-hidden", "4", "--feature-probability",
@@ -684,7 +684,7 @@ def test_the_l1_coefficient_is_calibrated_to_the_stage_k_by_default(tmp_path):
 
 
 def test_the_oracle_of_noiseless_planted_data_has_fvu_0_and_f1_1(tmp_path):
-    from generate.cli import main as generate_main
+    from unsuperpose.generate.cli import main as generate_main
     run = tmp_path / "run"
     result = CliRunner().invoke(generate_main, [
         "--run-dir", str(run), "--source", "synthetic", "--n-features", "16", "--d-hidden", "32",
@@ -700,11 +700,11 @@ def test_the_oracle_of_noiseless_planted_data_has_fvu_0_and_f1_1(tmp_path):
 
 
 # ---- sweeps: a killed sweep, broken metrics, two sweeps on one folder --------------------
-from evaluate.pipeline import METRICS_FILE  # noqa: E402
-from evaluate.sweep import load_grid  # noqa: E402
-from evaluate.sweep.aggregate import AGGREGATE_CSV, SUMMARY_FILE, read_csv, write_aggregate  # noqa: E402
-from evaluate.sweep.guard import SweepBusy, sweep_lock  # noqa: E402
-from evaluate.sweep.runner import POINT_MARKER, point_dir  # noqa: E402
+from unsuperpose.evaluate.pipeline import METRICS_FILE  # noqa: E402
+from unsuperpose.evaluate.sweep import load_grid  # noqa: E402
+from unsuperpose.evaluate.sweep.aggregate import AGGREGATE_CSV, SUMMARY_FILE, read_csv, write_aggregate  # noqa: E402
+from unsuperpose.evaluate.sweep.guard import SweepBusy, sweep_lock  # noqa: E402
+from unsuperpose.evaluate.sweep.runner import POINT_MARKER, point_dir  # noqa: E402
 from tests.test_sweep import BASE, _invoke, write_grid  # noqa: E402
 
 GUARD = Path(__file__).parent.parent / "evaluate" / "sweep" / "guard.py"
@@ -717,9 +717,9 @@ SEEDS = {"sae.seed": [0, 1, 2]}
 @pytest.fixture
 def no_sweep_figures(monkeypatch):
     """The sweep figures (most of an aggregate's time) are tested above; skip them here."""
-    import evaluate.sweep.figures
+    import unsuperpose.evaluate.sweep.figures
 
-    monkeypatch.setattr(evaluate.sweep.figures, "save_sweep_figures", lambda *args: [])
+    monkeypatch.setattr(unsuperpose.evaluate.sweep.figures, "save_sweep_figures", lambda *args: [])
 
 
 def _load_guard_code():
@@ -765,7 +765,7 @@ def test_a_killed_sweeps_workers_die_with_it_and_the_resumed_sweep_completes(tmp
     sweep_dir = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     sweep = subprocess.Popen(
-        [sys.executable, "-m", "evaluate.sweep", str(grid), "--sweep-dir", str(sweep_dir),
+        [sys.executable, "-m", "unsuperpose.evaluate.sweep", str(grid), "--sweep-dir", str(sweep_dir),
          "--workers", "2", "--threads", "1"], cwd=Path(__file__).parent.parent, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -806,9 +806,9 @@ def two_points(tmp_path_factory):
     root = tmp_path_factory.mktemp("two")
     grid = write_grid(root / "grid.json", {"sae.seed": [0, 1]}, FAST_BASE)
     with pytest.MonkeyPatch.context() as mp:
-        import evaluate.sweep.figures
+        import unsuperpose.evaluate.sweep.figures
 
-        mp.setattr(evaluate.sweep.figures, "save_sweep_figures", lambda *args: [])
+        mp.setattr(unsuperpose.evaluate.sweep.figures, "save_sweep_figures", lambda *args: [])
         result = _invoke(grid, root / "out", "--workers", "1")
     assert result.exit_code == 0, result.output
     return grid, root / "out"
@@ -960,9 +960,9 @@ def test_a_held_out_shard_listed_as_a_training_shard_is_refused(run):
 def test_nonfinite_rows_past_the_rows_fitted_are_neither_read_nor_counted(tmp_path):
     import torch
 
-    from data.manifest import read_manifest
-    from data.rows import take_rows
-    from data.shards import ShardWriter
+    from unsuperpose.data.manifest import read_manifest
+    from unsuperpose.data.rows import take_rows
+    from unsuperpose.data.shards import ShardWriter
     h = torch.ones(100, 3)
     h[60] = float("nan")
     writer = ShardWriter(tmp_path, d=3, n_features=2, rows_per_shard=100)

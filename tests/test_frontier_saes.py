@@ -10,16 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from data.configs import ConfigError
-from data.planted import planted_problem
-from evaluate.metrics import mmcs
-from sae import methods
-from sae.config import SAEStageConfig
-from sae.losses import jumprelu, jumprelu_l0, prefix_reconstruction_mses
-from sae.sae_configs import default_prefixes, resolve_prefixes
-from sae.sae_estimators import JumpReLUSAE, MatryoshkaSAE
-from sae.sae_module import SAEOutput, SparseAutoencoder
-from sae.saelens_export import SAELENS_CFG_FILE, SAELENS_WEIGHTS_FILE
+from unsuperpose.data.configs import ConfigError
+from unsuperpose.data.planted import planted_problem
+from unsuperpose.evaluate.metrics import mmcs
+from unsuperpose.sae import methods
+from unsuperpose.sae.config import SAEStageConfig
+from unsuperpose.sae.losses import jumprelu, jumprelu_l0, prefix_reconstruction_mses
+from unsuperpose.sae.sae_configs import default_prefixes, resolve_prefixes
+from unsuperpose.sae.sae_estimators import JumpReLUSAE, MatryoshkaSAE
+from unsuperpose.sae.sae_module import SAEOutput, SparseAutoencoder
+from unsuperpose.sae.saelens_export import SAELENS_CFG_FILE, SAELENS_WEIGHTS_FILE
 
 FRONTIER = {"matryoshka": MatryoshkaSAE, "jumprelu": JumpReLUSAE}
 # small fits, as tests/test_estimator_contract.py's FAST
@@ -246,7 +246,7 @@ def test_construction_is_validated_by_the_config(method):
 def hierarchical_problem(seed: int = 0, rows: int = 32768):
     """128 features in d = 48, 104 of them in 8 trees (branching 3, depth 2, exclusive
     children), zipf firing from 0.3, magnitudes ~5: parents and children co-fire."""
-    from data.worlds import World, WorldDistribution
+    from unsuperpose.data.worlds import World, WorldDistribution
 
     world = World(probability_schedule="zipf", p_min=5e-3, zipf_exponent=0.5, hierarchy_roots=8,
                   hierarchy_branching=3, hierarchy_depth=2, hierarchy_exclusive=True,
@@ -264,7 +264,7 @@ def hierarchical_problem(seed: int = 0, rows: int = 32768):
 def test_matryoshka_keeps_one_latent_per_feature_where_topk_absorbs_children():
     # measured: matryoshka uniqueness 0.92, topk 0.66, mod_nn 0.57 (atoms mixing a parent
     # with a child: the k-sparse objective prefers one atom for two co-firing features)
-    from evaluate.metrics import uniqueness
+    from unsuperpose.evaluate.metrics import uniqueness
 
     H, G, k = hierarchical_problem()
     params = dict(n_components=128, k=k, n_steps=2000, lr=3e-3, random_state=0)

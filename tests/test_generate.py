@@ -7,10 +7,10 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from data import files
-from data.rows import read_all
-from generate.cli import main
-from generate.pipeline import run_generate
+from unsuperpose.data import files
+from unsuperpose.data.rows import read_all
+from unsuperpose.generate.cli import main
+from unsuperpose.generate.pipeline import run_generate
 from tests.conftest import tiny_config
 
 
@@ -27,7 +27,7 @@ def test_activations_on_disk_equal_W_x(tmp_path, kind):
 
 
 def test_ground_truth_marks_represented_by_norm_and_gives_hand_computed_dimensionality():
-    from generate.pipeline import ground_truth_tensors
+    from unsuperpose.generate.pipeline import ground_truth_tensors
     # e1 at norm 0.4 (below the 0.5 threshold), an antipodal pair at norm 1 on e2, e3 at 0.5
     directions = torch.tensor([[0.4, 0, 0], [0, 1.0, 0], [0, -1.0, 0], [0, 0, 0.5]])
     gt = ground_truth_tensors(directions, torch.arange(4), torch.ones(4), torch.ones(4),
@@ -120,9 +120,9 @@ def test_interrupted_generate_keeps_the_previous_run(tmp_path, monkeypatch):
     run_generate(tiny_config(steps=20), tmp_path)
     before = {p: p.read_bytes() for p in files.generate_dir(tmp_path).rglob("*") if p.is_file()}
 
-    import data.shards  # write_shard lives there
+    import unsuperpose.data.shards  # write_shard lives there
     calls = {"n": 0}
-    real_write = data.shards.write_shard
+    real_write = unsuperpose.data.shards.write_shard
 
     def dying_write(*args, **kwargs):  # die after a few shards, as a Ctrl-C would
         calls["n"] += 1
@@ -130,7 +130,7 @@ def test_interrupted_generate_keeps_the_previous_run(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(data.shards, "write_shard", dying_write)
+    monkeypatch.setattr(unsuperpose.data.shards, "write_shard", dying_write)
     with pytest.raises(KeyboardInterrupt):
         run_generate(tiny_config(steps=20, seed=1), tmp_path)
     after = {p: p.read_bytes() for p in files.generate_dir(tmp_path).rglob("*") if p.is_file()}
@@ -196,10 +196,10 @@ def test_a_bad_config_file_is_one_line_naming_the_option(tmp_path, text, message
 
 
 def test_options_override_the_config_file_and_world_sits_between(tmp_path, monkeypatch):
-    import generate.pipeline
+    import unsuperpose.generate.pipeline
 
     seen = []
-    monkeypatch.setattr(generate.pipeline, "run_generate",
+    monkeypatch.setattr(unsuperpose.generate.pipeline, "run_generate",
                         lambda config, run_dir, **kw: seen.append(config) or run_dir)
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({"config": {"n_features": 64, "rows": 999, "seed": 3,
@@ -220,8 +220,8 @@ def test_options_override_the_config_file_and_world_sits_between(tmp_path, monke
 
 
 def test_orthogonalize_steps_spreads_the_seeds_directions_and_h_follows(tmp_path):
-    from data.worlds import spread_directions
-    from evaluate.metrics import interference
+    from unsuperpose.data.worlds import spread_directions
+    from unsuperpose.evaluate.metrics import interference
 
     args = ["--source", "synthetic", "--n-features", "48", "--d-hidden", "16", "--mean-active", "2",
             "--rows", "500", "--heldout-rows", "0", "--device", "cpu"]
@@ -241,8 +241,8 @@ def test_orthogonalize_steps_spreads_the_seeds_directions_and_h_follows(tmp_path
 
 
 def test_dimensionality_through_the_d_by_d_gram_equals_the_dense_one(monkeypatch):
-    from generate import pipeline
-    from models.ground_truth import feature_dimensionality
+    from unsuperpose.generate import pipeline
+    from unsuperpose.models.ground_truth import feature_dimensionality
 
     w = torch.randn((300, 20), generator=torch.Generator().manual_seed(0))
     w[5] = 0.0  # a zero direction gets 0 either way

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.configs import ConfigError
-from sae.incoherence import decohere_atoms, random_coherence
-from sae.mod import MOD
+from unsuperpose.data.configs import ConfigError
+from unsuperpose.sae.incoherence import decohere_atoms, random_coherence
+from unsuperpose.sae.mod import MOD
 
 
 def _unit(D):
@@ -98,7 +98,7 @@ def test_duplicates_above_leave_above_are_left_for_replacement():
 
 
 def test_the_bound_waits_for_the_spares_to_be_pruned():
-    from sae.fit_schedule import prune_iteration
+    from unsuperpose.sae.fit_schedule import prune_iteration
 
     gen = np.random.default_rng(1)
     G = gen.normal(size=(24, 12))

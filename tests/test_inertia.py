@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from sae.inertia import extrapolate_atoms
+from unsuperpose.sae.inertia import extrapolate_atoms
 
 
 def test_extrapolation_by_hand():

@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from data.configs import ConfigError
-from data.planted import planted_problem
-from evaluate.metrics import mmcs
-from sae import methods
-from sae.atom_maintenance import duplicate_atoms, prune_atoms, removal_cost
-from sae.base import DictionaryEstimator
-from sae.fit_schedule import Phase, fit_sparsity, rows_in_iteration, schedule
-from sae.ksvd import KSVD, KSVDConfig, ksvd_sweep
-from sae.mod import MOD, MODConfig, mod_update, residual_weights, row_weights
-from sae.omp import omp_encode, sparse_reconstruct
+from unsuperpose.data.configs import ConfigError
+from unsuperpose.data.planted import planted_problem
+from unsuperpose.evaluate.metrics import mmcs
+from unsuperpose.sae import methods
+from unsuperpose.sae.atom_maintenance import duplicate_atoms, prune_atoms, removal_cost
+from unsuperpose.sae.base import DictionaryEstimator
+from unsuperpose.sae.fit_schedule import Phase, fit_sparsity, rows_in_iteration, schedule
+from unsuperpose.sae.ksvd import KSVD, KSVDConfig, ksvd_sweep
+from unsuperpose.sae.mod import MOD, MODConfig, mod_update, residual_weights, row_weights
+from unsuperpose.sae.omp import omp_encode, sparse_reconstruct
 
 
 def planted(n_samples=20_000, n_features=64, d=32, active=3, seed=0):
@@ -390,7 +390,7 @@ def test_the_schedule_by_hand():
 
 
 def test_cluster_reseeding_finds_each_missing_direction_separately():
-    from sae.atom_maintenance import cluster_directions
+    from unsuperpose.sae.atom_maintenance import cluster_directions
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.eye(8)[0], torch.eye(8)[1]
@@ -406,7 +406,7 @@ def test_cluster_reseeding_finds_each_missing_direction_separately():
 
 
 def test_purify_turns_a_mixture_into_its_strongest_feature_and_leaves_clean_atoms():
-    from sae.atom_maintenance import purify_atoms
+    from unsuperpose.sae.atom_maintenance import purify_atoms
     e = torch.eye(6)
     mix = torch.nn.functional.normalize(e[0] + e[1], dim=0)
     D = torch.stack([mix, e[2], e[3], e[4]])
@@ -489,7 +489,7 @@ def test_fit_k_ratio_and_fit_tol_change_only_the_fit_coding():
 
 
 def test_top_principal_direction_matches_eigh():
-    from sae.atom_maintenance import top_principal_direction
+    from unsuperpose.sae.atom_maintenance import top_principal_direction
     gen = torch.Generator().manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(40, generator=gen), dim=0)
     E = torch.rand(300, 1, generator=gen) * a + 0.05 * torch.randn(300, 40, generator=gen)
@@ -529,7 +529,7 @@ def test_prefix_coding_codes_the_leading_atoms_first_at_the_same_k():
 def test_prefix_coding_keeps_parents_and_children_apart():
     # measured on 128 features in 8 trees (tests/test_frontier_saes.py): uniqueness 0.594
     # with one pass, 0.656 coding the most-used quarter of the atoms first
-    from evaluate.metrics import uniqueness
+    from unsuperpose.evaluate.metrics import uniqueness
     from tests.test_frontier_saes import hierarchical_problem
 
     H, G, k = hierarchical_problem()
@@ -565,7 +565,7 @@ def test_residual_weights_keep_the_true_atoms_on_a_hierarchical_world(monkeypatc
     # plain update drifts to atoms mixing parent and child (measured: mmcs 0.78 after 30
     # iterations; 0.84 with row weights alone), because the rows OMP codes wrongly (many
     # features at once) pull the atoms; weighting rows by their residual leaves them out
-    import sae.sparse_coding as sparse_coding
+    import unsuperpose.sae.sparse_coding as sparse_coding
     from tests.test_frontier_saes import hierarchical_problem
 
     H, G, k = hierarchical_problem(rows=16384)

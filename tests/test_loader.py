@@ -3,9 +3,9 @@ import datasets
 import numpy as np
 import torch
 
-from data import files
-from data.loader import iter_batches, load_activations, stream_activations
-from data.rows import read_all
+from unsuperpose.data import files
+from unsuperpose.data.loader import iter_batches, load_activations, stream_activations
+from unsuperpose.data.rows import read_all
 
 
 def _first_instance(run_dir):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from evaluate.metrics import (
+from unsuperpose.evaluate.metrics import (
     best_true_feature,
     cosine_matrix,
     dimensions_per_feature,
@@ -95,7 +95,7 @@ def test_the_signed_and_absolute_matchings_differ_and_each_is_handed_on_as_compu
 
 
 def test_score_dictionary_reads_each_matching_where_it_belongs():
-    from evaluate.scoring import score_dictionary
+    from unsuperpose.evaluate.scoring import score_dictionary
 
     G, A = np.eye(2), np.array([[-1.0, 0.0], [0.6, 0.8]])
     H = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])

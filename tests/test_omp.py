@@ -5,9 +5,9 @@ import torch
 from scipy.optimize import nnls
 from sklearn.linear_model import orthogonal_mp_gram
 
-import sae.omp_native as omp_native
-from sae.nnls import nnls_gram
-from sae.omp import batch_omp, omp_encode, sparse_reconstruct, sparse_to_dense
+import unsuperpose.sae.omp_native as omp_native
+from unsuperpose.sae.nnls import nnls_gram
+from unsuperpose.sae.omp import batch_omp, omp_encode, sparse_reconstruct, sparse_to_dense
 
 
 @pytest.fixture(params=["native", "torch"])

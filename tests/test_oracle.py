@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from evaluate.oracle import f1_vs_oracle, oracle_codes, oracle_k, score_oracle, unit_rows
+from unsuperpose.evaluate.oracle import f1_vs_oracle, oracle_codes, oracle_k, score_oracle, unit_rows
 
 THRESHOLDS = (0.9, 0.99)
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from data.configs import ConfigError
-from generate.paper import intro, phase, privileged
-from generate.paper.common import WeightedDistribution, interference, represented, train_grid
-from generate.paper.config import PaperConfig
-from generate.paper.geometry import densities, dimensions_per_feature, longest_run, near_sticky
+from unsuperpose.data.configs import ConfigError
+from unsuperpose.generate.paper import intro, phase, privileged
+from unsuperpose.generate.paper.common import WeightedDistribution, interference, represented, train_grid
+from unsuperpose.generate.paper.config import PaperConfig
+from unsuperpose.generate.paper.geometry import densities, dimensions_per_feature, longest_run, near_sticky
 
 
 def test_classify_extra_feature_on_hand_made_matrices():
@@ -117,7 +117,7 @@ def test_config_resolves_and_refuses():
 
 
 def test_cli_help_and_bad_option():
-    from generate.paper.__main__ import main
+    from unsuperpose.generate.paper.cli import main
 
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0 and "--instances" in result.output and "--seed" in result.output
@@ -172,8 +172,8 @@ TINY = dict(device="cpu", instances=3, inits=1, batch_size=256, intro_steps=30,
 
 @pytest.mark.slow
 def test_report_every_file_written_and_cached(tmp_path):
-    from data import files
-    from generate.paper.report import SECTIONS, run_paper
+    from unsuperpose.data import files
+    from unsuperpose.generate.paper.report import SECTIONS, run_paper
 
     out = tmp_path / "paper"
     lines = []

@@ -22,9 +22,9 @@ from click.testing import CliRunner
 
 pytest.importorskip("ray")
 
-from evaluate.sweep.aggregate import AGGREGATE_CSV, read_csv  # noqa: E402
-from evaluate.sweep.cli import main  # noqa: E402
-from evaluate.sweep.runner import POINT_MARKER, WORKER_FILE  # noqa: E402
+from unsuperpose.evaluate.sweep.aggregate import AGGREGATE_CSV, read_csv  # noqa: E402
+from unsuperpose.evaluate.sweep.cli import main  # noqa: E402
+from unsuperpose.evaluate.sweep.runner import POINT_MARKER, WORKER_FILE  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -167,7 +167,7 @@ def local_rows(grid):
 
 def _sweep(grid, sweep_dir, address):
     return subprocess.Popen(
-        [sys.executable, "-m", "evaluate.sweep", str(grid), "--sweep-dir", str(sweep_dir),
+        [sys.executable, "-m", "unsuperpose.evaluate.sweep", str(grid), "--sweep-dir", str(sweep_dir),
          "--backend", "ray", "--address", address, "--threads", "1"],
         cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)

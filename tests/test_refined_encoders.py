@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from data.configs import ConfigError
-from data.planted import planted_problem
-from evaluate.metrics import mmcs
-from sae.methods import build
-from sae.sae_estimators import MatryoshkaSAE, TopKSAE, annealed_k
-from sae.sae_module import SparseAutoencoder
+from unsuperpose.data.configs import ConfigError
+from unsuperpose.data.planted import planted_problem
+from unsuperpose.evaluate.metrics import mmcs
+from unsuperpose.sae.methods import build
+from unsuperpose.sae.sae_estimators import MatryoshkaSAE, TopKSAE, annealed_k
+from unsuperpose.sae.sae_module import SparseAutoencoder
 
 
 def orthonormal_relu_sae(refine_steps: int, refine_with: str = "decoder", step: float = 1.0):

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data.planted import planted_problem
-from evaluate.metrics import mmcs
-from sae.methods import build
-from sae.resampling import resample_dead_
-from sae.sae_module import SparseAutoencoder
+from unsuperpose.data.planted import planted_problem
+from unsuperpose.evaluate.metrics import mmcs
+from unsuperpose.sae.methods import build
+from unsuperpose.sae.resampling import resample_dead_
+from unsuperpose.sae.sae_module import SparseAutoencoder
 
 
 def tiny_sae_with_adam_state():

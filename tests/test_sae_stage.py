@@ -6,12 +6,12 @@ import pytest
 from click.testing import CliRunner
 from safetensors import safe_open
 
-from data import files
-from data.rows import read_all
-from sae.cli import main
-from sae.config import DEFAULT_METHODS
-from sae.methods import METHODS
-from sae.sklearn_baseline import SklearnDictionary
+from unsuperpose.data import files
+from unsuperpose.data.rows import read_all
+from unsuperpose.sae.cli import main
+from unsuperpose.sae.config import DEFAULT_METHODS
+from unsuperpose.sae.methods import METHODS
+from unsuperpose.sae.sklearn_baseline import SklearnDictionary
 
 # l1 at a fixed coefficient (its calibration to the stage's L0 is tested in test_faults.py)
 FAST = ["--n-epochs", "20", "--n-iter", "3", "--param", "sklearn.max_iter=1",
@@ -116,23 +116,23 @@ def test_sae_config_records_package_versions(fitted_run):
     import sklearn
     import torch
 
-    import data
+    import unsuperpose
 
     for path in [files.sae_dir(fitted_run, "01-p0.05", "l1") / files.CONFIG_FILE,
                  fitted_run / files.SAE_DIR / files.CONFIG_FILE]:
         env = json.loads(path.read_text())["environment"]
-        assert env["unsuperpose"] == data.__version__
+        assert env["unsuperpose"] == unsuperpose.__version__
         assert env["torch"] == torch.__version__ and env["numpy"] == np.__version__
         assert env["scikit-learn"] == sklearn.__version__ and env["device"] == "cpu"
 
 
 def test_a_saved_sae_config_given_as_config_reproduces_the_config(fitted_run, monkeypatch):
-    import sae.pipeline
-    from sae.config import SAEStageConfig
+    import unsuperpose.sae.pipeline
+    from unsuperpose.sae.config import SAEStageConfig
 
     saved = json.loads((fitted_run / files.SAE_DIR / files.CONFIG_FILE).read_text())
     seen = []
-    monkeypatch.setattr(sae.pipeline, "run_sae", lambda config, run_dir, **kw: seen.append(config)
+    monkeypatch.setattr(unsuperpose.sae.pipeline, "run_sae", lambda config, run_dir, **kw: seen.append(config)
                         or run_dir / files.SAE_DIR)
     config_file = str(fitted_run / files.SAE_DIR / files.CONFIG_FILE)
     result = CliRunner().invoke(main, ["--run-dir", str(fitted_run), "--config", config_file])

@@ -11,15 +11,15 @@ from click.testing import CliRunner
 from safetensors.numpy import save_file
 from safetensors.torch import load_file
 
-from data import files
-from data.configs import ConfigError
-from data.instance_files import read_ground_truth
-from data.manifest import read_manifest
-from evaluate.cli import main as evaluate_main
-from evaluate.config import EvaluateConfig
-from evaluate.external import ExternalDictionaryError, load_external, parse_spec
-from sae.cli import main as sae_main
-from sae.saelens_export import REFINE_STEPS_KEY, SAELENS_DIR, export_estimator
+from unsuperpose.data import files
+from unsuperpose.data.configs import ConfigError
+from unsuperpose.data.instance_files import read_ground_truth
+from unsuperpose.data.manifest import read_manifest
+from unsuperpose.evaluate.cli import main as evaluate_main
+from unsuperpose.evaluate.config import EvaluateConfig
+from unsuperpose.evaluate.external import ExternalDictionaryError, load_external, parse_spec
+from unsuperpose.sae.cli import main as sae_main
+from unsuperpose.sae.saelens_export import REFINE_STEPS_KEY, SAELENS_DIR, export_estimator
 
 INSTANCE = "00-p0.2"
 # jumprelu at a fixed coefficient: no calibration fits
@@ -136,12 +136,12 @@ def test_an_unknown_export_format_is_refused_naming_the_option(tiny_run):
     result = CliRunner().invoke(sae_main, ["--run-dir", str(tiny_run), "--export", "hf"])
     assert result.exit_code == 2 and "--export" in result.output and "'hf'" in result.output
     with pytest.raises(ConfigError, match="^export: unknown format"):
-        from sae.config import SAEStageConfig
+        from unsuperpose.sae.config import SAEStageConfig
         SAEStageConfig(export=("saelens", "x"))
 
 
 def test_a_refined_encoder_is_exported_with_its_steps_and_a_warning(exported_run, tmp_path):
-    from sae import load
+    from unsuperpose.sae import load
 
     est = load(files.sae_dir(exported_run, INSTANCE, "topk"))
     _, warning = export_estimator(est, tmp_path / "plain")
@@ -157,7 +157,7 @@ def test_a_refined_encoder_is_exported_with_its_steps_and_a_warning(exported_run
 
 
 def test_the_stage_warns_once_when_an_sae_refines_its_codes(tiny_run, tmp_path):
-    from sae.methods import param_names
+    from unsuperpose.sae.methods import param_names
 
     if "refine_steps" not in param_names("topk"):
         pytest.skip("the SAEs have no refine_steps option")
@@ -199,7 +199,7 @@ def test_a_perfect_decoder_scores_as_the_oracle_and_a_random_one_low(evaluated):
 
 
 def test_a_bare_decoder_codes_its_rows_as_the_oracle_codes_the_same_rows(tmp_path):
-    from evaluate.oracle import oracle_codes, unit_rows
+    from unsuperpose.evaluate.oracle import oracle_codes, unit_rows
 
     rng = np.random.default_rng(0)
     W = (rng.normal(size=(1000, 16)) * rng.uniform(0.2, 3, size=(1000, 1))).astype(np.float32)
@@ -366,7 +366,7 @@ def test_the_config_and_the_spec_parser_refuse_bad_names():
 
 @pytest.mark.slow
 def test_externals_appear_in_every_figure(exported_run, planted, tmp_path):
-    from evaluate.figures import method_label, method_style
+    from unsuperpose.evaluate.figures import method_label, method_style
 
     run = tmp_path / "run"
     shutil.copytree(exported_run, run, ignore=shutil.ignore_patterns(files.EVALUATE_DIR))
@@ -384,7 +384,7 @@ def test_externals_appear_in_every_figure(exported_run, planted, tmp_path):
 
 def test_our_export_loads_in_saelens(exported_run):
     sae_lens = pytest.importorskip("sae_lens")
-    from sae import load
+    from unsuperpose.sae import load
 
     for method in ("topk", "jumprelu"):
         folder = files.sae_dir(exported_run, INSTANCE, method)

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from data import files
-from data.errors import ShardError
-from data.manifest import verify_instance
-from data.rows import read_all
-from data.shards import ShardWriter, csr_to_dense, dense_to_csr, read_shard, write_shard
-from data.staging import StagingDir
+from unsuperpose.data import files
+from unsuperpose.data.errors import ShardError
+from unsuperpose.data.manifest import verify_instance
+from unsuperpose.data.rows import read_all
+from unsuperpose.data.shards import ShardWriter, csr_to_dense, dense_to_csr, read_shard, write_shard
+from unsuperpose.data.staging import StagingDir
 
 
 def _rows(n=1000, d=6, n_features=9, seed=0):

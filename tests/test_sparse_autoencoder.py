@@ -8,13 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from data.planted import planted_problem
-from evaluate.metrics import mmcs
-from sae.base import rows_to_columns
-from sae.losses import auxk_loss, decoder_weighted_l1, reconstruction_mse, tilted_mse
-from sae.sae_estimators import L1SAE, BatchTopKSAE, TopKSAE, geometric_median, lr_multiplier
-from sae.sae_module import SparseAutoencoder
-from sae.saelens_export import SAELENS_CFG_FILE, SAELENS_WEIGHTS_FILE
+from unsuperpose.data.planted import planted_problem
+from unsuperpose.evaluate.metrics import mmcs
+from unsuperpose.sae.base import rows_to_columns
+from unsuperpose.sae.losses import auxk_loss, decoder_weighted_l1, reconstruction_mse, tilted_mse
+from unsuperpose.sae.sae_estimators import L1SAE, BatchTopKSAE, TopKSAE, geometric_median, lr_multiplier
+from unsuperpose.sae.sae_module import SparseAutoencoder
+from unsuperpose.sae.saelens_export import SAELENS_CFG_FILE, SAELENS_WEIGHTS_FILE
 
 
 def hand_set(activation: str = "relu", k: int | None = None) -> SparseAutoencoder:

@@ -5,28 +5,34 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import generate.pipeline
-import sae.pipeline
-from data import files
-from evaluate.pipeline import METRICS_FILE
-from evaluate.sweep import GridError, load_grid
-from evaluate.sweep.aggregate import AGGREGATE_CSV, SUMMARY_FILE, group_stats, metric_columns, read_csv
-from evaluate.sweep.cli import main
-from evaluate.sweep.counting import (
+import unsuperpose.generate.pipeline
+import unsuperpose.sae.pipeline
+from unsuperpose.data import files
+from unsuperpose.evaluate.pipeline import METRICS_FILE
+from unsuperpose.evaluate.sweep import GridError, load_grid
+from unsuperpose.evaluate.sweep.aggregate import (
+    AGGREGATE_CSV,
+    SUMMARY_FILE,
+    group_stats,
+    metric_columns,
+    read_csv,
+)
+from unsuperpose.evaluate.sweep.cli import main
+from unsuperpose.evaluate.sweep.counting import (
     COUNTING_CSV,
     COUNTING_FIGURE,
     consecutive_mmcs_estimate,
     dead_latent_estimate,
     knee_estimate,
 )
-from evaluate.sweep.figures import (
+from unsuperpose.evaluate.sweep.figures import (
     DICT_RATIO_FIGURE,
     FRONTIER_FIGURE,
     PHASE_FIGURE,
     PROBABILITY_FIGURE,
     pareto_front,
 )
-from evaluate.sweep.runner import ERROR_FILE, GENERATE_MARKER, POINT_MARKER, point_dir
+from unsuperpose.evaluate.sweep.runner import ERROR_FILE, GENERATE_MARKER, POINT_MARKER, point_dir
 
 # 2 feature probabilities x 2 dictionary ratios: 4 points over 2 generate runs
 BASE = {"generate": {"n_features": 6, "d_hidden": 3, "steps": 100, "batch_size": 256,
@@ -71,10 +77,10 @@ def swept(tmp_path_factory):
     grid, sweep_dir = write_grid(root / "grid.json"), root / "out"
     out = {"grid": grid, "sweep_dir": sweep_dir}
     with pytest.MonkeyPatch.context() as mp:
-        gen = Counting(generate.pipeline.run_generate)
-        fit = Counting(sae.pipeline.run_sae, fail={1, 3})
-        mp.setattr(generate.pipeline, "run_generate", gen)
-        mp.setattr(sae.pipeline, "run_sae", fit)
+        gen = Counting(unsuperpose.generate.pipeline.run_generate)
+        fit = Counting(unsuperpose.sae.pipeline.run_sae, fail={1, 3})
+        mp.setattr(unsuperpose.generate.pipeline, "run_generate", gen)
+        mp.setattr(unsuperpose.sae.pipeline, "run_sae", fit)
         out["crashed"] = _invoke(grid, sweep_dir, "--workers", "1")
         out["after_crash"] = _markers(sweep_dir)
         out["errors"] = [e.read_text() for e in sorted(sweep_dir.glob(f"points/*/{ERROR_FILE}"))]

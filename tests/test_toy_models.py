@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from data.distributions import FeatureDistribution
-from generate.train import lr_at, train_toy_models
-from models import ToyModel, feature_dimensionality, hidden_responses
+from unsuperpose.data.distributions import FeatureDistribution
+from unsuperpose.generate.train import lr_at, train_toy_models
+from unsuperpose.models import ToyModel, feature_dimensionality, hidden_responses
 
 
 def _train(kind: str, p: float, steps: int = 2000):
@@ -97,8 +97,8 @@ def test_lr_schedule_decays_from_lr_to_five_percent():
 
 @pytest.mark.slow
 def test_default_config_sparsest_instance_represents_over_1_5_d_hidden():
-    from generate.config import GenerateConfig
-    from generate.pipeline import distribution
+    from unsuperpose.generate.config import GenerateConfig
+    from unsuperpose.generate.pipeline import distribution
 
     cfg = GenerateConfig()
     assert len(cfg.feature_probability) >= 5

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from data.configs import ConfigError
-from data.planted import planted_problem
-from evaluate.metrics import mmcs
-from sae.config import SAEStageConfig
-from sae.fit_schedule import fit_sparsity
-from sae.methods import build
-from sae.mod import MOD
-from sae.sae_estimators import MatryoshkaSAE
-from sae.warm_start import matryoshka_atoms
+from unsuperpose.data.configs import ConfigError
+from unsuperpose.data.planted import planted_problem
+from unsuperpose.evaluate.metrics import mmcs
+from unsuperpose.sae.config import SAEStageConfig
+from unsuperpose.sae.fit_schedule import fit_sparsity
+from unsuperpose.sae.methods import build
+from unsuperpose.sae.mod import MOD
+from unsuperpose.sae.sae_estimators import MatryoshkaSAE
+from unsuperpose.sae.warm_start import matryoshka_atoms
 
 
 def test_the_fit_k_cap_is_d_over_2_ln_n_or_a_fraction_of_d():
@@ -64,8 +64,8 @@ def test_a_bad_warm_start_setting_is_refused_by_name(field, value):
 
 
 def test_every_registered_method_is_a_choice_of_the_methods_option():
-    from sae.config import METHOD_NAMES
-    from sae.methods import METHODS
+    from unsuperpose.sae.config import METHOD_NAMES
+    from unsuperpose.sae.methods import METHODS
 
     assert METHOD_NAMES == tuple(METHODS)
 
@@ -77,8 +77,8 @@ def test_the_sae_command_fits_matryoshka_mod_with_its_cap_from_the_command_line(
 
     from click.testing import CliRunner
 
-    from data import files
-    from sae.cli import main
+    from unsuperpose.data import files
+    from unsuperpose.sae.cli import main
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns(files.SAE_DIR))

@@ -9,9 +9,9 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from data import files
-from data.configs import ConfigError
-from data.firing import (
+from unsuperpose.data import files
+from unsuperpose.data.configs import ConfigError
+from unsuperpose.data.firing import (
     Correlation,
     Hierarchy,
     copula_fires,
@@ -19,11 +19,11 @@ from data.firing import (
     probability_schedule,
     random_correlation,
 )
-from data.rows import read_all
-from data.worlds import PRESETS, World, WorldDistribution, preset, spread_directions
-from evaluate.metrics import interference
-from generate.cli import main
-from generate.config import GenerateConfig
+from unsuperpose.data.rows import read_all
+from unsuperpose.data.worlds import PRESETS, World, WorldDistribution, preset, spread_directions
+from unsuperpose.evaluate.metrics import interference
+from unsuperpose.generate.cli import main
+from unsuperpose.generate.config import GenerateConfig
 
 
 def _gen(seed=0):
@@ -353,10 +353,10 @@ def test_bad_world_values_name_the_field():
 
 @pytest.mark.slow
 def test_toy_model_view_and_report_give_each_instances_interference(tmp_path):
-    from evaluate.config import EvaluateConfig
-    from evaluate.inputs import read_instance
-    from evaluate.pipeline import Evaluation, InstanceResult, toy_model_view
-    from evaluate.report import render_report
+    from unsuperpose.evaluate.config import EvaluateConfig
+    from unsuperpose.evaluate.inputs import read_instance
+    from unsuperpose.evaluate.pipeline import Evaluation, InstanceResult, toy_model_view
+    from unsuperpose.evaluate.report import render_report
 
     result = CliRunner().invoke(main, ["--world", "simple", "--rows", "600", "--heldout-rows", "300",
                                        "--device", "cpu", "--run-dir", str(tmp_path)])

@@ -1,3 +1,3 @@
-from evaluate.sweep.cli import main
+from unsuperpose.evaluate.sweep.cli import main
 
-main(prog_name="python -m evaluate.sweep")
+main(prog_name="python -m unsuperpose.evaluate.sweep")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from data import files
-from data.files import read_csv  # noqa: F401 (an alias, for importers: reads aggregate.csv back)
-from evaluate.sweep.counting import counting_table
-from evaluate.sweep.grid import SEED_AXIS, Grid
-from evaluate.sweep.runner import is_done, metrics_problem, point_dir
+from unsuperpose.data import files
+from unsuperpose.data.files import read_csv  # noqa: F401 (an alias, for importers: reads aggregate.csv back)
+from unsuperpose.evaluate.sweep.counting import counting_table
+from unsuperpose.evaluate.sweep.grid import SEED_AXIS, Grid
+from unsuperpose.evaluate.sweep.runner import is_done, metrics_problem, point_dir
 
 AGGREGATE_CSV, SUMMARY_FILE = files.AGGREGATE_CSV, files.SUMMARY_FILE  # aliases, for importers
 # the metrics carried into the table (recovered_<t> for every threshold come after these)
@@ -22,7 +22,7 @@ ID_COLUMNS = ("point", "instance", "method", "feature_probability", "dict_ratio"
 
 
 def recovered_columns(grid: Grid) -> list[str]:
-    from evaluate.scoring import recovered_key
+    from unsuperpose.evaluate.scoring import recovered_key
 
     thresholds = sorted({t for p in grid.points for t in p.configs["evaluate"].thresholds})
     return [recovered_key(t) for t in thresholds]
@@ -142,7 +142,7 @@ def write_aggregate(grid: Grid, sweep_dir: str | Path, status: dict | None = Non
     """Write `<sweep_dir>/aggregate.csv`, `figures/*.png` and `summary.md` from the finished
     points of `grid`; returns the table's rows. The notes of `status` go into summary.md,
     with those of the aggregate (points left out), which are also echoed."""
-    from evaluate.sweep.figures import save_sweep_figures
+    from unsuperpose.evaluate.sweep.figures import save_sweep_figures
 
     sweep_dir = Path(sweep_dir)
     notes = list((status or {}).get("notes", ()))
@@ -162,8 +162,8 @@ def write_aggregate(grid: Grid, sweep_dir: str | Path, status: dict | None = Non
 def write_counting(grid: Grid, rows: list[dict], sweep_dir: Path, figures: list[str]) -> list[dict]:
     """Where the grid sweeps dictionary size: counting.csv and the counting figure (appended
     to `figures`); returns the estimator records."""
-    from evaluate.figures import plt
-    from evaluate.sweep.counting import ESTIMATORS, count_features, counting_table, plot_counting
+    from unsuperpose.evaluate.figures import plt
+    from unsuperpose.evaluate.sweep.counting import ESTIMATORS, count_features, counting_table, plot_counting
 
     figure = sweep_dir / files.FIGURES_DIR / files.COUNTING_FIGURE
     figure.unlink(missing_ok=True)

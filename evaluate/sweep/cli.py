@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from evaluate.sweep.runner import BACKENDS
+from unsuperpose.evaluate.sweep.runner import BACKENDS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -35,10 +35,10 @@ def main(grid_file, sweep_dir, backend, workers, threads, ray_address, dry_run):
     SWEEP_DIR/points/<hash>/, skipping the points already finished, then write
     SWEEP_DIR/aggregate.csv, summary.md and figures/. One sweep at a time works in a
     SWEEP_DIR; a second one is refused."""
-    from evaluate.sweep.aggregate import AGGREGATE_CSV, write_aggregate
-    from evaluate.sweep.grid import GridError, load_grid
-    from evaluate.sweep.guard import SweepBusy, sweep_lock
-    from evaluate.sweep.runner import POINT_MARKER, is_done, metrics_problem, point_dir, run_sweep
+    from unsuperpose.evaluate.sweep.aggregate import AGGREGATE_CSV, write_aggregate
+    from unsuperpose.evaluate.sweep.grid import GridError, load_grid
+    from unsuperpose.evaluate.sweep.guard import SweepBusy, sweep_lock
+    from unsuperpose.evaluate.sweep.runner import POINT_MARKER, is_done, metrics_problem, point_dir, run_sweep
 
     try:
         grid = load_grid(grid_file)
@@ -59,7 +59,7 @@ def main(grid_file, sweep_dir, backend, workers, threads, ray_address, dry_run):
             click.echo(f"{folder.name} {state} {point.values}")
         return
     if workers == 1 and backend == "local":
-        from data.cli import set_cpu_threads
+        from unsuperpose.data.cli import set_cpu_threads
 
         set_cpu_threads(threads)
     try:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data import files
-from evaluate.sweep.grid import Grid
+from unsuperpose.data import files
+from unsuperpose.evaluate.sweep.grid import Grid
 
 SIZE_AXES = ("sae.dict_ratio", "sae.n_components")
 COUNTING_CSV, COUNTING_FIGURE = files.COUNTING_CSV, files.COUNTING_FIGURE  # aliases, for importers
@@ -69,7 +69,7 @@ def curves(grid: Grid, rows: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def _components(sweep_dir: Path, row: dict) -> np.ndarray:
-    from sae import load
+    from unsuperpose.sae import load
 
     point = Path(sweep_dir) / files.SWEEP_POINTS_DIR / row["point"]
     folder = files.sae_dir(point, row["instance"], row["method"])
@@ -79,7 +79,7 @@ def _components(sweep_dir: Path, row: dict) -> np.ndarray:
 def count_features(grid: Grid, rows: list[dict], sweep_dir: Path) -> list[dict]:
     """One record per curve: the true count (represented directions), every estimate, and the
     per-size values the figure draws."""
-    from evaluate.metrics import mmcs
+    from unsuperpose.evaluate.metrics import mmcs
 
     if not any(axis in grid.columns for axis in SIZE_AXES):
         return []
@@ -103,7 +103,7 @@ def count_features(grid: Grid, rows: list[dict], sweep_dir: Path) -> list[dict]:
 def plot_counting(records: list[dict]):
     """Three panels against dictionary size: dead latents, FVU, MMCS with the next size; a line
     per curve in its method's colour, stars at the estimates, dotted lines at the true counts."""
-    from evaluate.figures import method_style, plt
+    from unsuperpose.evaluate.figures import method_style, plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     fig.subplots_adjust(left=0.06, right=0.86, bottom=0.16, top=0.84, wspace=0.3)

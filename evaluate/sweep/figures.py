@@ -10,10 +10,10 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from data import files
-from evaluate.figures import DPI, method_style, plt
-from evaluate.sweep.aggregate import group_stats, recovered_columns, setting_columns
-from evaluate.sweep.grid import Grid
+from unsuperpose.data import files
+from unsuperpose.evaluate.figures import DPI, method_style, plt
+from unsuperpose.evaluate.sweep.aggregate import group_stats, recovered_columns, setting_columns
+from unsuperpose.evaluate.sweep.grid import Grid
 
 SWEEP_FIGURES = (files.SWEEP_PROBABILITY_FIGURE, files.SWEEP_PHASE_FIGURE,
                  files.SWEEP_DICT_RATIO_FIGURE, files.SWEEP_FRONTIER_FIGURE)

@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.configs import ConfigError
+from unsuperpose.data.configs import ConfigError
 
 STAGES = ("generate", "sae", "evaluate")
 SEED_AXIS = "seed"
@@ -37,9 +37,9 @@ class GridError(ValueError):
 
 
 def stage_classes() -> dict[str, type]:
-    from evaluate.config import EvaluateConfig
-    from generate.config import GenerateConfig
-    from sae.config import SAEStageConfig
+    from unsuperpose.evaluate.config import EvaluateConfig
+    from unsuperpose.generate.config import GenerateConfig
+    from unsuperpose.sae.config import SAEStageConfig
 
     return {"generate": GenerateConfig, "sae": SAEStageConfig, "evaluate": EvaluateConfig}
 

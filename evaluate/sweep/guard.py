@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from data import files
+from unsuperpose.data import files
 
 try:
     import fcntl

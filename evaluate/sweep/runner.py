@@ -39,9 +39,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from data import files
-from evaluate.sweep.grid import Grid, Point
-from evaluate.sweep.guard import init_worker, sweep_lock
+from unsuperpose.data import files
+from unsuperpose.evaluate.sweep.grid import Grid, Point
+from unsuperpose.evaluate.sweep.guard import init_worker, sweep_lock
 
 # aliases of the data.files names, for the modules that import them from here
 POINT_MARKER, GENERATE_MARKER, ERROR_FILE = (files.POINT_MARKER, files.GENERATE_MARKER,
@@ -127,8 +127,8 @@ def _staged(folder: Path):
 
 
 def run_generate_task(task: dict) -> None:
-    from generate.config import GenerateConfig
-    from generate.pipeline import run_generate
+    from unsuperpose.generate.config import GenerateConfig
+    from unsuperpose.generate.pipeline import run_generate
 
     folder = Path(task["folder"])
     config = GenerateConfig.from_dict(task["configs"]["generate"])
@@ -139,10 +139,10 @@ def run_generate_task(task: dict) -> None:
 
 
 def run_point_task(task: dict) -> None:
-    from evaluate.config import EvaluateConfig
-    from evaluate.pipeline import run_evaluate
-    from sae.config import SAEStageConfig
-    from sae.pipeline import run_sae
+    from unsuperpose.evaluate.config import EvaluateConfig
+    from unsuperpose.evaluate.pipeline import run_evaluate
+    from unsuperpose.sae.config import SAEStageConfig
+    from unsuperpose.sae.pipeline import run_sae
 
     folder = Path(task["folder"])
     started = time.perf_counter()

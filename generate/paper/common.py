@@ -15,11 +15,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from data import files  # noqa: E402
-from data.distributions import FeatureDistribution  # noqa: E402
-from data.safetensors_io import safetensors_bytes  # noqa: E402
-from generate.train import train_toy_models  # noqa: E402
-from models.toy import ToyModel  # noqa: E402
+from unsuperpose.data import files  # noqa: E402
+from unsuperpose.data.distributions import FeatureDistribution  # noqa: E402
+from unsuperpose.data.safetensors_io import safetensors_bytes  # noqa: E402
+from unsuperpose.generate.train import train_toy_models  # noqa: E402
+from unsuperpose.models.toy import ToyModel  # noqa: E402
 
 REPRESENTED_NORM = 0.5
 """A feature is represented when its column ||W_i|| exceeds this (the paper's figures)."""

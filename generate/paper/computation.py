@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from generate.paper.common import (
+from unsuperpose.generate.paper.common import (
     Check,
     Echo,
     Section,
@@ -22,8 +22,8 @@ from generate.paper.common import (
     sparsity_label,
     train_grid,
 )
-from generate.paper.config import PaperConfig
-from generate.paper.privileged import neuron_kinds
+from unsuperpose.generate.paper.config import PaperConfig
+from unsuperpose.generate.paper.privileged import neuron_kinds
 
 N, M, DECAY = 100, 40, 0.8
 PROBABILITIES = (1.0, 0.1, 0.01)  # S = 0, 0.9, 0.99

@@ -1,10 +1,10 @@
-"""The resolved configuration of `python -m generate.paper`; what `<out>/config.json` records."""
+"""The resolved configuration of `unsuperpose paper`; what `<out>/config.json` records."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from data.configs import ConfigError, JSONConfig, check_number
+from unsuperpose.data.configs import ConfigError, JSONConfig, check_number
 
 DEVICES = ("auto", "cpu", "cuda")
 CPU_INSTANCES, CUDA_INSTANCES = 20, 100
@@ -81,7 +81,7 @@ class PaperConfig(JSONConfig):
 
     def resolved(self) -> "PaperConfig":
         """The device named (cpu or cuda) and the instance count filled in."""
-        from data.environment import resolve_device
+        from unsuperpose.data.environment import resolve_device
 
         device = resolve_device(self.device).type
         instances = self.instances or (CUDA_INSTANCES if device == "cuda" else CPU_INSTANCES)

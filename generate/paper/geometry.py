@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from generate.paper.common import (
+from unsuperpose.generate.paper.common import (
     STICKY_FRACTIONS,
     Check,
     Echo,
@@ -22,8 +22,8 @@ from generate.paper.common import (
     save_tensors,
     train_grid,
 )
-from generate.paper.config import PaperConfig
-from models.ground_truth import feature_dimensionality
+from unsuperpose.generate.paper.config import PaperConfig
+from unsuperpose.models.ground_truth import feature_dimensionality
 
 MAX_INVERSE_DENSITY = 1000.0  # S up to 0.999
 PLATEAU = (0.45, 0.55)  # m / ||W||_F^2 counted as "at 1/2"

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from generate.paper.common import (
+from unsuperpose.generate.paper.common import (
     Check,
     Echo,
     Section,
@@ -23,7 +23,7 @@ from generate.paper.common import (
     sparsity_label,
     train_grid,
 )
-from generate.paper.config import PaperConfig
+from unsuperpose.generate.paper.config import PaperConfig
 
 N, M, DECAY = 5, 2, 0.9
 PROBABILITIES = (1.0, 0.3, 0.2, 0.1, 0.05)  # S = 0, 0.7, 0.8, 0.9, 0.95

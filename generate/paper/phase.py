@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from matplotlib.colors import BoundaryNorm, ListedColormap
 
-from generate.paper.common import (
+from unsuperpose.generate.paper.common import (
     Check,
     Echo,
     Section,
@@ -26,7 +26,7 @@ from generate.paper.common import (
     train_grid,
     SUPERPOSITION_INTERFERENCE,
 )
-from generate.paper.config import PaperConfig
+from unsuperpose.generate.paper.config import PaperConfig
 
 NOT_REPRESENTED, DEDICATED, SUPERPOSITION = 0, 1, 2
 CLASSES = ("not represented", "dedicated dimension", "superposition")

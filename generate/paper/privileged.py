@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from generate.paper.common import (
+from unsuperpose.generate.paper.common import (
     Check,
     Echo,
     Section,
@@ -19,7 +19,7 @@ from generate.paper.common import (
     sparsity_label,
     train_grid,
 )
-from generate.paper.config import PaperConfig
+from unsuperpose.generate.paper.config import PaperConfig
 
 N, M, DECAY = 10, 5, 0.75
 PROBABILITIES = (1.0, 0.3, 0.1, 0.03, 0.01, 0.001)

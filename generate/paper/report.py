@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from data import files
-from data.environment import environment
-from data.staging import StagingDir, recover
-from generate.paper import computation, geometry, intro, phase, privileged, sparsity
-from generate.paper.common import Echo, Section
-from generate.paper.config import PaperConfig
+from unsuperpose.data import files
+from unsuperpose.data.environment import environment
+from unsuperpose.data.staging import StagingDir, recover
+from unsuperpose.generate.paper import computation, geometry, intro, phase, privileged, sparsity
+from unsuperpose.generate.paper.common import Echo, Section
+from unsuperpose.generate.paper.config import PaperConfig
 
 SECTIONS = (intro, sparsity, phase, geometry, privileged, computation)
 PAPER = ("Elhage et al. (2022), Toy Models of Superposition, "
@@ -37,7 +37,7 @@ def cached(out: Path, config: PaperConfig) -> dict | None:
 
 def report_text(config: PaperConfig, sections: list[Section], env: dict, seconds: float) -> str:
     lines = ["# Toy Models of Superposition, reproduced", "",
-             f"The paper: {PAPER}. Every figure below was trained by `python -m generate.paper` "
+             f"The paper: {PAPER}. Every figure below was trained by `unsuperpose paper` "
              f"(seed {config.seed}, device {config.device}, {seconds:.0f} s; unsuperpose "
              f"{env['unsuperpose']}, commit {env['git_commit'] or 'none'}"
              f"{' (dirty)' if env['git_dirty'] else ''}, torch {env['torch']}). The resolved "

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from matplotlib.gridspec import GridSpec
 
-from generate.paper.common import (
+from unsuperpose.generate.paper.common import (
     Check,
     Echo,
     Section,
@@ -26,7 +26,7 @@ from generate.paper.common import (
     sparsity_label,
     train_grid,
 )
-from generate.paper.config import PaperConfig
+from unsuperpose.generate.paper.config import PaperConfig
 
 N, M, DECAY = 20, 5, 0.7
 PROBABILITIES = (1.0, 0.3, 0.1, 0.03, 0.01, 0.001)  # S = 0, 0.7, 0.9, 0.97, 0.99, 0.999

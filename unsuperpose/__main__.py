@@ -1,0 +1,3 @@
+from unsuperpose.cli import main
+
+main(prog_name="python -m unsuperpose")
