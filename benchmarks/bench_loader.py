@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from unsuperpose.data import files  # noqa: E402
 from unsuperpose.data.loader import iter_batches, load_activations, stream_activations  # noqa: E402
 from unsuperpose.data.rows import iter_shards  # noqa: E402
-from unsuperpose.data.shards import ShardWriter  # noqa: E402
+from unsuperpose.data.shard_writer import ShardWriter  # noqa: E402
 
 
 def rows_per_s(fn, rows: int) -> float:

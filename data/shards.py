@@ -3,7 +3,8 @@
 A shard holds `h` [rows, d] float32 and the true feature values of the same rows as CSR
 (`x_indptr` [rows + 1] int64, `x_indices` [nnz] int64, `x_values` [nnz] float32). Readers
 memory-map the tensors (data/safetensors_io.py), so no shard is copied into memory until its
-rows are used. The instance's manifest (data/manifest.py) lists every shard with its sha256.
+rows are used. The instance's manifest (data/manifest.py) lists every shard with its sha256;
+data/shard_writer.py cuts a stream of rows into shards and writes that manifest.
 """
 from __future__ import annotations
 
@@ -77,49 +78,3 @@ def read_shard(path: str | os.PathLike, d: int | None = None) -> dict[str, np.nd
     if indptr.shape != (h.shape[0] + 1,) or len(tensors[files.X_INDICES]) != len(tensors[files.X_VALUES]):
         raise ShardError(f"{path}: CSR arrays do not fit h of {h.shape[0]} rows")
     return tensors
-
-
-# ---- writing many ---------------------------------------------------------------------------
-class ShardWriter:
-    """Cut a stream of (h, x) batches into shards of `rows_per_shard` under
-    `instance_dir/<subdir>` (activations/ for the training split, heldout/ for the other)."""
-
-    def __init__(self, instance_dir: str | os.PathLike, d: int, n_features: int,
-                 rows_per_shard: int, subdir: str = files.ACTIVATIONS_DIR):
-        if rows_per_shard < 1:
-            raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
-        self.dir = Path(instance_dir)
-        self.subdir = subdir
-        self.d, self.n_features, self.rows_per_shard = d, n_features, rows_per_shard
-        self.entries: list[dict] = []
-        self._h: list[torch.Tensor] = []
-        self._x: list[torch.Tensor] = []
-        self._pending = 0
-
-    def add(self, h: torch.Tensor, x: torch.Tensor) -> None:
-        """h: [rows, d], x: [rows, n_features] (dense, any device)."""
-        self._h.append(h.detach().to("cpu", torch.float32))
-        self._x.append(x.detach().to("cpu", torch.float32))
-        self._pending += h.shape[0]
-        while self._pending >= self.rows_per_shard:
-            self._flush(self.rows_per_shard)
-
-    def _flush(self, rows: int) -> None:
-        h, x = torch.cat(self._h), torch.cat(self._x)
-        self._h, self._x = [h[rows:]], [x[rows:]]
-        self._pending -= rows
-        name = files.shard_name(len(self.entries))
-        entry = write_shard(self.dir / self.subdir / name, h[:rows].numpy(), dense_to_csr(x[:rows]))
-        self.entries.append({"file": f"{self.subdir}/{name}", **entry})
-
-    def finish(self) -> list[dict]:
-        """Flush the remainder; returns the manifest entries of the shards written."""
-        if self._pending:
-            self._flush(self._pending)
-        return self.entries
-
-    def close(self, **manifest_fields) -> dict:
-        """Flush the remainder and write manifest.json; returns the manifest."""
-        from unsuperpose.data.manifest import write_manifest
-
-        return write_manifest(self.dir, self.d, self.n_features, self.finish(), **manifest_fields)

@@ -8,7 +8,6 @@ diverging maps (cosines, W^T W) are RdBu centred on 0, sequential ones cividis.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -20,11 +19,9 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from unsuperpose.data import files  # noqa: E402
 from unsuperpose.evaluate import metrics as gm  # noqa: E402
+from unsuperpose.evaluate.evaluation import Evaluation  # noqa: E402
 from unsuperpose.evaluate.oracle import ORACLE, unit_rows  # noqa: E402
 from unsuperpose.evaluate.scoring import recovered_key  # noqa: E402
-
-if TYPE_CHECKING:
-    from unsuperpose.evaluate.pipeline import Evaluation
 
 # Okabe-Ito without its yellow, which is faint on white
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#000000", "#56B4E9"]
@@ -225,7 +222,7 @@ def plot_cosine_matrices(G: np.ndarray, atoms: dict[str, np.ndarray], title: str
     return fig
 
 
-def save_figures(ev: "Evaluation", folder: Path) -> dict[str, str]:
+def save_figures(ev: Evaluation, folder: Path) -> dict[str, str]:
     """Draw and write every figure of `ev` under `folder`; returns {key: file name}, keys
     'headline', 'dimensionality', 'recovery_vs_dimensionality', '<instance>/toy_model',
     '<instance>/cosine'."""

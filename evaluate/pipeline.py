@@ -6,9 +6,7 @@ failed run leaves the previous evaluation as it was.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -21,8 +19,11 @@ from unsuperpose.data.manifest import read_manifest
 from unsuperpose.data.errors import StageInputError
 from unsuperpose.data.staging import stage_transaction
 from unsuperpose.evaluate import metrics as gm
+from unsuperpose.evaluate import report  # render_report looked up when called: tests stub it
 from unsuperpose.evaluate.config import EvaluateConfig
-from unsuperpose.evaluate.external import is_external
+from unsuperpose.evaluate.evaluation import Evaluation, InstanceResult
+from unsuperpose.evaluate.external import DecoderDictionary, check_width, is_external, load_external
+from unsuperpose.evaluate.figures import save_figures
 from unsuperpose.evaluate.inputs import (
     Instance,
     check_dictionary,
@@ -32,97 +33,11 @@ from unsuperpose.evaluate.inputs import (
     registry_order,
     sae_stage_config,
 )
-from unsuperpose.evaluate.scoring import Scores, score_dictionary
+from unsuperpose.evaluate.oracle import ORACLE, f1_vs_oracle, oracle_k, score_oracle
+from unsuperpose.evaluate.scoring import score_dictionary
 
 # aliases of the data.files names, for the modules that import them from here (evaluate.cli)
 REPORT_FILE, METRICS_FILE = files.REPORT_FILE, files.METRICS_FILE
-
-
-@dataclass
-class InstanceResult:
-    """One instance's inputs and every score of its dictionaries."""
-
-    instance: Instance
-    view: dict[str, float]                       # the toy model's own view
-    scores: dict[str, Scores] = field(default_factory=dict)
-    atoms: dict[str, np.ndarray] = field(default_factory=dict)
-    fit_rows: dict[str, int] = field(default_factory=dict)
-    devices: set[str] = field(default_factory=set)   # where the transforms ran
-    oracle: Scores | None = None                     # the true directions as a dictionary
-
-    @property
-    def probability(self) -> float:
-        """The instance's mean feature firing probability (1 - S)."""
-        return float(self.instance.gt[files.GT_PROBABILITY].mean())
-
-
-@dataclass
-class Evaluation:
-    """Everything the report and the figures are drawn from."""
-
-    run_dir: Path
-    config: EvaluateConfig
-    results: list[InstanceResult]
-    notes: list[dict]                            # {"instance", "method", "note"}
-    methods: list[str]                           # every scored method, in registry order,
-                                                 # then the external ones (ext:NAME)
-    externals: list = field(default_factory=list)   # evaluate.external dictionaries, as given
-
-    def records(self) -> list[dict]:
-        """One record per instance x method x metric (x feature for per-feature metrics);
-        the oracle's as method "oracle"; a note as metric "skipped" or "error" (its kind)."""
-        from unsuperpose.evaluate.oracle import ORACLE
-
-        out = []
-        for res in self.results:
-            inst = res.instance
-            out += [_record(inst.id, None, k, v) for k, v in res.view.items()]
-            gt = inst.gt
-            for g in range(len(gt[files.GT_DIRECTIONS])):
-                f, s = int(gt[files.GT_FEATURE_INDEX][g]), int(gt[files.GT_SIGN][g])
-                out += [_record(inst.id, None, k, v, f, s) for k, v in (
-                    ("importance", gt[files.GT_IMPORTANCE][f]),
-                    ("probability", gt[files.GT_PROBABILITY][f]),
-                    ("dimensionality", gt[files.GT_DIMENSIONALITY][g]),
-                    ("norm", gt[files.GT_NORMS][g]),
-                    ("represented", gt[files.GT_REPRESENTED][g]))]
-            index = gt[files.GT_FEATURE_INDEX][inst.represented]
-            sign = gt[files.GT_SIGN][inst.represented]
-            scored = dict(res.scores)
-            if res.oracle is not None:
-                scored[ORACLE] = res.oracle
-            for method, sc in scored.items():
-                out += [_record(inst.id, method, k, v) for k, v in sc.scalars.items()]
-                for k, values in sc.per_feature.items():
-                    out += [_record(inst.id, method, f"feature_{k}", v, int(f), int(s))
-                            for v, f, s in zip(values, index, sign)]
-        # a dictionary that could not be loaded or applied is an "error", anything else left
-        # out (a mismatched dictionary, an instance without represented features) "skipped"
-        for n in self.notes:
-            out.append(_record(n["instance"], n["method"], n.get("kind", "skipped"), None,
-                               note=n["note"]))
-            if n.get("folder"):
-                out[-1]["folder"] = n["folder"]
-        return out
-
-
-def _clean(value):
-    """JSON-safe: numpy scalars to Python, NaN/inf to None."""
-    if value is None:
-        return None
-    value = value.item() if hasattr(value, "item") else value
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _record(instance, method, metric, value, feature=None, sign=None, note=None) -> dict:
-    rec = {"instance": instance, "method": method, "metric": metric, "value": _clean(value)}
-    if feature is not None:
-        rec.update(feature=feature, sign=sign)
-    if note is not None:
-        rec["note"] = note
-    return rec
 
 
 def toy_model_view(inst: Instance) -> dict[str, float]:
@@ -155,8 +70,6 @@ def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config:
     """Score the stage's dictionaries of one instance, then the external ones; `stage` is
     what sae/config.json says of the instance ({"k", "target_l0"}): a bare external decoder
     is coded at that k, and every external is compared at that target L0."""
-    from unsuperpose.evaluate.external import DecoderDictionary
-    from unsuperpose.evaluate.oracle import ORACLE, f1_vs_oracle, oracle_k, score_oracle
     from unsuperpose.sae import load
 
     res = InstanceResult(inst, toy_model_view(inst))
@@ -240,7 +153,6 @@ def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config:
 def evaluate_run(config: EvaluateConfig, run_dir: str | Path,
                  progress: Callable | None = None) -> Evaluation:
     """Read and score a run (no writing)."""
-    from unsuperpose.evaluate.external import check_width, load_external
     from unsuperpose.sae import METHODS
 
     progress = progress or silent_progress
@@ -310,9 +222,6 @@ def _stage_facts(sae_config: dict) -> dict[str, dict]:
 def run_evaluate(config: EvaluateConfig, run_dir: str | Path, progress: Callable | None = None,
                  echo: Callable[[str], None] = lambda s: None) -> Path:
     """Score the run and write `<run_dir>/evaluate/`; returns that folder."""
-    from unsuperpose.evaluate.figures import save_figures
-    from unsuperpose.evaluate.report import render_report
-
     started = time.perf_counter()
     out = files.evaluate_dir(run_dir)
     with stage_transaction(run_dir, files.EVALUATE_DIR, f"evaluate --run-dir {run_dir}",
@@ -326,7 +235,7 @@ def run_evaluate(config: EvaluateConfig, run_dir: str | Path, progress: Callable
             "methods": ev.methods, "instances": [r.instance.id for r in ev.results],
             "records": records})
         files.write_csv(stage / files.METRICS_CSV, records, files.METRICS_CSV_COLUMNS)
-        (stage / files.REPORT_FILE).write_text(render_report(ev, figures))
+        (stage / files.REPORT_FILE).write_text(report.render_report(ev, figures))
         files.atomic_write_json(stage / files.CONFIG_FILE, {
             "stage": "evaluate", "config": config.to_dict(),
             "config_sha256": files.config_sha256(config.to_dict()), "run_dir": str(ev.run_dir),

@@ -5,16 +5,13 @@ dictionaries' k, see evaluate/oracle.py), in italics: a reference, never ranked 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from unsuperpose.data import files
+from unsuperpose.evaluate.evaluation import Evaluation
 from unsuperpose.evaluate.oracle import ORACLE
 from unsuperpose.evaluate.scoring import metric_info, recovered_key
-
-if TYPE_CHECKING:
-    from unsuperpose.evaluate.pipeline import Evaluation
 
 # the columns of the comparison and instance tables (every metric is in metrics.csv)
 TABLE_METRICS = ("mmcs", "mmcs_abs", "matched_cos", "{recovered}", "mcc", "uniqueness", "f1",
@@ -89,7 +86,7 @@ def _italic(cell: str) -> str:
     return cell if cell == "–" else f"*{cell}*"
 
 
-def method_means(ev: "Evaluation", metrics: list[str]) -> tuple[dict, dict]:
+def method_means(ev: Evaluation, metrics: list[str]) -> tuple[dict, dict]:
     """Per method, the mean over instances of each metric (NaN-skipping), and how many
     instances each method was scored on; the oracle (when scored) under ORACLE, last."""
     means, counts = {}, {}
@@ -124,7 +121,7 @@ def _off_target_text(r) -> str:
             + ": compare these at their own L0, not at the others'.") if off else ""
 
 
-def render_report(ev: "Evaluation", figures: dict[str, str]) -> str:
+def render_report(ev: Evaluation, figures: dict[str, str]) -> str:
     threshold = max(ev.config.thresholds)
     metrics = [m.format(recovered=recovered_key(threshold)) for m in TABLE_METRICS]
     if len(ev.config.thresholds) > 1:

@@ -19,7 +19,7 @@ from unsuperpose.data.distributions import FeatureDistribution
 from unsuperpose.data.environment import environment, resolve_device
 from unsuperpose.data.manifest import file_entry, write_manifest
 from unsuperpose.data.safetensors_io import safetensors_bytes
-from unsuperpose.data.shards import ShardWriter
+from unsuperpose.data.shard_writer import ShardWriter
 from unsuperpose.data.staging import stage_transaction
 from unsuperpose.data.worlds import WorldDistribution, spread_directions
 from unsuperpose.generate.config import GenerateConfig

@@ -962,7 +962,7 @@ def test_nonfinite_rows_past_the_rows_fitted_are_neither_read_nor_counted(tmp_pa
 
     from unsuperpose.data.manifest import read_manifest
     from unsuperpose.data.rows import take_rows
-    from unsuperpose.data.shards import ShardWriter
+    from unsuperpose.data.shard_writer import ShardWriter
     h = torch.ones(100, 3)
     h[60] = float("nan")
     writer = ShardWriter(tmp_path, d=3, n_features=2, rows_per_shard=100)

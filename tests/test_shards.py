@@ -9,7 +9,8 @@ from unsuperpose.data import files
 from unsuperpose.data.errors import ShardError
 from unsuperpose.data.manifest import verify_instance
 from unsuperpose.data.rows import read_all
-from unsuperpose.data.shards import ShardWriter, csr_to_dense, dense_to_csr, read_shard, write_shard
+from unsuperpose.data.shard_writer import ShardWriter
+from unsuperpose.data.shards import csr_to_dense, dense_to_csr, read_shard, write_shard
 from unsuperpose.data.staging import StagingDir
 
 

@@ -354,8 +354,9 @@ def test_bad_world_values_name_the_field():
 @pytest.mark.slow
 def test_toy_model_view_and_report_give_each_instances_interference(tmp_path):
     from unsuperpose.evaluate.config import EvaluateConfig
+    from unsuperpose.evaluate.evaluation import Evaluation, InstanceResult
     from unsuperpose.evaluate.inputs import read_instance
-    from unsuperpose.evaluate.pipeline import Evaluation, InstanceResult, toy_model_view
+    from unsuperpose.evaluate.pipeline import toy_model_view
     from unsuperpose.evaluate.report import render_report
 
     result = CliRunner().invoke(main, ["--world", "simple", "--rows", "600", "--heldout-rows", "300",

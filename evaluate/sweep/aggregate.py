@@ -6,40 +6,22 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 from unsuperpose.data import files
 from unsuperpose.data.files import read_csv  # noqa: F401 (an alias, for importers: reads aggregate.csv back)
-from unsuperpose.evaluate.sweep.counting import counting_table
-from unsuperpose.evaluate.sweep.grid import SEED_AXIS, Grid
+from unsuperpose.evaluate.figures import plt
+from unsuperpose.evaluate.sweep import figures as sweep_figures  # looked up when called: tests stub it
+from unsuperpose.evaluate.sweep.counting import ESTIMATORS, count_features, counting_table, plot_counting
+from unsuperpose.evaluate.sweep.grid import Grid
 from unsuperpose.evaluate.sweep.runner import is_done, metrics_problem, point_dir
+from unsuperpose.evaluate.sweep.table import (
+    group_stats,
+    metric_columns,
+    recovered_columns,
+    setting_columns,
+    table_columns,
+)
 
 AGGREGATE_CSV, SUMMARY_FILE = files.AGGREGATE_CSV, files.SUMMARY_FILE  # aliases, for importers
-# the metrics carried into the table (recovered_<t> for every threshold come after these)
-KEY_METRICS = ("mmcs", "matched_cos", "mcc", "fvu", "l0", "explained_variance", "dead_fraction",
-               "n_components", "n_represented", "fit_seconds")
-ID_COLUMNS = ("point", "instance", "method", "feature_probability", "dict_ratio")
-
-
-def recovered_columns(grid: Grid) -> list[str]:
-    from unsuperpose.evaluate.scoring import recovered_key
-
-    thresholds = sorted({t for p in grid.points for t in p.configs["evaluate"].thresholds})
-    return [recovered_key(t) for t in thresholds]
-
-
-def metric_columns(grid: Grid) -> list[str]:
-    return list(KEY_METRICS[:2]) + recovered_columns(grid) + list(KEY_METRICS[2:])
-
-
-def replicate_columns(grid: Grid) -> list[str]:
-    """Swept columns that only replicate a setting (seeds): averaged over, shown as error bars."""
-    return [c for c in grid.columns if c == SEED_AXIS or c.endswith(".seed")]
-
-
-def setting_columns(grid: Grid) -> list[str]:
-    """Swept columns that change the setting (everything swept but the seeds)."""
-    return [c for c in grid.columns if c not in replicate_columns(grid)]
 
 
 def point_rows(grid: Grid, sweep_dir: Path, notes: list[str] | None = None) -> list[dict]:
@@ -70,27 +52,6 @@ def point_rows(grid: Grid, sweep_dir: Path, notes: list[str] | None = None) -> l
             row.update({m: values.get(m) for m in metrics})
             rows.append(row)
     return rows
-
-
-def table_columns(grid: Grid) -> list[str]:
-    swept = [c for c in grid.columns if c not in ID_COLUMNS]
-    return ["point"] + swept + list(ID_COLUMNS[1:]) + metric_columns(grid)
-
-
-def _hashable(v):
-    return tuple(v) if isinstance(v, list) else v
-
-
-def group_stats(rows: list[dict], keys: list[str], metric: str) -> dict[tuple, tuple[float, float, int]]:
-    """(mean, std, n) of `metric` over the rows that share the values of `keys` (the rows
-    differing only in what is left out, i.e. the seeds); std is 0 for one row."""
-    groups: dict[tuple, list[float]] = defaultdict(list)
-    for row in rows:
-        v = row.get(metric)
-        if v is not None and math.isfinite(v):
-            groups[tuple(_hashable(row.get(k)) for k in keys)].append(v)
-    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
-            for k, v in groups.items()}
 
 
 def render_summary(grid: Grid, rows: list[dict], figures: list[str], status: dict,
@@ -142,8 +103,6 @@ def write_aggregate(grid: Grid, sweep_dir: str | Path, status: dict | None = Non
     """Write `<sweep_dir>/aggregate.csv`, `figures/*.png` and `summary.md` from the finished
     points of `grid`; returns the table's rows. The notes of `status` go into summary.md,
     with those of the aggregate (points left out), which are also echoed."""
-    from unsuperpose.evaluate.sweep.figures import save_sweep_figures
-
     sweep_dir = Path(sweep_dir)
     notes = list((status or {}).get("notes", ()))
     known = len(notes)
@@ -152,7 +111,7 @@ def write_aggregate(grid: Grid, sweep_dir: str | Path, status: dict | None = Non
         echo(f"aggregate: note: {note}")
     status = {**(status or {}), "finished": len({r["point"] for r in rows}), "notes": notes}
     files.write_csv(sweep_dir / files.AGGREGATE_CSV, rows, table_columns(grid))
-    figures = save_sweep_figures(grid, rows, sweep_dir / files.FIGURES_DIR)
+    figures = sweep_figures.save_sweep_figures(grid, rows, sweep_dir / files.FIGURES_DIR)
     counts = counting_table(write_counting(grid, rows, sweep_dir, figures))
     files.atomic_write_bytes(sweep_dir / files.SUMMARY_FILE,
                              render_summary(grid, rows, figures, status, counts).encode())
@@ -162,9 +121,6 @@ def write_aggregate(grid: Grid, sweep_dir: str | Path, status: dict | None = Non
 def write_counting(grid: Grid, rows: list[dict], sweep_dir: Path, figures: list[str]) -> list[dict]:
     """Where the grid sweeps dictionary size: counting.csv and the counting figure (appended
     to `figures`); returns the estimator records."""
-    from unsuperpose.evaluate.figures import plt
-    from unsuperpose.evaluate.sweep.counting import ESTIMATORS, count_features, counting_table, plot_counting
-
     figure = sweep_dir / files.FIGURES_DIR / files.COUNTING_FIGURE
     figure.unlink(missing_ok=True)
     records = count_features(grid, rows, sweep_dir)

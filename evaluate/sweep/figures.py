@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 
 from unsuperpose.data import files
 from unsuperpose.evaluate.figures import DPI, method_style, plt
-from unsuperpose.evaluate.sweep.aggregate import group_stats, recovered_columns, setting_columns
 from unsuperpose.evaluate.sweep.grid import Grid
+from unsuperpose.evaluate.sweep.table import group_stats, recovered_columns, setting_columns
 
 SWEEP_FIGURES = (files.SWEEP_PROBABILITY_FIGURE, files.SWEEP_PHASE_FIGURE,
                  files.SWEEP_DICT_RATIO_FIGURE, files.SWEEP_FRONTIER_FIGURE)
