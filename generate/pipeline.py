@@ -77,6 +77,15 @@ def ground_truth_tensors(directions: torch.Tensor, feature_index: torch.Tensor, 
     }
 
 
+def toy_model_tensors(model: ToyModel, instance: int) -> dict[str, torch.Tensor]:
+    """One instance's model.safetensors: its weights W [d, n], W_out [n, d] (the `abs` model
+    only) and b_final [n], detached, on the CPU."""
+    params = {files.MODEL_W: model.W, files.MODEL_W_OUT: getattr(model, "W_out", None),
+              files.MODEL_B_FINAL: model.b_final}
+    return {key: p[instance].detach().cpu().contiguous() for key, p in params.items()
+            if p is not None}
+
+
 DENSE_DIMENSIONALITY = 4096  # above this many directions, D_i goes through the [d, d] Gram
 
 
@@ -168,7 +177,7 @@ def _build(config: GenerateConfig, stage: Path, progress: Callable) -> None:
         gt = ground_truth_tensors(directions[j], feature_index, sign, importance,
                                   probability[j], config.represented_threshold)
         _save(folder / files.GROUND_TRUTH_FILE, gt, meta)
-        weights = (model.instance_state(j) if config.source == "toy"
+        weights = (toy_model_tensors(model, j) if config.source == "toy"
                    else {files.MODEL_W: directions[j].T.contiguous()})  # h = W x, W: [d, n]
         _save(folder / files.MODEL_FILE, weights, meta)
         write_manifest(

@@ -15,8 +15,6 @@ import math
 import torch
 from torch import nn
 
-from unsuperpose.data import files
-
 MODEL_KINDS = ("linear", "relu_output", "relu_hidden", "abs")
 
 
@@ -54,10 +52,3 @@ class ToyModel(nn.Module):
 
     def target(self, x: torch.Tensor) -> torch.Tensor:
         return x.abs() if self.kind == "abs" else x
-
-    def instance_state(self, instance: int) -> dict[str, torch.Tensor]:
-        """The weights of one instance, detached, for model.safetensors (keys from data.files)."""
-        params = {files.MODEL_W: self.W, files.MODEL_W_OUT: getattr(self, "W_out", None),
-                  files.MODEL_B_FINAL: self.b_final}
-        return {key: p[instance].detach().cpu().contiguous() for key, p in params.items()
-                if p is not None}
