@@ -1,4 +1,5 @@
-"""Stage 1: toy models of superposition -> activation shards with ground truth."""
+"""Stage 1: activation shards with ground truth, from toy models of superposition or from a
+synthetic world (worlds.py with firing.py; distributions.py for the toy models' features)."""
 from unsuperpose.generate.config import GenerateConfig
 from unsuperpose.generate.pipeline import run_generate
 

@@ -14,11 +14,11 @@ from unsuperpose.data.cli import (
     threads_option,
 )
 from unsuperpose.data.config_cli import ConfigOptions
-from unsuperpose.data.worlds import PRESETS, preset
 from unsuperpose.generate.config import GenerateConfig
+from unsuperpose.generate.worlds import PRESETS, preset
 
 # one option per config field (help, type and choices from generate/config.py and
-# data/worlds.py); `world` is the --world option below, which also sets the preset's fields;
+# generate/worlds.py); `world` is the --world option below, which also sets the preset's fields;
 # --hierarchy-exclusive has always taken a value (true/false), so it stays one
 OPTIONS = ConfigOptions(GenerateConfig, skip=("world",), hints={"world": "--world"},
                         types={"hierarchy_exclusive": click.BOOL})
@@ -31,7 +31,7 @@ OPTIONS = ConfigOptions(GenerateConfig, skip=("world",), hints={"world": "--worl
 @threads_option
 @click.option("--world", type=click.Choice(list(PRESETS)), default=None,
               help="Synthetic source: start from the fields of a named benchmark world "
-                   "(data/worlds.py); the other options override them.")
+                   "(generate/worlds.py); the other options override them.")
 @click.option("--mean-active", type=float, default=None,
               help="Synthetic source: expected active features per row; sets the one "
                    "feature probability to mean_active / n_features.")

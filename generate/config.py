@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from unsuperpose.data.configs import ConfigError, JSONConfig  # noqa: F401 (re-exported)
-from unsuperpose.data.worlds import PRESETS, WORLD_VALUES, World, WorldFields
+from unsuperpose.generate.worlds import PRESETS, WORLD_VALUES, World, WorldFields
 from unsuperpose.models.toy import MODEL_KINDS
 
 SOURCES = ("toy", "synthetic")
@@ -14,7 +14,7 @@ SOURCES = ("toy", "synthetic")
 @dataclass(frozen=True)
 class GenerateConfig(JSONConfig, WorldFields):
     """Stage 1's fields; the benchmark-world fields of the synthetic source (probability
-    schedule, copula, hierarchy, magnitudes) come from data.worlds.WorldFields."""
+    schedule, copula, hierarchy, magnitudes) come from generate.worlds.WorldFields."""
 
     source: str = dataclasses.field(default="toy", metadata={"choices": SOURCES})
     """toy: train toy models; synthetic: a random unit-norm ground-truth dictionary with sparse
@@ -59,10 +59,10 @@ class GenerateConfig(JSONConfig, WorldFields):
     """Gaussian noise added to synthetic activations (synthetic source only)."""
     orthogonalize_steps: int = 0
     """Synthetic source: steps of descent on the off-diagonal |cos| of the random unit
-    directions (data.worlds.spread_directions), lowering their mean max |cos| (the report's
+    directions (generate.worlds.spread_directions), lowering their mean max |cos| (the report's
     interference); 0: plain random unit vectors."""
     world: str = ""
-    """The named preset the fields started from (data/worlds.py PRESETS); a label only."""
+    """The named preset the fields started from (generate/worlds.py PRESETS); a label only."""
     seed: int = 0
     """Seeds model init, training batches, the synthetic dictionary and the dumped rows."""
     device: str = "auto"
@@ -118,7 +118,7 @@ class GenerateConfig(JSONConfig, WorldFields):
 
     @property
     def world_spec(self) -> World:
-        """The benchmark-world fields as a data.worlds.World."""
+        """The benchmark-world fields as a generate.worlds.World."""
         return World(value=self.resolved_value,
                      **{f.name: getattr(self, f.name) for f in dataclasses.fields(WorldFields)})
 

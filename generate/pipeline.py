@@ -15,15 +15,15 @@ import torch
 
 from unsuperpose.data import files
 from unsuperpose.data.cli import silent_progress
-from unsuperpose.data.distributions import FeatureDistribution
 from unsuperpose.data.environment import environment, resolve_device
 from unsuperpose.data.manifest import file_entry, write_manifest
 from unsuperpose.data.safetensors_io import safetensors_bytes
 from unsuperpose.data.shard_writer import ShardWriter
 from unsuperpose.data.staging import stage_transaction
-from unsuperpose.data.worlds import WorldDistribution, spread_directions
 from unsuperpose.generate.config import GenerateConfig
+from unsuperpose.generate.distributions import FeatureDistribution
 from unsuperpose.generate.train import train_toy_models
+from unsuperpose.generate.worlds import WorldDistribution, spread_directions
 from unsuperpose.models.ground_truth import feature_dimensionality, hidden_responses
 from unsuperpose.models.toy import ToyModel
 

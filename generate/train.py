@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from unsuperpose.data.distributions import FeatureDistribution
+from unsuperpose.generate.distributions import FeatureDistribution
 from unsuperpose.models.toy import ToyModel
 
 

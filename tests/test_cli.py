@@ -70,7 +70,7 @@ def test_field_docs_read_the_string_under_each_field_and_the_bases_fields():
 def test_option_kinds_follow_the_annotations_and_the_choices_the_config_declares():
     from unsuperpose.data.cli import FloatList, NameList
     from unsuperpose.data.config_cli import OrNone
-    from unsuperpose.data.firing import SCHEDULES
+    from unsuperpose.generate.firing import SCHEDULES
     from unsuperpose.data.rows import NONFINITE_POLICIES
     from unsuperpose.models.toy import MODEL_KINDS
 

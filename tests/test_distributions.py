@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from unsuperpose.data.distributions import FeatureDistribution
+from unsuperpose.generate.distributions import FeatureDistribution
 
 
 def _sample(dist, n=200_000, seed=0):

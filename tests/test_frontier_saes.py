@@ -246,7 +246,7 @@ def test_construction_is_validated_by_the_config(method):
 def hierarchical_problem(seed: int = 0, rows: int = 32768):
     """128 features in d = 48, 104 of them in 8 trees (branching 3, depth 2, exclusive
     children), zipf firing from 0.3, magnitudes ~5: parents and children co-fire."""
-    from unsuperpose.data.worlds import World, WorldDistribution
+    from unsuperpose.generate.worlds import World, WorldDistribution
 
     world = World(probability_schedule="zipf", p_min=5e-3, zipf_exponent=0.5, hierarchy_roots=8,
                   hierarchy_branching=3, hierarchy_depth=2, hierarchy_exclusive=True,

@@ -220,7 +220,7 @@ def test_options_override_the_config_file_and_world_sits_between(tmp_path, monke
 
 
 def test_orthogonalize_steps_spreads_the_seeds_directions_and_h_follows(tmp_path):
-    from unsuperpose.data.worlds import spread_directions
+    from unsuperpose.generate.worlds import spread_directions
     from unsuperpose.evaluate.metrics import interference
 
     args = ["--source", "synthetic", "--n-features", "48", "--d-hidden", "16", "--mean-active", "2",

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from unsuperpose.data.distributions import FeatureDistribution
+from unsuperpose.generate.distributions import FeatureDistribution
 from unsuperpose.generate.train import lr_at, train_toy_models
 from unsuperpose.models import ToyModel, feature_dimensionality, hidden_responses
 

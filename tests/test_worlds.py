@@ -11,7 +11,11 @@ from safetensors.torch import load_file
 
 from unsuperpose.data import files
 from unsuperpose.data.configs import ConfigError
-from unsuperpose.data.firing import (
+from unsuperpose.data.rows import read_all
+from unsuperpose.evaluate.metrics import interference
+from unsuperpose.generate.cli import main
+from unsuperpose.generate.config import GenerateConfig
+from unsuperpose.generate.firing import (
     Correlation,
     Hierarchy,
     copula_fires,
@@ -19,11 +23,7 @@ from unsuperpose.data.firing import (
     probability_schedule,
     random_correlation,
 )
-from unsuperpose.data.rows import read_all
-from unsuperpose.data.worlds import PRESETS, World, WorldDistribution, preset, spread_directions
-from unsuperpose.evaluate.metrics import interference
-from unsuperpose.generate.cli import main
-from unsuperpose.generate.config import GenerateConfig
+from unsuperpose.generate.worlds import PRESETS, World, WorldDistribution, preset, spread_directions
 
 
 def _gen(seed=0):

@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from unsuperpose.data import files  # noqa: E402
-from unsuperpose.data.distributions import FeatureDistribution  # noqa: E402
 from unsuperpose.data.safetensors_io import safetensors_bytes  # noqa: E402
+from unsuperpose.generate.distributions import FeatureDistribution  # noqa: E402
 from unsuperpose.generate.train import train_toy_models  # noqa: E402
 from unsuperpose.models.toy import ToyModel  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The parts of a benchmark world (data/worlds.py): probability schedules, correlated firing
+"""The parts of a benchmark world (generate/worlds.py): probability schedules, correlated firing
 (a Gaussian copula), parent/child hierarchies, and the documented magnitude choice.
 
 A world says how the true feature values x [rows, n_features] are drawn; the synthetic source

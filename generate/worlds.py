@@ -2,7 +2,7 @@
 `WorldDistribution` built from it (what the pipeline samples), and the named presets.
 
 The parts (schedules, copula, hierarchy, magnitudes) and the sources they follow are
-documented in data/firing.py.
+documented in generate/firing.py.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from unsuperpose.data.configs import ConfigError
-from unsuperpose.data.firing import (
+from unsuperpose.generate.firing import (
     SCHEDULES,
     Hierarchy,
     copula_fires,
