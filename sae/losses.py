@@ -20,26 +20,6 @@ def reconstruction_mse(h: torch.Tensor, h_hat: torch.Tensor) -> torch.Tensor:
     return (h - h_hat).pow(2).sum(dim=-1).mean()
 
 
-def tilted_mse(h: torch.Tensor, h_hat: torch.Tensor, tilt: float) -> torch.Tensor:
-    """The tilted empirical risk (TERM, Li et al. 2021) of the rows' squared errors, made
-    scale-free: with e_b = ||h_b - h^_b||^2 and m = mean_b e_b (held constant),
-    (m / t) log mean_b exp(t e_b / m).
-
-    t = 0 is `reconstruction_mse`; t > 0 weights each row's gradient by softmax(t e / m)
-    times the batch, so the rows reconstructed worst (the rare features) count more; the
-    value lies in [mean e, max e]. h, h_hat: [batch, d]; tilt: t >= 0.
-    """
-    err = (h - h_hat).pow(2).sum(dim=-1)                           # [batch]
-    if tilt == 0:
-        return err.mean()
-    scale = err.detach().mean().clamp_min(torch.finfo(err.dtype).tiny)
-    # m (1 + log mean exp(t (e/m - 1)) / t): the same value, written so that a small t
-    # costs precision only in the correction to m, not in m itself
-    excess = torch.logsumexp(tilt * (err / scale - 1), dim=0) - torch.log(
-        err.new_tensor(float(err.shape[0])))
-    return scale * (1 + excess / tilt)
-
-
 def decoder_weighted_l1(codes: torch.Tensor, decoder_norms: torch.Tensor) -> torch.Tensor:
     """mean_b sum_i f_bi ||W_dec,i||, the L1 penalty that does not reward shrinking the codes
     while growing the decoder atoms (the norm enters the penalty, so rescaling cancels).

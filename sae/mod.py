@@ -8,19 +8,11 @@ unused atom solves to zero and is replaced like in k-SVD.
 
 With `row_weight_exponent` gamma > 0 the update is weighted least squares: each row's squared
 error counts ||h||^-gamma, so that the rows of the strongest, most frequent features do not
-outweigh the rest (gamma = 2: every row's relative error alike). Without it, on
-synthsaebench-small the rows holding the most frequent root (p = 0.4, magnitude ~5) pull
-other atoms towards it (76 atoms above cos 0.3 with it after the fit, 4 in its start, 43
-that best-match it); `matryoshka_mod` uses gamma = 3 (README "Weighting the rows").
-
-With `residual_weight_scale` tau the update also weighs each row by exp(-rho / tau), rho =
-||h - c D||^2 / ||h||^2 its relative squared residual under the codes and atoms it was just
-coded with. Rows that OMP codes wrongly are mostly the ones it cannot explain: on
-synthsaebench-small, noise-free, the true directions code 98% of the rows holding at most k
-features exactly, and the rows holding many (several trees at once) are where the support
-goes wrong and the residual stays. Their codes then pull the atoms towards mixtures: from
-the true directions the plain update drifts to mcc 0.84 in 30 iterations, with gamma = 3 to
-0.88, with tau = 0.01 as well it stays at 0.996 (README "Weighting the rows").
+pull every atom towards them (gamma = 2: every row's relative error alike). With
+`residual_weight_scale` tau each row also counts exp(-rho / tau), rho = ||h - c D||^2 / ||h||^2
+its relative squared residual under the codes it was just given: the rows OMP cannot explain
+are mostly the ones it coded wrongly, and their codes would pull the atoms towards mixtures.
+docs/methods.md has the measurements behind both.
 """
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ from unsuperpose.sae.base import ConfigError, check_param
 
 INITS = ("data", "random")
 B_DEC_INITS = ("mean", "median", "zeros")
-REFINE_WITH = ("decoder", "encoder")  # sae.sae_module.REFINE_WITH
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,16 +39,6 @@ class SAEConfig:
     dead_steps_threshold: int = 100
     """a latent silent this many steps counts as dead; keep steps * batch_size well above
     1 / (the rarest feature's probability), or AuxK pulls healthy rare latents"""
-    tilt: float = 0.0
-    """t of the tilted reconstruction loss (`sae.losses.tilted_mse`): 0 the plain MSE; t > 0
-    weights the rows reconstructed worst more (each row's gradient by batch * softmax(t e /
-    mean e)); Matryoshka's inner prefix terms stay plain"""
-    resample_every: int | None = None
-    """every this many steps, give the latents dead by dead_steps_threshold the directions of
-    poorly reconstructed rows of that step's batch (sae/resampling.py; None: never)"""
-    resample_until: float = 0.5
-    """resample only within this first fraction of the steps, so the last ones settle (on
-    every due step when the number of steps is unknown: an iterable of unknown length)"""
     random_state: int | None = 0
     """seeds the one torch.Generator of a fit (None: fresh entropy)"""
     device: str = "auto"
@@ -57,14 +46,11 @@ class SAEConfig:
     log_every: int = 100
     """append a row to log_ every this many steps (and at the last)"""
     refine_steps: int = 0
-    """ISTA steps after the encoder, in training and inference: f <- act(f + eta (h - h^) W),
-    the activation as the proximal step (0: the plain encoder)"""
+    """ISTA steps after the encoder, in training and inference: f <- act(f + eta (h - h^)
+    W_dec), the activation as the proximal step (0: the plain encoder)"""
     refine_step_size: float = 1.0
     """eta, the step of each refinement (atoms are unit norm, so 1 is a full gradient step
     on a near-orthogonal support)"""
-    refine_with: str = "decoder"
-    """the matrix W of the refinement: 'decoder' (ISTA: W_dec, the gradient of the
-    reconstruction error) or 'encoder' (a learned correction, one weight-tied LISTA layer)"""
 
     def __post_init__(self):
         check_param("n_components", self.n_components, low=1, integer=True)
@@ -79,15 +65,11 @@ class SAEConfig:
         check_param("tied_init", self.tied_init, boolean=True)
         check_param("b_dec_init", self.b_dec_init, choices=B_DEC_INITS)
         check_param("dead_steps_threshold", self.dead_steps_threshold, low=1, integer=True)
-        check_param("tilt", self.tilt, low=0)
-        check_param("resample_every", self.resample_every, low=1, integer=True, optional=True)
-        check_param("resample_until", self.resample_until, low=0, high=1)
         check_param("random_state", self.random_state, low=0, integer=True, optional=True)
         check_param("log_every", self.log_every, low=1, integer=True)
         check_param("device", self.device, device=True)
         check_param("refine_steps", self.refine_steps, low=0, integer=True)
         check_param("refine_step_size", self.refine_step_size, low=0, low_open=True)
-        check_param("refine_with", self.refine_with, choices=REFINE_WITH)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -114,13 +96,8 @@ class TopKSAEConfig(SAEConfig):
     aux_k: int | None = None
     """dead latents the AuxK loss may use; None: d // 2"""
     aux_coefficient: float = 1.0
-    """alpha, the AuxK weight; Gao et al.'s 1/32 (tuned on millions of latents) left the
-    planted 64-latent problem at MMCS 0.98 with 3% dead, 1.0 reached 0.994+"""
-    k_start: int | None = None
-    """k annealing: start at this k and lower it linearly to k over the first
-    k_anneal_fraction of the steps (None: k throughout)"""
-    k_anneal_fraction: float = 0.5
-    """the fraction of the steps over which k falls from k_start to k"""
+    """alpha, the AuxK weight; Gao et al.'s 1/32 was tuned on millions of latents, too weak
+    to revive the dead latents of small dictionaries"""
 
     def __post_init__(self):
         super().__post_init__()
@@ -128,10 +105,6 @@ class TopKSAEConfig(SAEConfig):
                     at_most=("n_components", self.n_components))
         check_param("aux_k", self.aux_k, low=0, integer=True, optional=True)
         check_param("aux_coefficient", self.aux_coefficient, low=0)
-        check_param("k_start", self.k_start, low=self.k, integer=True, optional=True,
-                    when=f"k={self.k}",
-                    at_most=("n_components", self.n_components))
-        check_param("k_anneal_fraction", self.k_anneal_fraction, low=0, high=1, low_open=True)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -194,20 +167,9 @@ class MatryoshkaSAEConfig(BatchTopKSAEConfig):
     """nested widths, each prefix of the dictionary trained to reconstruct alone: sizes
     (ints) or fractions of n_components (floats), strictly increasing; n_components is added
     as the last when missing. None: n/16, n/8, n/4, n/2, n"""
-    sort_every: int | None = None
-    """every this many steps, reorder the latents by how often each fired since the last
-    reorder, most frequent first, so the inner prefixes hold the frequent latents (None:
-    never; the nested loss alone orders them)"""
-    prefix_loss_weight: float = 1.0
-    """weight of each inner prefix's MSE beside the whole dictionary's (1: the paper's sum).
-    Below 1 the inner latents hedge less (their atoms hold less of their children's
-    directions, Chanin et al. 2025), at the price of more absorption (children's atoms
-    taking in their parent)"""
 
     def __post_init__(self):
         super().__post_init__()
-        check_param("sort_every", self.sort_every, low=1, integer=True, optional=True)
-        check_param("prefix_loss_weight", self.prefix_loss_weight, low=0)
         try:
             resolve_prefixes(self.prefixes, self.n_components)
         except ValueError as err:

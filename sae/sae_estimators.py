@@ -30,10 +30,8 @@ from unsuperpose.sae.losses import (
     jumprelu_l0,
     prefix_reconstruction_mses,
     reconstruction_mse,
-    tilted_mse,
 )
 from unsuperpose.sae.minibatches import training_batches
-from unsuperpose.sae.resampling import resample_dead_
 from unsuperpose.sae.sae_configs import (
     BatchTopKSAEConfig,
     JumpReLUSAEConfig,
@@ -61,14 +59,6 @@ def lr_multiplier(step: int, total_steps: int | None, warmup_steps: int,
         decay_steps = max(1, round(decay_fraction * total_steps))
         factor *= min(1.0, (total_steps - step) / decay_steps)
     return factor
-
-
-def annealed_k(step: int, total_steps: int, k_start: int, k: int, fraction: float) -> int:
-    """k at 0-based `step` of a linear anneal from k_start (step 0) to k, reached after
-    round(fraction * total_steps) steps and kept to the end:
-    round(k + (k_start - k) * max(0, 1 - step / anneal_steps))."""
-    anneal_steps = max(1, round(fraction * total_steps))
-    return round(k + (k_start - k) * max(0.0, 1.0 - step / anneal_steps))
 
 
 def geometric_median(X: torch.Tensor, n_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
@@ -105,23 +95,13 @@ class _SAEEstimator(DictionaryEstimator):
                  dead: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The sparsity term added to the MSE, and its parts for the log."""
 
-    def _before_step(self, sae: SparseAutoencoder, step: int, total: int | None) -> None:
-        pass
-
     def _after_step(self, sae: SparseAutoencoder, out: SAEOutput) -> None:
         pass
-
-    def _after_resample(self, revived: torch.Tensor) -> None:
-        """After `resample_dead_` gave the latents `revived` [m] new directions."""
-
-    def _reorder(self, sae: SparseAutoencoder, out: SAEOutput, step: int) -> torch.Tensor | None:
-        """After a step: a new latent order [n_components] (new j = old order[j]) or None."""
-        return None
 
     def _new_module(self, d: int, n_components: int) -> SparseAutoencoder:
         return SparseAutoencoder(d, n_components, self.activation, getattr(self, "k", None),
                                  getattr(self, "bandwidth", 0.1), self.refine_steps,
-                                 self.refine_step_size, self.refine_with)
+                                 self.refine_step_size)
 
     def _setup(self, sae: SparseAutoencoder) -> None:
         """After `initialize_`, before the first step: a method's own initial state."""
@@ -178,13 +158,11 @@ class _SAEEstimator(DictionaryEstimator):
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_multiplier(step, total, cfg.lr_warmup_steps,
                                                      cfg.lr_decay_fraction)
-            self._before_step(sae, step, total)
             out = sae(h)
             mse = reconstruction_mse(h, out.h_hat)
-            fit_term = tilted_mse(h, out.h_hat, cfg.tilt) if cfg.tilt else mse
             dead = since_fired >= cfg.dead_steps_threshold             # [n_components]
             penalty, terms = self._penalty(sae, h, out, step, dead)
-            loss = fit_term + penalty
+            loss = mse + penalty
             opt.zero_grad(set_to_none=True)
             loss.backward()
             sae.remove_parallel_grad_()
@@ -195,15 +173,6 @@ class _SAEEstimator(DictionaryEstimator):
             self._after_step(sae, out)
             fired = out.codes.detach().amax(dim=0) > 0                 # [n_components]
             since_fired = torch.where(fired, 0, since_fired + 1)
-            if self._resample_due(step, total):
-                revived = resample_dead_(sae, opt, h, out.h_hat.detach(),
-                                         since_fired >= cfg.dead_steps_threshold, gen)
-                since_fired[revived] = 0
-                self._after_resample(revived)
-            order = self._reorder(sae, out, step)
-            if order is not None:
-                sae.permute_latents_(order, opt)
-                since_fired = since_fired[order]
             samples += h.shape[0]
             row = {}
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
@@ -216,12 +185,6 @@ class _SAEEstimator(DictionaryEstimator):
         self.n_steps_, self.n_samples_seen_ = step + 1, samples
         self.fitted_device_ = str(device)
         return self
-
-    def _resample_due(self, step: int, total: int | None) -> bool:
-        every = self.resample_every
-        if every is None or (step + 1) % every:
-            return False
-        return total is None or step + 1 <= self.resample_until * total
 
     @torch.no_grad()
     def _log_row(self, step, samples, opt, h, out: SAEOutput, loss, mse, terms, dead) -> dict:
@@ -321,13 +284,6 @@ class TopKSAE(_SAEEstimator):
     config_class = TopKSAEConfig
     activation = "topk"
 
-    def _before_step(self, sae, step, total):
-        if self.k_start is None:
-            return
-        if total is None:
-            raise ValueError("k annealing (k_start) needs a known number of steps; set n_steps")
-        sae.k = annealed_k(step, total, self.k_start, self.k, self.k_anneal_fraction)
-
     def _penalty(self, sae, h, out, step, dead):
         aux_k = self.aux_k if self.aux_k is not None else max(1, sae.d // 2)
         aux = auxk_loss(h - out.h_hat, out.pre_acts, dead, sae.W_dec, aux_k,
@@ -354,40 +310,20 @@ class MatryoshkaSAE(BatchTopKSAE):
     dictionary (latents 0..m-1 for each width m of `prefixes`) are each trained to
     reconstruct alone.
 
-    Loss: the whole dictionary's MSE plus prefix_loss_weight (1) times the sum over the inner
-    widths m < n_components of mean_b ||h_b - (b_dec + sum_{i < m} f_bi W_dec,i)||^2, with f
-    the batch-top-k codes of the whole dictionary restricted to the prefix, plus AuxK as for
-    BatchTopK. The log's `prefix_mse` is the weighted sum of the inner terms (which stay
-    plain MSEs under `tilt`: it tilts the whole dictionary's MSE only).
+    Loss: the whole dictionary's MSE plus the sum over the inner widths m < n_components of
+    mean_b ||h_b - (b_dec + sum_{i < m} f_bi W_dec,i)||^2, with f the batch-top-k codes of
+    the whole dictionary restricted to the prefix, plus AuxK as for BatchTopK. The log's
+    `prefix_mse` is the sum of the inner terms.
 
-    Latent order: the index order is the prefix order. The nested loss itself sends the
-    features that most reduce the error, the frequent and general ones, to the early latents
-    (the gradient of every inner term reaches only its prefix), as in the paper; with
-    `sort_every` the latents are also re-sorted by firing count every that many steps (most
-    frequent first, parameters and Adam state permuted together). Inference as BatchTopK: the codes
-    above one learned threshold (a running mean of the smallest kept activation).
+    Latent order: the index order is the prefix order. The nested loss sends the features
+    that most reduce the error, the frequent and general ones, to the early latents (the
+    gradient of every inner term reaches only its prefix), as in the paper. Inference as
+    BatchTopK: the codes above one learned threshold (a running mean of the smallest kept
+    activation).
     """
 
     method = "matryoshka"
     config_class = MatryoshkaSAEConfig
-
-    def _setup(self, sae):
-        super()._setup(sae)
-        self._fire_counts = torch.zeros(sae.n_components, device=sae.W_dec.device)
-
-    def _after_resample(self, revived):
-        self._fire_counts[revived] = 0  # a new latent: the old one's firing is not its own
-
-    def _reorder(self, sae, out, step):
-        if self.sort_every is None:
-            return None
-        self._fire_counts += (out.codes.detach() > 0).sum(dim=0)
-        if (step + 1) % self.sort_every:
-            return None
-        # stable, so latents that fired equally often keep their relative order
-        order = torch.sort(self._fire_counts, descending=True, stable=True).indices
-        self._fire_counts.zero_()
-        return order
 
     def prefix_widths(self) -> tuple[int, ...]:
         """The nested widths, resolved (`sae.sae_configs.resolve_prefixes`)."""
@@ -396,10 +332,9 @@ class MatryoshkaSAE(BatchTopKSAE):
     def _penalty(self, sae, h, out, step, dead):
         aux, terms = super()._penalty(sae, h, out, step, dead)
         inner = self.prefix_widths()[:-1]
-        if not (inner and self.prefix_loss_weight):
+        if not inner:
             return aux, {**terms, "prefix_mse": h.new_zeros(())}
-        prefix = self.prefix_loss_weight * prefix_reconstruction_mses(
-            h, out.codes, sae.W_dec, sae.b_dec, inner).sum()
+        prefix = prefix_reconstruction_mses(h, out.codes, sae.W_dec, sae.b_dec, inner).sum()
         return aux + prefix, {**terms, "prefix_mse": prefix}
 
 

@@ -4,7 +4,7 @@ Matryoshka and JumpReLU SAEs (the estimators that fit it are in sae/sae_estimato
     pre = (h - b_dec) W_enc + b_enc          [batch, n_components]
     f   = act(pre)                           relu | topk | batchtopk | jumprelu
     refine_steps times (ISTA on the decoder, the activation as the proximal step):
-        f <- act(f + eta (h - h^) W)         W = W_dec ("decoder") or W_enc ("encoder")
+        f <- act(f + eta (h - h^) W_dec)
     h^  = f W_dec^T + b_dec                  [batch, d]
 
 Both W_enc and W_dec are stored [d, n_components]: W_dec holds the atoms as columns (DESIGN.md)
@@ -24,10 +24,6 @@ ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
 K_ACTIVATIONS = ("topk", "batchtopk")  # the activations that take a k
 SPARSE_DECODE_RATIO = 64  # TopK decodes sparsely when k * this <= n_components
 
-
-REFINE_WITH = ("decoder", "encoder")
-# the latent axis of each parameter that has one (b_dec [d] has none, even when d == n)
-LATENT_AXIS = {"W_enc": 1, "W_dec": 1, "b_enc": 0, "log_threshold": 0}
 
 
 class SAEOutput(NamedTuple):
@@ -60,11 +56,8 @@ class SparseAutoencoder(nn.Module):
     """
 
     def __init__(self, d: int, n_components: int, activation: str = "relu", k: int | None = None,
-                 bandwidth: float = 0.1, refine_steps: int = 0, refine_step_size: float = 1.0,
-                 refine_with: str = "decoder"):
+                 bandwidth: float = 0.1, refine_steps: int = 0, refine_step_size: float = 1.0):
         super().__init__()
-        if refine_with not in REFINE_WITH:
-            raise ValueError(f"refine_with={refine_with!r}; valid: {list(REFINE_WITH)}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r}; valid: {list(ACTIVATIONS)}")
         if activation in K_ACTIVATIONS and (k is None or not 1 <= k <= n_components):
@@ -72,12 +65,9 @@ class SparseAutoencoder(nn.Module):
         self.d, self.n_components, self.activation, self.k = d, n_components, activation, k
         self.bandwidth = bandwidth
         self.refine_steps, self.refine_step_size = refine_steps, refine_step_size
-        self.refine_with = refine_with
-        # TopK's forward can decode only the k chosen atoms per row (a gather). Per training
-        # step on this CPU (d = 256, k = 32, one thread) that was 1.6-1.7x faster than the
-        # dense decoder at k/n = 1/64 and 1/128, and no faster at 1/32 (slower with two
-        # threads): the gather's backward sorts indices and scatters rows. Allowed here, used
-        # while k * SPARSE_DECODE_RATIO <= n_components (k may be annealed during training).
+        # TopK's forward can decode only the k chosen atoms per row (a gather), faster than the
+        # dense decoder once k * SPARSE_DECODE_RATIO <= n_components (the gather's backward
+        # sorts indices and scatters rows, which costs more at larger k / n)
         self.sparse_decode = activation == "topk"
         # zeros until `initialize_` or `load_state_dict`: a fresh module is inert, not random
         self.W_enc = nn.Parameter(torch.zeros(d, n_components))
@@ -137,19 +127,16 @@ class SparseAutoencoder(nn.Module):
     def refine(self, h: torch.Tensor, codes: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         """refine_steps ISTA steps from `codes` [batch, n_components] on rows h [batch, d]:
-        pre <- f + eta (h - f W_dec^T - b_dec) W, f <- act(pre); the activation plays the
-        proximal operator of the sparsity constraint (TopK: keep k; ReLU: the nonnegative
-        orthant; JumpReLU: the thresholds; BatchTopK: k * batch in training, at inference the
-        threshold of this pass). W = W_dec is ISTA's gradient step on the
-        reconstruction error; W = W_enc (refine_with="encoder") makes the correction learned
-        (one weight-tied LISTA layer). Returns (codes, the last pre-activations, the codes of
-        the earlier passes, `codes` first)."""
-        W = self.W_dec if self.refine_with == "decoder" else self.W_enc       # [d, n]
+        pre <- f + eta (h - f W_dec^T - b_dec) W_dec, f <- act(pre): ISTA's gradient step on the
+        reconstruction error, the activation as the proximal operator of the sparsity
+        constraint (TopK: keep k; ReLU: the nonnegative orthant; JumpReLU: the thresholds;
+        BatchTopK: k * batch in training, at inference the threshold of this pass). Returns
+        (codes, the last pre-activations, the codes of the earlier passes, `codes` first)."""
         pre, earlier = codes, []
         for step in range(1, self.refine_steps + 1):
             earlier.append(codes)
             residual = h - self.decode(codes)                                   # [batch, d]
-            pre = torch.addmm(codes, residual, W, alpha=self.refine_step_size)  # [batch, n]
+            pre = torch.addmm(codes, residual, self.W_dec, alpha=self.refine_step_size)  # [batch, n]
             codes = self.activate(pre, step)
         return codes, pre, tuple(earlier)
 
@@ -227,24 +214,6 @@ class SparseAutoencoder(nn.Module):
     def sync_threshold_(self) -> None:
         """jumprelu: the inference threshold buffer <- exp(log_threshold)."""
         self.threshold.copy_(self.log_threshold.exp())
-
-    @torch.no_grad()
-    def permute_latents_(self, order: torch.Tensor, optimizer: torch.optim.Optimizer | None = None
-                         ) -> None:
-        """Reorder the latents: new latent j is old latent order[j], in every parameter with a
-        latent axis, the per-latent threshold, and the optimiser's per-parameter state (Adam's
-        moments), so training continues as if the latents had always been in this order."""
-        for name, param in self.named_parameters():
-            if name not in LATENT_AXIS:
-                continue
-            axis = LATENT_AXIS[name]
-            param.copy_(param.index_select(axis, order))
-            state = optimizer.state.get(param, {}) if optimizer is not None else {}
-            for value in state.values():
-                if torch.is_tensor(value) and value.shape == param.shape:
-                    value.copy_(value.index_select(axis, order))
-        if self.threshold.dim() == 1:
-            self.threshold.copy_(self.threshold[order])
 
     def components(self) -> torch.Tensor:
         """The decoder atoms as rows, [n_components, d]."""

@@ -1,5 +1,5 @@
 """What k-SVD and MOD share: the fit loop (their config is sae/sparse_coding_config.py, the
-schedule of its iterations sae/fit_schedule.py, prefix coding sae/prefix_coding.py).
+schedule of its iterations sae/fit_schedule.py).
 
 Both alternate two steps on H ~ C D (codes C [n_samples, n_components], atoms D as rows):
 sparse coding of every sample by batch OMP with the current atoms (`sae.omp`), then a
@@ -52,9 +52,7 @@ from unsuperpose.sae.fit_schedule import (
     schedule,
 )
 from unsuperpose.sae.incoherence import decohere_atoms, random_coherence
-from unsuperpose.sae.inertia import extrapolate_atoms
-from unsuperpose.sae.omp import sparse_reconstruct, sparse_to_dense
-from unsuperpose.sae.prefix_coding import prefix_omp
+from unsuperpose.sae.omp import omp_encode, sparse_reconstruct, sparse_to_dense
 from unsuperpose.sae.sparse_coding_config import SparseCodingConfig
 from unsuperpose.sae.warm_start import matryoshka_atoms
 
@@ -95,11 +93,7 @@ class SparseCodingDictionary(DictionaryEstimator):
         fit_k = fit_sparsity(cfg.k, cfg.fit_k_ratio, d, cfg.n_components + n_spare,
                              cap=cfg.fit_k_cap)
         signed = not cfg.nonnegative
-        if cfg.init == "matryoshka":
-            D = matryoshka_atoms(X, cfg.n_components + n_spare, cfg)  # [n_atoms, d]
-        else:
-            D = init_atoms(X, cfg.n_components + n_spare, cfg.init, gen)
-
+        D = self._initial_atoms(X, cfg.n_components + n_spare, gen)  # [n_atoms, d]
         age = torch.full((D.shape[0],), SWAP_GRACE_ITERATIONS, device=device)
         max_cos = (1.0 if cfg.incoherence is None
                    else cfg.incoherence * random_coherence(D.shape[0], d))
@@ -108,8 +102,6 @@ class SparseCodingDictionary(DictionaryEstimator):
         offset = X.mean(dim=0) if cfg.fit_offset else X.new_zeros(d)  # [d]
         tol = None if cfg.fit_tol is None else cfg.fit_tol * sum_squares(X) / n_samples
         variances = {}                                             # rows -> fvu denominator
-        usage = None                                               # [n_atoms], per iteration
-        previous = None  # [n_atoms, d] the atoms the last update started from (inertia)
         self.log_ = []
         for iteration in range(1, cfg.n_iter + 1):
             t0 = time.perf_counter()
@@ -119,33 +111,17 @@ class SparseCodingDictionary(DictionaryEstimator):
             if rows not in variances:
                 variances[rows] = sum_squares(Xi, column_mean(Xi))
             Xc = Xi - offset if cfg.fit_offset else Xi             # [rows, d]
-            if cfg.prefix_fractions and usage is not None:
-                # most used first: the prefix pass codes with the leading atoms
-                order = torch.argsort(usage, descending=True, stable=True)
-                D, age = D[order], age[order]
-                previous = None if previous is None else previous[order]
             if phase.prune:
                 # judged on the codes of the atoms as they are now, after the last replacements
                 keep = prune_atoms(D, *self._code(Xc, D, fit_k, tol), cfg.n_components,
                                    signed=signed)
                 D, age = D[keep], age[keep]
-                previous = None if previous is None else previous[keep]
             idx, val = self._code(Xc, D, fit_k, tol)               # [rows, fit_k] each
-            start = D
-            D, val = self._update(Xc, D, idx, val, gen)
-            if cfg.anchor_share is not None:
-                anchors = find_anchors(cofiring_counts(idx, val, D.shape[0]), rows,
-                                       cfg.anchor_share)
-                D = hold_anchor_parts(D, start, *anchors)
-            if previous is not None and iteration < cfg.n_iter:
-                # not after the last update: the fitted atoms are an update's
-                D = extrapolate_atoms(D, start, previous, cfg.inertia)
-            previous = start if cfg.inertia else None
+            D, val = self._update_atoms(Xc, D, idx, val, gen)
             usage = atom_usage(idx, val, D.shape[0])               # [n_atoms]
             n_moved = 0
             # only once the spares are pruned: while they are there, a spare that shares a
-            # feature with its atom can outnumber it and push the true atom off (on `simple`,
-            # 98 of 1024 features then end below cos 0.99, none without)
+            # feature with its atom can outnumber it and push the true atom off
             if max_cos < 1 and D.shape[0] == cfg.n_components:
                 D, n_moved = decohere_atoms(D, usage, max_cos, leave_above=cfg.max_coherence)
             D, val = orient_atoms(D, idx, val)  # flips signs only: usage stays
@@ -163,26 +139,9 @@ class SparseCodingDictionary(DictionaryEstimator):
                      "n_duplicate_atoms": int(duplicate.sum())}
             if max_cos < 1:
                 entry["n_decohered_atoms"] = n_moved  # 0 while there are spares
-            # a new atom needs a few iterations to gather its samples before it is judged
-            cost = removal_cost(D, idx, val, signed=signed)
-            cost = cost.masked_fill(age < SWAP_GRACE_ITERATIONS, torch.inf)
-            forced = unused | duplicate
-            D, new = replace_atoms(D, forced, cost, R, gen,
-                                   n_swaps=0 if phase.settling else cfg.n_swaps,
-                                   nonnegative=cfg.nonnegative,
-                                   gain_factor=cfg.swap_gain_factor, reseed=cfg.reseed)
-            entry["n_swapped_atoms"] = int((new & ~forced).sum())
-            new_direction = new
-            if cfg.purify and not phase.settling:
-                pure = purify_atoms(D, R, idx, val, eligible=~new & (age >= SWAP_GRACE_ITERATIONS),
-                                    nonnegative=cfg.nonnegative)
-                purified = pure.isfinite().all(1)                 # [n_atoms]
-                D = torch.where(purified.unsqueeze(1), pure, D)
-                new_direction = new | purified
-                entry["n_purified_atoms"] = int(purified.sum())
-            age = torch.where(new, 0, age + 1)
-            if previous is not None:  # a new direction is a jump, not a step to carry on
-                previous = torch.where(new_direction.unsqueeze(1), D, previous)
+            D, age, counts = self._replace_atoms(D, age, R, idx, val, unused | duplicate,
+                                                 phase.settling, gen)
+            entry.update(counts)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             entry["seconds"] = time.perf_counter() - t0
@@ -194,6 +153,50 @@ class SparseCodingDictionary(DictionaryEstimator):
         self.fitted_device_ = str(device)
         return self
 
+    def _initial_atoms(self, X: torch.Tensor, n_atoms: int, gen: torch.Generator) -> torch.Tensor:
+        """The atoms [n_atoms, d] the fit starts from (`init`), X [n_samples, d] its rows."""
+        if self.init == "matryoshka":
+            return matryoshka_atoms(X, n_atoms, self.get_config())
+        return init_atoms(X, n_atoms, self.init, gen)
+
+    def _update_atoms(self, X: torch.Tensor, D: torch.Tensor, idx: torch.Tensor,
+                      val: torch.Tensor, gen: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_update`; with anchor_share, each atom's part along its co-firing anchors is then
+        put back as it was, so the update moves only the rest (sae/anchors.py)."""
+        start = D
+        D, val = self._update(X, D, idx, val, gen)
+        if self.anchor_share is not None:
+            anchors = find_anchors(cofiring_counts(idx, val, D.shape[0]), X.shape[0],
+                                   self.anchor_share)
+            D = hold_anchor_parts(D, start, *anchors)
+        return D, val
+
+    def _replace_atoms(self, D: torch.Tensor, age: torch.Tensor, R: torch.Tensor,
+                       idx: torch.Tensor, val: torch.Tensor, forced: torch.Tensor,
+                       settling: bool, gen: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+        """After an update: give the `forced` atoms [n_atoms] (unused, duplicates) and, unless
+        `settling`, up to n_swaps cheap ones new directions from the residuals R [rows, d] of
+        the codes (idx, val) [rows, k]; then, with purify and unless settling, an atom whose
+        rows point several ways takes the direction of its strongest group (`purify_atoms`).
+        Returns the atoms, their ages (iterations since a new direction), the log's counts."""
+        signed = not self.nonnegative
+        # a new atom needs a few iterations to gather its samples before it is judged
+        cost = removal_cost(D, idx, val, signed=signed)
+        cost = cost.masked_fill(age < SWAP_GRACE_ITERATIONS, torch.inf)
+        D, new = replace_atoms(D, forced, cost, R, gen, n_swaps=0 if settling else self.n_swaps,
+                               nonnegative=self.nonnegative, gain_factor=self.swap_gain_factor,
+                               reseed=self.reseed)
+        counts = {"n_swapped_atoms": int((new & ~forced).sum())}
+        if self.purify and not settling:
+            pure = purify_atoms(D, R, idx, val, eligible=~new & (age >= SWAP_GRACE_ITERATIONS),
+                                nonnegative=self.nonnegative)
+            purified = pure.isfinite().all(1)                      # [n_atoms]
+            D = torch.where(purified.unsqueeze(1), pure, D)
+            counts["n_purified_atoms"] = int(purified.sum())
+        return D, torch.where(new, 0, age + 1), counts
+
     @abc.abstractmethod
     def _update(self, X: torch.Tensor, D: torch.Tensor, idx: torch.Tensor, val: torch.Tensor,
                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,11 +204,11 @@ class SparseCodingDictionary(DictionaryEstimator):
 
     def _code(self, X: torch.Tensor, D: torch.Tensor, k: int | None = None,
               tol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """OMP codes [n, k] of X on D: with k and tol of the fit when given, else of
-        transform; in passes with prefix_fractions (each prefix is D's leading rows)."""
+        """OMP codes (idx, val) [n, k] of X [n, d] on D: with k and tol of the fit when given,
+        else of transform."""
         k, tol = (self.k, self.tol) if k is None else (k, tol)
-        return prefix_omp(X, D, k, tol, self.prefix_fractions, self.prefix_ks,
-                          self.nonnegative, self.batch_size)
+        return omp_encode(X, D, min(k, D.shape[0]), tol=tol, nonnegative=self.nonnegative,
+                          chunk_size=self.batch_size)
 
     def transform(self, H: ArrayLike) -> ArrayLike:
         """OMP codes [n_samples, n_components] of H on the fitted atoms (same kind as H)."""

@@ -26,21 +26,15 @@ class SparseCodingConfig:
     n_iter: int = 30
     """alternations of sparse coding and dictionary update"""
     fit_k_ratio: float = 1.0
-    """while fitting, code each sample with up to ceil(fit_k_ratio * k) atoms, but not more
-    than fit_k_cap allows (by default d / (2 ln n_atoms), the support OMP still finds on
-    random atoms) and never fewer than k; transform keeps k. With k the mean L0, a row with
+    """while fitting, code each sample with up to ceil(fit_k_ratio * k) atoms (at most
+    fit_k_cap allows, never fewer than k); transform keeps k. With k the mean L0, a row with
     more active features than k otherwise leaves part of them in its residual, and the atom
-    update follows that leftover (512 atoms in d = 256: k 5 -> 10; 40 in d = 10: k stays 3)"""
+    update follows that leftover"""
     fit_k_cap: float | None = None
     """the most atoms a row takes while fitting (see fit_k_ratio), as a fraction of d; None:
-    d / (2 ln n_atoms), the support OMP recovers on random atoms. On worlds whose rows carry
-    far more features than k (a hierarchy's chains fire together) that cap (10 in d = 160
-    with 2048 atoms, below k = 11) cannot code those rows with the true atoms, and the fit
-    drifts to atoms that absorb parent and child: MOD started at the true directions of the
-    interference rung falls from mcc 1 to 0.71 capped, and keeps 0.97, uniqueness 1.0, with
-    33 atoms. Too loose a cap lets rows be coded by wrong atoms instead: from a Matryoshka
-    start, synthsaebench-small (d = 96) gives mcc 0.756 at 17 atoms and 0.713 at 33; planted
-    24 atoms in d = 16 with k 3, 0.88 at 6 atoms against 1.00 at 3"""
+    d / (2 ln n_atoms), the support OMP recovers on random atoms. Rows that carry far more
+    features than k (a hierarchy's chains fire together) need a looser cap; too loose a cap
+    lets rows be coded by wrong atoms (docs/methods.md)"""
     rel_tol: float | None = None
     """in transform, stop coding a row once its squared residual is at most rel_tol times
     its own squared norm (None: code every row with k atoms, unless `tol`): learned atoms
@@ -50,16 +44,6 @@ class SparseCodingConfig:
     """while fitting, also stop coding a sample once its squared residual is at most fit_tol
     times the mean squared norm of the rows (scale-free; transform keeps `tol`): with
     fit_k_ratio > 1, the extra atoms then go only to the rows that need them"""
-    prefix_fractions: tuple[float, ...] = ()
-    """code each sample in passes, in fit and transform: pass i takes up to prefix_ks[i]
-    atoms among the most-used prefix_fractions[i] of the atoms (atoms are kept sorted by
-    usage, most used first), on the residual of the passes before it; a last pass over all
-    atoms takes the rest of k (empty: one OMP pass). On hierarchical worlds a parent fires
-    with each of its children, and one pass at a fixed k favours an atom that holds parent +
-    child; coding the frequent atoms first leaves the child alone in the residual.
-    Fractions strictly increasing in (0, 1)"""
-    prefix_ks: tuple[int, ...] = ()
-    """atoms of each prefix pass (one per prefix_fractions entry), each >= 1, summing to < k"""
     start_rows: int | None = None
     """code and update on a random subset of this many rows in the first iteration, doubled
     each iteration until every row is used (None: every row from the start): the first
@@ -68,11 +52,10 @@ class SparseCodingConfig:
     """nonnegative codes (nonnegative OMP, sign-consistent updates); atoms stay signed"""
     init: str = "data"
     """initial atoms: 'data' = distinct random samples, normalised; 'random' = Gaussian;
-    'matryoshka' = the decoder of a Matryoshka SAE (BatchTopK with nested prefixes, its
-    defaults otherwise) fitted first to the same rows at L0 k with a latent per atom (the
-    spares of `overcomplete` included), for init_sae_steps steps at init_sae_lr. Its atoms
-    are close to the true ones on hierarchical worlds, where reconstruction alone settles on
-    absorbed atoms; the sparse-coding fit then refines them (sae/warm_start.py)"""
+    'matryoshka' = the decoder of a Matryoshka SAE fitted first to the same rows at L0 k
+    with a latent per atom (the spares of `overcomplete` included), for init_sae_steps
+    steps at init_sae_lr: close to the true atoms on hierarchical worlds, where
+    reconstruction alone settles on absorbed ones (sae/warm_start.py)"""
     init_sae_steps: int = 8000
     """with init='matryoshka': the SAE's training steps, 128 rows each"""
     init_sae_lr: float = 3e-3
@@ -84,21 +67,10 @@ class SparseCodingConfig:
     atom exceeds this is replaced"""
     incoherence: float | None = None
     """after each update, keep every two atoms at |cos| <= incoherence x sqrt(2 ln n_atoms / d)
-    (`sae.incoherence.random_coherence`, about the largest |cos| of one random direction with
-    n_atoms others, n_atoms counting the spares of `overcomplete`: 0.31 for 2560 atoms in
-    d = 160), moving the less used atom of a pair onto the bound in their plane, from the
-    first update after the spares are pruned (None: no bound). On hierarchical worlds an
-    atom that holds a parent and its child codes their rows with one atom instead of two,
-    and a fit at a budget prefers it; the bound keeps them apart (sae/incoherence.py).
-    Features whose true directions are closer than the bound cannot be learnt exactly"""
-    inertia: float = 0.0
-    """beta: after each update but the last the atoms also move by beta times the step they
-    took in the iteration before, D' = D_update + beta (D_t - D_{t-1}), renormalised, with
-    an atom's sign flips not counted as steps and an atom given a new direction (replaced,
-    purified) starting without one (heavy-ball inertia, `sae.inertia`): along directions
-    the data barely fix (a parent and its always co-firing children trading a shared part)
-    plain alternation crawls. 0: none; below 1 (the step must shrink for the fit to
-    settle)"""
+    (`sae.incoherence.random_coherence`, n_atoms counting the spares of `overcomplete`),
+    moving the less used atom of a pair onto the bound in their plane, from the first
+    update after the spares are pruned (None: no bound). It keeps an atom from holding a
+    parent and its child at once; features closer than the bound cannot be learnt exactly"""
     anchor_share: float | None = None
     """hold each atom's part along its co-firing anchors through every update (None: off):
     its anchors are the atoms used in at least this share of the rows that use it, at least
@@ -149,7 +121,6 @@ class SparseCodingConfig:
                                          f"rel_tol={self.rel_tol})")
         check_param("fit_tol", self.fit_tol, low=0, optional=True)
         check_param("start_rows", self.start_rows, low=1, integer=True, optional=True)
-        self._check_prefixes()
         check_param("nonnegative", self.nonnegative, boolean=True)
         check_param("init", self.init, choices=INITS)
         check_param("init_sae_steps", self.init_sae_steps, low=1, integer=True)
@@ -158,7 +129,6 @@ class SparseCodingConfig:
         check_param("batch_size", self.batch_size, low=1, integer=True, optional=True)
         check_param("max_coherence", self.max_coherence, low=0, high=1, low_open=True)
         check_param("incoherence", self.incoherence, low=0, low_open=True, optional=True)
-        check_param("inertia", self.inertia, low=0, high=1, high_open=True)
         check_param("anchor_share", self.anchor_share, low=0, high=1, low_open=True,
                     optional=True)
         check_param("n_swaps", self.n_swaps, low=0, integer=True)
@@ -172,27 +142,3 @@ class SparseCodingConfig:
         check_param("fit_offset", self.fit_offset, boolean=True)
         check_param("random_state", self.random_state, low=0, integer=True, optional=True)
         check_param("device", self.device, device=True)
-
-    def _check_prefixes(self) -> None:
-        fractions = _as_tuple("prefix_fractions", self.prefix_fractions, (int, float), "number")
-        ks = _as_tuple("prefix_ks", self.prefix_ks, int, "integer")
-        object.__setattr__(self, "prefix_fractions", tuple(float(f) for f in fractions))
-        object.__setattr__(self, "prefix_ks", ks)
-        if len(fractions) != len(ks):
-            raise ConfigError("prefix_ks", f"needs one entry per prefix_fractions entry "
-                                           f"({len(fractions)}), got {len(ks)}")
-        if any(not 0 < f < 1 for f in fractions) or any(
-                a >= b for a, b in zip(fractions, fractions[1:])):
-            raise ConfigError("prefix_fractions", f"must be strictly increasing in (0, 1), "
-                                                  f"got {list(fractions)}")
-        if any(k < 1 for k in ks) or (ks and sum(ks) >= self.k):
-            raise ConfigError("prefix_ks", f"must be >= 1 each and sum to < k={self.k}, "
-                                           f"got {list(ks)}")
-
-
-def _as_tuple(name: str, value, kind: type | tuple[type, ...], kind_name: str) -> tuple:
-    """value (a list or tuple of `kind`, booleans excluded) as a tuple; else ConfigError."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not all(
-            isinstance(v, kind) and not isinstance(v, bool) for v in value):
-        raise ConfigError(name, f"must be a list of {kind_name}s, got {value!r}")
-    return tuple(value)

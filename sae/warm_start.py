@@ -3,14 +3,10 @@
 On hierarchical worlds (a parent fires with each of its children, practically never alone)
 reconstruction at a sparsity budget does not tell the true atoms from ones that absorb a
 parent into its children, and alternating sparse coding with dictionary updates from random
-atoms settles on the absorbed ones (interference rung: mod_nn mcc 0.68, uniqueness 0.63).
-Matryoshka's nested prefixes make a parent's latent reconstruct without its children, which
-keeps its atoms near the true ones (mcc 0.80 there, but each hedged by its siblings); MOD
-started from them, with rows coded by up to d / 5 atoms while fitting (`fit_k_cap=0.2`;
-the default cap d / (2 ln n) is below k there), then removes the hedging: mcc 0.87 on that
-rung, 0.895 when the SAE has a quarter more latents than atoms and MOD prunes the least
-useful away (`overcomplete=0.25`), and 0.909 when no two atoms may lie closer than the bound
-of `incoherence` (sae/incoherence.py), which keeps a child's atom from absorbing its parent.
+atoms settles on the absorbed ones. Matryoshka's nested prefixes make a parent's latent
+reconstruct without its children, which keeps its atoms near the true ones (each hedged by
+its siblings); the sparse-coding fit started from them removes the hedging (measurements:
+docs/methods.md).
 """
 from __future__ import annotations
 

@@ -2,11 +2,14 @@
 get_params / set_params / clone as in scikit-learn, validation, docs, progress."""
 import dataclasses
 import inspect
+import json
+import re
 
 import numpy as np
 import pytest
 import sklearn.base
 
+from unsuperpose.data import files
 from unsuperpose.data.configs import ConfigError
 from unsuperpose.data.planted import planted_problem
 from unsuperpose.sae.base import DictionaryEstimator, param_docs
@@ -157,3 +160,27 @@ def test_every_registered_method_is_a_dictionary_estimator():
         assert issubclass(cls, DictionaryEstimator)
         # constructed by the base class, the same way
         assert [k for k in cls.__mro__ if "__init__" in vars(k)][0] is DictionaryEstimator
+
+
+@pytest.mark.parametrize("method, removed, needed", [
+    ("topk", {"tilt": 0.5, "resample_every": 10, "k_start": 4, "refine_with": "decoder"},
+     ("refine_with", "encoder")),
+    ("mod", {"inertia": 0.5, "prefix_fractions": [], "prefix_ks": []}, ("prefix_fractions", [0.5]))])
+def test_a_run_saved_with_a_removed_option_still_loads(method, removed, needed, H, tmp_path):
+    # config.json of an older run records the options removed since; those that only steered
+    # the fit are dropped, those that changed transform load only where they were off
+    est = make(method).fit(H)
+    est.save(tmp_path)
+    path = tmp_path / files.CONFIG_FILE
+    saved = json.loads(path.read_text())
+    saved["config"].update(removed)
+    path.write_text(json.dumps(saved))
+    back = type(est).load(tmp_path)
+    assert back.get_params() == est.get_params()
+    np.testing.assert_array_equal(back.transform(H), est.transform(H))
+    name, value = needed
+    saved["config"][name] = value
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=re.escape(f"config.json: fitted with {name}={value!r}, "
+                                                   "an option that was removed")):
+        type(est).load(tmp_path)

@@ -75,20 +75,17 @@ def test_matryoshka_prefix_loss_by_hand():
     # one prefix (the whole dictionary): BatchTopK's loss
     est3 = MatryoshkaSAE(n_components=3, k=1, prefixes=(3,))
     assert est3._penalty(sae, h, out, 0, torch.zeros(3, dtype=torch.bool))[0] == 0
-    # prefix_loss_weight scales the inner terms alone
-    est4 = MatryoshkaSAE(n_components=3, k=1, prefixes=(1, 2), prefix_loss_weight=0.5)
-    penalty4, _ = est4._penalty(sae, h, out, 0, torch.zeros(3, dtype=torch.bool))
-    assert torch.allclose(penalty4, torch.tensor(0.5 * (0.585 + 0.085)))
 
 
 def test_matryoshka_without_its_prefix_loss_trains_exactly_as_batchtopk():
     H, _ = planted_problem(n_samples=512, n_features=16, d=8, active=2, seed=2)
     params = dict(n_components=16, k=2, n_steps=60, batch_size=32, random_state=0)
     plain = methods.build("batchtopk", params).fit(H)
-    unweighted = methods.build("matryoshka", {**params, "prefix_loss_weight": 0.0}).fit(H)
-    weighted = methods.build("matryoshka", params).fit(H)
-    assert np.array_equal(plain.components_, unweighted.components_)
-    assert not np.allclose(plain.components_, weighted.components_)
+    # one prefix, the whole dictionary: no inner term
+    unnested = methods.build("matryoshka", {**params, "prefixes": (16,)}).fit(H)
+    nested = methods.build("matryoshka", params).fit(H)
+    assert np.array_equal(plain.components_, unnested.components_)
+    assert not np.allclose(plain.components_, nested.components_)
 
 
 # ---- JumpReLU: the straight-through estimators ------------------------------------------------
@@ -232,10 +229,6 @@ def test_construction_is_validated_by_the_config(method):
         cls()
     with pytest.raises(TypeError):
         cls(12)
-    if method == "matryoshka":
-        for name, value in [("prefix_loss_weight", -1.0), ("sort_every", 0)]:
-            with pytest.raises(ConfigError, match=f"^{name}: "):
-                cls(n_components=12, k=2, **{name: value})
     for name, value in [("bandwidth", 0), ("l0_coefficient", -1), ("init_threshold", 0)]:
         if method == "jumprelu":
             with pytest.raises(ConfigError, match=f"^{name}: "):

@@ -36,12 +36,9 @@ def planted_data():
                                          (MOD, {"nonnegative": True, "row_weight_exponent": 3.0}),
                                          (MOD, {"nonnegative": True, "row_weight_exponent": 3.0,
                                                 "residual_weight_scale": 0.1}),
-                                         (MOD, {"nonnegative": True, "inertia": 0.5}),
-                                         (KSVD, {"inertia": 0.5}),
                                          (MOD, {"nonnegative": True, "anchor_share": 0.5})],
                          ids=["ksvd", "ksvd-nonnegative", "mod", "mod-nonnegative",
                               "mod-nonnegative-row-weights", "mod-nonnegative-residual-weights",
-                              "mod-nonnegative-inertia", "ksvd-inertia",
                               "mod-nonnegative-anchors"])
 def test_planted_recovery(planted_data, cls, kwargs):
     H, A = planted_data
@@ -56,12 +53,10 @@ def test_planted_recovery(planted_data, cls, kwargs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cls, inertia", [(KSVD, 0.0), (MOD, 0.0), (MOD, 0.5)])
-def test_overcomplete_start_is_pruned_to_n_components(cls, inertia):
-    # with inertia, the steps of the kept atoms carry on through the pruning
+@pytest.mark.parametrize("cls", [KSVD, MOD])
+def test_overcomplete_start_is_pruned_to_n_components(cls):
     H, A = planted(8000, 48, 32, seed=2)
-    est = cls(n_components=48, k=3, n_iter=30, overcomplete=0.5, random_state=0,
-              inertia=inertia).fit(H)
+    est = cls(n_components=48, k=3, n_iter=30, overcomplete=0.5, random_state=0).fit(H)
     assert est.components_.shape == (48, 32)
     assert mmcs(A, est.components_) >= 0.99
 
@@ -306,10 +301,10 @@ def test_same_seed_same_atoms(small_data):
 
 
 _SHARED_DEFAULTS = {"k": 3, "tol": None, "n_iter": 30, "rel_tol": None, "fit_k_ratio": 1.0, "fit_tol": None,
-                    "prefix_fractions": (), "prefix_ks": (), "start_rows": None,
+                    "start_rows": None,
                     "nonnegative": False, "init": "data",
                     "init_sae_steps": 8000, "init_sae_lr": 3e-3, "fit_k_cap": None,
-                    "batch_size": None, "max_coherence": 0.99, "incoherence": None, "inertia": 0.0,
+                    "batch_size": None, "max_coherence": 0.99, "incoherence": None,
                     "anchor_share": None,
                     "n_swaps": 1,
                     "swap_gain_factor": 2.0, "reseed": "pca", "overcomplete": 0.0,
@@ -497,48 +492,6 @@ def test_top_principal_direction_matches_eigh():
     got = top_principal_direction(E, start=-a)
     assert float(got @ -a) > 0  # oriented like start
     assert abs(float(got @ ref)) == pytest.approx(1.0, abs=1e-6)
-
-
-def test_prefix_coding_codes_the_leading_atoms_first_at_the_same_k():
-    # atoms 0 and 1 are the prefix (prefix_fractions (0.5,) of 4); h = 2 e0 + e2 + 0.5 e3
-    D = torch.eye(4)
-    est = MOD(n_components=4, k=3, prefix_fractions=[0.5], prefix_ks=[1], nonnegative=True)
-    assert est.get_config().prefix_fractions == (0.5,)  # JSON lists -> tuples
-    idx, val = est._code(torch.tensor([[2.0, 0.0, 1.0, 0.5]]), D)
-    assert idx[0, 0] == 0 and val[0, 0] == pytest.approx(2.0)   # the prefix pass takes e0
-    assert sorted(idx[0, 1:].tolist()) == [2, 3]
-    # an atom both passes pick is one slot: no index twice in a row
-    idx, val = est._code(torch.tensor([[0.0, 0.0, 1.0, 0.0]]), D)
-    kept = idx[0][val[0] != 0].tolist()
-    assert kept == [2] and len(set(idx[0][idx[0] >= 0].tolist())) == len(idx[0][idx[0] >= 0])
-    with pytest.raises(ValueError, match=r"^prefix_ks: must be >= 1 each and sum to < k=3, "
-                                         r"got \[1, 2\]$"):
-        MODConfig(n_components=8, k=3, prefix_fractions=(0.25, 0.5), prefix_ks=(1, 2))
-    with pytest.raises(ValueError, match=r"^prefix_fractions: must be strictly increasing"):
-        MODConfig(n_components=8, k=3, prefix_fractions=(0.5, 0.25), prefix_ks=(1, 1))
-    with pytest.raises(ValueError, match=r"^prefix_fractions: must be a list of numbers, "
-                                         r"got '0\.5'$"):
-        MODConfig(n_components=8, k=3, prefix_fractions="0.5", prefix_ks=(1,))
-    with pytest.raises(ValueError, match=r"^prefix_ks: must be a list of integers, got \[1\.5\]$"):
-        MODConfig(n_components=8, k=3, prefix_fractions=(0.5,), prefix_ks=[1.5])
-    with pytest.raises(ValueError, match=r"^prefix_ks: needs one entry per prefix_fractions"):
-        MODConfig(n_components=8, k=3, prefix_fractions=(0.5,), prefix_ks=())
-
-
-@pytest.mark.slow
-def test_prefix_coding_keeps_parents_and_children_apart():
-    # measured on 128 features in 8 trees (tests/test_frontier_saes.py): uniqueness 0.594
-    # with one pass, 0.656 coding the most-used quarter of the atoms first
-    from unsuperpose.evaluate.metrics import uniqueness
-    from tests.test_frontier_saes import hierarchical_problem
-
-    H, G, k = hierarchical_problem()
-    base = dict(n_components=128, k=k, n_iter=20, nonnegative=True, random_state=0)
-    one = uniqueness(G.numpy(), MOD(**base).fit(H).components_)
-    two = MOD(**base, prefix_fractions=(0.25,), prefix_ks=(k // 2,)).fit(H)
-    assert uniqueness(G.numpy(), two.components_) > one + 0.04
-    codes = two.transform(H[:200])
-    assert ((codes != 0).sum(1) <= k).all()
 
 
 def test_rel_tol_stops_each_row_at_a_residual_relative_to_its_own_norm():

@@ -1,22 +1,18 @@
-"""Encoder refinement (ISTA/LISTA steps after the encoder), k annealing, and Matryoshka's
-firing-frequency reorder: by hand on tiny problems, and on a planted dictionary."""
+"""Encoder refinement (ISTA steps after the encoder): by hand on tiny problems, and on a
+planted dictionary."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from unsuperpose.data.configs import ConfigError
 from unsuperpose.data.planted import planted_problem
 from unsuperpose.evaluate.metrics import mmcs
 from unsuperpose.sae.methods import build
-from unsuperpose.sae.sae_estimators import MatryoshkaSAE, TopKSAE, annealed_k
 from unsuperpose.sae.sae_module import SparseAutoencoder
 
 
-def orthonormal_relu_sae(refine_steps: int, refine_with: str = "decoder", step: float = 1.0):
-    sae = SparseAutoencoder(2, 2, "relu", refine_steps=refine_steps, refine_step_size=step,
-                            refine_with=refine_with)
+def orthonormal_relu_sae(refine_steps: int, step: float = 1.0):
+    sae = SparseAutoencoder(2, 2, "relu", refine_steps=refine_steps, refine_step_size=step)
     sae.initialize_(torch.eye(2), torch.zeros(2), encoder_atoms=torch.eye(2) * 0.5)
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(2) * 0.5)  # the encoder reads half of each coordinate
@@ -32,8 +28,6 @@ def test_ista_step_by_hand():
     # eta = 0.5: f1 = f0 + r / 2 = (0.75, 1.5); a second step halves the rest: (0.875, 1.75)
     assert torch.allclose(orthonormal_relu_sae(1, step=0.5).encode(h), torch.tensor([[0.75, 1.5]]))
     assert torch.allclose(orthonormal_relu_sae(2, step=0.5).encode(h), torch.tensor([[0.875, 1.75]]))
-    # LISTA-like: the correction goes through W_enc = I/2: f1 = f0 + r / 2
-    assert torch.allclose(orthonormal_relu_sae(1, "encoder").encode(h), torch.tensor([[0.75, 1.5]]))
 
 
 def test_refinement_keeps_topk_sparsity_and_reports_both_pre_activations():
@@ -57,68 +51,6 @@ def test_refinement_lowers_reconstruction_error_on_a_fixed_dictionary():
         with torch.no_grad():
             errors.append(((sae.decode(sae.encode(H)) - H) ** 2).sum(dim=1).mean().item())
     assert errors[1] < errors[0] and errors[2] < errors[1]
-
-
-def test_annealed_k_by_hand():
-    # 100 steps, half of them annealing from 20 to 4: 20 at step 0, 12 at step 25, 4 from 50 on
-    assert [annealed_k(s, 100, 20, 4, 0.5) for s in (0, 25, 49, 50, 99)] == [20, 12, 4, 4, 4]
-
-
-def test_k_annealing_ends_at_k_and_is_checked():
-    H, _ = planted_problem(n_samples=2048, n_features=32, d=16, active=3, seed=0)
-    seen = []
-    est = TopKSAE(n_components=32, k=3, k_start=12, n_steps=40, batch_size=64, log_every=10)
-    est.fit(H, progress=lambda step, total, info: seen.append(est.sae_.k))
-    assert seen[0] == 12 and seen[-1] == 3 and seen == sorted(seen, reverse=True)
-    assert ((est.transform(H[:100]) > 0).sum(axis=1) <= 3).all()
-    with pytest.raises(ConfigError, match="^k_start: must be None or an integer >= 3 when k=3, got 2"):
-        TopKSAE(n_components=32, k=3, k_start=2)
-
-
-def test_permute_latents_moves_parameters_and_adam_state_together():
-    gen = torch.Generator().manual_seed(0)
-    sae = SparseAutoencoder(4, 5, "jumprelu")
-    sae.initialize_(torch.randn(5, 4, generator=gen), torch.zeros(4))
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
-    sae(torch.randn(8, 4, generator=gen)).h_hat.pow(2).sum().backward()
-    opt.step()
-    before = {n: p.detach().clone() for n, p in sae.named_parameters()}
-    moments = {n: opt.state[p]["exp_avg"].clone() for n, p in sae.named_parameters()}
-    order = torch.tensor([3, 0, 4, 1, 2])
-    sae.permute_latents_(order, opt)
-    for name, p in sae.named_parameters():
-        axis = 1 if name in ("W_enc", "W_dec") else 0
-        expected = before[name].index_select(axis, order) if p.shape[axis] == 5 else before[name]
-        assert torch.equal(p.detach(), expected), name
-        assert torch.equal(opt.state[p]["exp_avg"],
-                           moments[name].index_select(axis, order) if p.shape[axis] == 5
-                           else moments[name]), name
-
-
-def test_permute_latents_leaves_b_dec_alone_when_d_equals_n_components():
-    gen = torch.Generator().manual_seed(0)
-    sae = SparseAutoencoder(4, 4, "topk", k=1)
-    sae.initialize_(torch.randn(4, 4, generator=gen), torch.tensor([1.0, 2.0, 3.0, 4.0]))
-    W_dec = sae.W_dec.detach().clone()
-    sae.permute_latents_(torch.tensor([3, 2, 1, 0]))
-    assert torch.equal(sae.b_dec.detach(), torch.tensor([1.0, 2.0, 3.0, 4.0]))
-    assert torch.equal(sae.W_dec.detach(), W_dec.flip(1))
-
-
-def test_matryoshka_sort_every_puts_frequent_latents_first():
-    # feature i fires with probability falling in i; after sorting, the firing counts of the
-    # fitted latents on fresh rows fall from the first latents to the last
-    gen = torch.Generator().manual_seed(0)
-    n, d = 16, 12
-    atoms = torch.nn.functional.normalize(torch.randn(n, d, generator=gen), dim=1)
-    p = torch.linspace(0.4, 0.02, n)
-    codes = (torch.rand(8192, n, generator=gen) < p) * (0.5 + torch.rand(8192, n, generator=gen))
-    H = codes @ atoms
-    est = MatryoshkaSAE(n_components=n, k=3, n_steps=600, batch_size=128, sort_every=100,
-                        lr=1e-2, random_state=0).fit(H)
-    counts = (est.transform(H.numpy()) > 0).sum(axis=0).astype(float)
-    assert np.corrcoef(np.arange(n), counts)[0, 1] < -0.8
-    assert counts[: n // 4].mean() > 3 * counts[-n // 4:].mean()
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from unsuperpose.data.planted import planted_problem
 from unsuperpose.evaluate.metrics import mmcs
 from unsuperpose.sae.base import rows_to_columns
-from unsuperpose.sae.losses import auxk_loss, decoder_weighted_l1, reconstruction_mse, tilted_mse
+from unsuperpose.sae.losses import auxk_loss, decoder_weighted_l1, reconstruction_mse
 from unsuperpose.sae.sae_estimators import L1SAE, BatchTopKSAE, TopKSAE, geometric_median, lr_multiplier
 from unsuperpose.sae.sae_module import SparseAutoencoder
 from unsuperpose.sae.saelens_export import SAELENS_CFG_FILE, SAELENS_WEIGHTS_FILE
@@ -149,26 +149,6 @@ def test_losses_by_hand():
     codes = torch.tensor([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]])
     norms = torch.tensor([1.0, 2.0, 0.5])
     assert decoder_weighted_l1(codes, norms).item() == pytest.approx((1 + 1 + 6) / 2)
-
-
-def test_tilted_mse_by_hand():
-    # row errors e = (1, 3), mean m = 2: (m / t) log mean exp(t e / m)
-    h = torch.tensor([[1.0, 0.0], [0.0, 3.0 ** 0.5]])
-    h_hat = torch.zeros(2, 2, requires_grad=True)
-    assert torch.allclose(tilted_mse(h, h_hat, 0.0), torch.tensor(2.0))
-    expected = 2.0 * np.log((np.exp(0.5) + np.exp(1.5)) / 2)
-    loss = tilted_mse(h, h_hat, 1.0)
-    assert torch.allclose(loss, torch.tensor(expected, dtype=torch.float32))
-    assert 2.0 < loss.item() < 3.0 and tilted_mse(h, h_hat, 50.0).item() == pytest.approx(3, abs=0.03)
-    zero = torch.zeros(2, 2, requires_grad=True)                   # no error: 0, no NaN
-    assert tilted_mse(zero.detach(), zero, 1.0).item() == 0
-    small = tilted_mse(h, h_hat, 1e-6).item()                      # -> the mean as t -> 0
-    assert 2.0 <= small < 2.0 + 1e-5
-    # each row's gradient is the plain MSE's times softmax(t e / m) * batch
-    loss.backward()
-    weights = torch.softmax(torch.tensor([0.5, 1.5]), 0) * 2
-    plain = -2 * h / 2                                            # d mean_b e_b / d h_hat
-    assert torch.allclose(h_hat.grad, plain * weights[:, None], atol=1e-6)
 
 
 def test_auxk_loss_by_hand():
