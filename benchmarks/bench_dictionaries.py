@@ -33,6 +33,7 @@ from unsuperpose.sae.ksvd import KSVD  # noqa: E402
 from unsuperpose.sae.methods import build  # noqa: E402
 from unsuperpose.sae.mod import MOD  # noqa: E402
 from unsuperpose.sae.sklearn_baseline import SklearnDictionary  # noqa: E402
+from unsuperpose.sae.sparse_coding_config import PLAIN_ALGORITHM  # noqa: E402
 
 
 def planted_problem(n_samples: int = 20_000, n_features: int = 512, d: int = 256,
@@ -50,7 +51,8 @@ def planted_problem(n_samples: int = 20_000, n_features: int = 512, d: int = 256
 SAE_RECIPES = {
     "topk": dict(lr=3e-3, batch_size=128, n_epochs=10),
     "batchtopk": dict(lr=3e-3, batch_size=128, n_epochs=10),
-    "l1": dict(l1_coefficient=0.1, lr=1e-2, batch_size=256, n_epochs=20),
+    "l1": dict(l1_coefficient=0.1, lr=1e-2, batch_size=256, n_epochs=20, init="data",
+               l1_warmup_steps=0),
 }
 # k-SVD converges in fewer alternations than MOD (each sweep refits atoms one at a time)
 N_ITER = {"ksvd": 10, "mod": 15}
@@ -66,7 +68,9 @@ def default_methods(n_components: int, k: int, seed: int, device: str,
     n_iter: alternations of k-SVD and MOD (None: N_ITER); epochs_scale multiplies the SAE
     recipes' passes (at least 1).
     """
-    common = dict(n_components=n_components, k=k, random_state=seed, device=device)
+    # k-SVD and MOD as the papers state them (the speed of the plain alternation)
+    plain = {name: value for name, value in PLAIN_ALGORITHM.items() if name != "n_iter"}
+    common = dict(n_components=n_components, k=k, random_state=seed, device=device, **plain)
     it = {m: n_iter or N_ITER[m] for m in N_ITER}
 
     def sae(name: str):
@@ -88,7 +92,7 @@ def default_methods(n_components: int, k: int, seed: int, device: str,
         "l1": sae("l1"),
         # the reference, as scikit-learn ships it (lasso-cd coding, 10 passes, batch 256)
         "sklearn": lambda: SklearnDictionary(n_components=n_components, k=k, random_state=seed,
-                                             **(sklearn_kwargs or {})),
+                                             **{"max_iter": 10, **(sklearn_kwargs or {})}),
     }
 
 

@@ -21,10 +21,11 @@ with a long tail of rare features, and how many samples an SAE needs.
 
 (d) sharkey: the `sharkey` world (data/worlds.py; generated into --run-dir/sharkey unless it
     exists), its first --sharkey-rows training rows all fitted by --sharkey-methods with
-    exactly 512 atoms and the stage's k (5): once with the settings `unsuperpose sae` uses by
-    default (sae.config.STAGE_METHOD_DEFAULTS), once with the estimator's own defaults, the
-    reference, in the same run; signed MMCS against the 512 true directions and fit seconds.
-    The target: mod_nn >= 0.99 in <= 60 s on one thread with the stage's defaults.
+    exactly 512 atoms and the stage's k (5): once with the method's defaults (what
+    `unsuperpose sae` and `build` fit), once with the plain algorithm
+    (sae.sparse_coding_config.PLAIN_ALGORITHM), the reference, in the same run; signed MMCS
+    against the 512 true directions and fit seconds. The target: mod_nn >= 0.99 in <= 60 s
+    on one thread with the defaults.
 
 Everything runs on one torch/BLAS thread by default (a shared 2-core machine).
 """
@@ -47,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from unsuperpose.data import files  # noqa: E402
 from unsuperpose.evaluate.metrics import mmcs, per_feature_max_cosine  # noqa: E402
 from unsuperpose.sae.methods import build  # noqa: E402
+from unsuperpose.sae.sparse_coding_config import PLAIN_ALGORITHM  # noqa: E402
 
 RARE = 1e-3  # a feature firing in fewer than this fraction of rows counts as rare
 
@@ -108,15 +110,15 @@ def method_params(method: str, n_components: int, k: int, n_samples: int, seed: 
     if method in ("ksvd", "ksvd_nn", "mod", "mod_nn"):
         # tol: stop coding a row once it is explained (noiseless data; rows with fewer
         # active features than k do not pick up spurious atoms)
-        return {**common, "k": k, "n_iter": 20, "tol": 1e-6, "n_swaps": 4}
+        return {**common, **PLAIN_ALGORITHM, "k": k, "n_iter": 20, "tol": 1e-6, "n_swaps": 4}
     if method in ("topk", "batchtopk"):
         return {**common, "k": k, "lr": 3e-3, "batch_size": 128, "n_epochs": epochs,
                 "b_dec_init": "zeros"}
     if method == "l1":
         return {**common, "l1_coefficient": 0.1, "lr": 3e-3, "batch_size": 128,
-                "n_epochs": epochs, "b_dec_init": "zeros"}
+                "n_epochs": epochs, "b_dec_init": "zeros", "init": "data", "l1_warmup_steps": 0}
     if method == "sklearn":
-        return {**common, "k": k}
+        return {**common, "k": k, "max_iter": 10}
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -277,12 +279,11 @@ def efficiency(tail_size: tuple[int, int, int], seed: int = 0, check_every: int 
     return out
 
 
-# ---- (d) the sharkey world with the stage's defaults -----------------------------------------
+# ---- (d) the sharkey world with the methods' defaults ----------------------------------------
 def sharkey(run_dir: Path, methods: list[str], n_rows: int, seed: int = 0) -> dict:
     from unsuperpose.data.manifest import verify_instance
     from unsuperpose.data.rows import take_rows
     from unsuperpose.evaluate.inputs import read_instance
-    from unsuperpose.sae.config import SAEStageConfig
 
     world = run_dir / "sharkey"
     if not files.instances_dir(world).is_dir():
@@ -296,8 +297,9 @@ def sharkey(run_dir: Path, methods: list[str], n_rows: int, seed: int = 0) -> di
     k = 5  # the stage's k: the expected number of active features per row, rounded up
     rows = []
     for method in methods:
-        stage = SAEStageConfig(methods=(method,), seed=seed).method_params(method)
-        for settings, params in (("stage defaults", stage), ("estimator defaults", {})):
+        plain = method in ("ksvd", "ksvd_nn", "mod", "mod_nn")
+        for settings, params in (("defaults", {}), *((("plain algorithm", PLAIN_ALGORITHM),)
+                                                     if plain else ())):
             est = build(method, {"n_components": G.shape[0], "k": k, "random_state": seed,
                                  "device": "cpu", **params})
             t0 = time.perf_counter()

@@ -32,7 +32,8 @@ METHODS = {"l1": L1SAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE}
 
 # The planted problem and recipes of tests/test_sparse_autoencoder.py::test_planted_recovery.
 RECOVERY = {
-    "l1": dict(l1_coefficient=0.4, lr=2e-2, batch_size=128, n_epochs=20),
+    "l1": dict(l1_coefficient=0.4, lr=2e-2, batch_size=128, n_epochs=20, init="data",
+               l1_warmup_steps=0),
     "topk": dict(k=3, lr=1e-2, batch_size=128, n_epochs=10, dead_steps_threshold=10,
                  aux_coefficient=1.0),
 }

@@ -16,9 +16,8 @@ includes every probe).
 The same number of training samples (--samples, 2M by default) for every method: an SAE takes
 samples / batch_size optimiser steps over the training rows (cycling them); a full-batch
 method (k-SVD, MOD) alternates over min(samples, --fit-rows) rows for as many iterations as
-make up the samples, at most MAX_ITER, with the stage's other defaults for them
-(sae.config.SPARSE_CODING_DEFAULTS: what `unsuperpose sae` fits; its start_rows codes fewer rows
-in the first iterations, so these see somewhat fewer samples); sklearn's
+make up the samples, at most MAX_ITER, with their other defaults (what `unsuperpose sae` fits;
+start_rows codes fewer rows in the first iterations, so these see somewhat fewer samples); sklearn's
 MiniBatchDictionaryLearning sees SKLEARN_ROWS rows once (its lasso coding over thousands of
 atoms runs at a few hundred rows/s here).
 
@@ -51,7 +50,6 @@ from unsuperpose.evaluate.oracle import ORACLE, f1_vs_oracle, score_oracle  # no
 from unsuperpose.evaluate.scoring import score_dictionary  # noqa: E402
 from unsuperpose.generate.worlds import PRESETS  # noqa: E402
 from unsuperpose.sae.calibration import calibrate_l1_coefficient  # noqa: E402
-from unsuperpose.sae.config import SAEStageConfig  # noqa: E402
 from unsuperpose.sae.methods import METHODS, SAE_METHODS, build  # noqa: E402
 
 CPU_RUNGS = tuple(w for w in ("sharkey", "simple", "synthsaebench-small", "interference")
@@ -96,20 +94,20 @@ def method_params(method: str, n_components: int, k: int, samples: int, n_rows: 
     common = dict(n_components=n_components, random_state=seed, device=device)
     if method == "matryoshka_mod":
         # its SAE sees the run's samples as the other SAEs do; MOD's passes over the training
-        # rows (n_iter of the stage's defaults) come on top
-        return SAEStageConfig(params={method: {
-            **common, "k": k, "init_sae_steps": max(1, samples // SAE_BATCH),
-            "init_sae_lr": SAE_LR}}).method_params(method)
+        # rows (its n_iter) come on top
+        return {**common, "k": k, "init_sae_steps": max(1, samples // SAE_BATCH),
+                "init_sae_lr": SAE_LR}
     if method in SAE_METHODS or method not in ("ksvd", "ksvd_nn", "mod", "mod_nn", "sklearn"):
         sae = {**common, "lr": SAE_LR, "batch_size": SAE_BATCH,
                "n_steps": max(1, samples // SAE_BATCH)}
-        return sae if method == "l1" else {**sae, "k": k}
+        # the ladder's l1 rows (docs/benchmarks.md) were fitted from data rows without a ramp
+        # of the penalty; kept so that they stay comparable
+        return {**sae, "init": "data", "l1_warmup_steps": 0} if method == "l1" else {**sae, "k": k}
     if method == "sklearn":
         return {**common, "device": "cpu", "k": k, "max_iter": 1, "alpha": SKLEARN_ALPHA}
-    # k-SVD and MOD as `unsuperpose sae` fits them: the stage's defaults (the rare-tail recipe)
+    # k-SVD and MOD with their defaults (the rare-tail recipe), as `unsuperpose sae` fits them
     n_iter = max(1, min(MAX_ITER, math.ceil(samples / n_rows)))
-    return SAEStageConfig(params={method: {**common, "k": k, "n_iter": n_iter}}
-                          ).method_params(method)
+    return {**common, "k": k, "n_iter": n_iter}
 
 
 def parse_variant(text: str) -> tuple[str, str, dict]:

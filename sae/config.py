@@ -14,47 +14,6 @@ METHOD_NAMES = (*DEFAULT_METHODS, "matryoshka", "jumprelu", "matryoshka_mod")
 EXPORT_FORMATS = ("saelens",)
 
 
-# Defaults of the stage that differ from an estimator's own.
-# l1: the coefficient is only where the L0 calibration starts (0.3 needs the fewest fits on the
-# default run); random init and a 1000-step ramp of the penalty let it keep one latent per
-# feature at L0 ~ 1 (rec@0.99 0.93-1.0 over seeds at p = 0.003, against 0.72-0.85 with a
-# data-row init and no ramp), see sae/calibration.py.
-# k-SVD / MOD: the rare-tail recipe, so that a user gets it without knowing it. On the sharkey
-# world (512 features in d = 256, 100k rows, one thread) mod_nn reaches signed MMCS 0.993 in
-# 54 s with it, 0.927 in 195 s with the estimator's defaults; on the default toy run (40
-# features in d = 10) it changes MMCS by -0.002 to +0.019 (fit_k_ratio is capped to k there).
-SPARSE_CODING_DEFAULTS = {"n_iter": 20, "start_rows": 16384, "fit_k_ratio": 2.0, "fit_tol": 0.006,
-                          "overcomplete": 0.25, "purify": True, "n_swaps": 8,
-                          "swap_gain_factor": 1.0, "reseed": "cluster"}
-# matryoshka_mod: plain MOD refinement of the SAE's atoms, rows coded with up to 3k atoms but
-# at most d / 5 (fit_k_cap, 0.17 d now, below; d / (2 ln n) is below k on the hierarchical
-# rungs) and stopped at fit_tol, no swaps: Matryoshka's mcc 0.80 -> 0.87 on the interference
-# rung (fit_k 32) and 0.70 -> 0.75 on synthsaebench-small (fit_k 19), where the capped recipe
-# above takes the same start down (0.71 on interference); with the SAE a quarter wider and
-# MOD pruning its spare atoms away (overcomplete), 0.895 and 0.764; 0.909 and 0.769 with
-# atoms kept at |cos| <= sqrt(2 ln n / d) (incoherence 1: a child's atom cannot absorb its
-# parent's direction), measured in README "Keeping atoms apart"; 0.915 and 0.795 with each
-# row's squared error weighted by ||h||^-3 in the update (row_weight_exponent, README
-# "Weighting the rows");
-# 0.914 and 0.832 with each row also weighted by exp(-rho / 0.01), rho its relative squared
-# residual (residual_weight_scale: rows the codes cannot explain are mostly coded wrong);
-# 0.919 and 0.839 with the bound at 0.8 of sqrt(2 ln n / d), which the atoms mixing
-# co-firing roots exceed (README "Weighting the rows by their residual"); 0.910 and 0.847
-# (3 seeds 0.835 -> 0.844) with 20 iterations (README "Inertia and the length of the fit");
-# 0.911 and 0.852 (3 seeds 0.842 -> 0.850) with each atom's part along its co-firing anchors
-# held through the updates (anchor_share, sae/anchors.py) and rows coded with at most 0.17 d
-# atoms while fitting (README "Holding what the data leave free")
-MATRYOSHKA_MOD_DEFAULTS = {"n_iter": 20, "fit_k_cap": 0.17, "fit_k_ratio": 3.0,
-                           "fit_tol": 1e-3, "n_swaps": 0, "overcomplete": 0.25,
-                           "incoherence": 0.8, "row_weight_exponent": 3.0,
-                           "residual_weight_scale": 0.01, "anchor_share": 0.5}
-STAGE_METHOD_DEFAULTS = {"l1": {"l1_coefficient": 0.3, "init": "random", "l1_warmup_steps": 1000},
-                         # the baseline at 10 passes took 60 s of a 3-minute default run
-                         "sklearn": {"max_iter": 3},
-                         **{m: SPARSE_CODING_DEFAULTS for m in ("ksvd", "ksvd_nn", "mod", "mod_nn")},
-                         "matryoshka_mod": MATRYOSHKA_MOD_DEFAULTS}
-
-
 @dataclass(frozen=True)
 class SAEStageConfig(JSONConfig):
     methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={"choices": METHOD_NAMES})
@@ -147,15 +106,6 @@ class SAEStageConfig(JSONConfig):
                                                 f"valid: {', '.join(sorted(names))}")
 
     def method_params(self, method: str) -> dict:
-        from unsuperpose.sae.fit_schedule import min_iterations_to_prune
-
-        defaults = dict(STAGE_METHOD_DEFAULTS.get(method, {}))
-        given = {**self.params.get("*", {}), **self.params.get(method, {})}
-        # spare atoms need iterations after their pruning: a short fit asked for (n_iter=3
-        # for a quick look) drops the default spare atoms rather than failing on them
-        n_iter = given.get("n_iter")
-        if ("overcomplete" in defaults and "overcomplete" not in given
-                and isinstance(n_iter, int) and n_iter < min_iterations_to_prune()):
-            del defaults["overcomplete"]
-        return {**defaults, **given}
-
+        """The parameters the user gave `method` (through `params`, "*" first); everything
+        else is the estimator's default, so the stage fits what `build(method, ...)` fits."""
+        return {**self.params.get("*", {}), **self.params.get(method, {})}

@@ -15,8 +15,15 @@ def min_iterations_to_prune() -> int:
     return SWAP_GRACE_ITERATIONS + 2
 
 
-def n_spare_atoms(overcomplete: float, n_components: int) -> int:
-    """Atoms fitted beyond n_components until the pruning."""
+DEFAULT_OVERCOMPLETE = 0.25  # overcomplete=None: a quarter more atoms, when there is time
+
+
+def n_spare_atoms(overcomplete: float | None, n_components: int, n_iter: int) -> int:
+    """Atoms fitted beyond n_components until the pruning. overcomplete None:
+    DEFAULT_OVERCOMPLETE when n_iter leaves iterations after the pruning, else none (a short
+    fit asked for, n_iter=3 for a quick look, then fits without spares rather than failing)."""
+    if overcomplete is None:
+        overcomplete = DEFAULT_OVERCOMPLETE if n_iter >= min_iterations_to_prune() else 0.0
     return round(overcomplete * n_components)
 
 

@@ -1,4 +1,7 @@
-"""The method registry: a name on the command line -> an estimator class and fixed settings."""
+"""The method registry, the one place that names a method: a name on the command line or in
+`build` -> its estimator class and the parameters that define the variant. Everything else a
+method fits with is its estimator's defaults, so `build(name, {...})` and `unsuperpose sae
+--methods name` fit the same algorithm."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +11,7 @@ from pathlib import Path
 from unsuperpose.data import files
 from unsuperpose.data.configs import ConfigError
 from unsuperpose.sae.ksvd import KSVD
+from unsuperpose.sae.matryoshka_mod import MatryoshkaMOD
 from unsuperpose.sae.mod import MOD
 from unsuperpose.sae.sae_estimators import L1SAE, BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, TopKSAE
 from unsuperpose.sae.sklearn_baseline import SklearnDictionary
@@ -24,8 +28,8 @@ METHODS = {
     "sklearn": (SklearnDictionary, {}),
     "matryoshka": (MatryoshkaSAE, {}),
     "jumprelu": (JumpReLUSAE, {}),
-    # nonnegative MOD started from a Matryoshka SAE's decoder (sae/warm_start.py)
-    "matryoshka_mod": (MOD, {"nonnegative": True, "init": "matryoshka"}),
+    # nonnegative MOD refining a Matryoshka SAE's decoder (sae/matryoshka_mod.py)
+    "matryoshka_mod": (MatryoshkaMOD, {}),
 }
 # every method of the stage; the default run fits sae.config.DEFAULT_METHODS, which leaves out
 # the two frontier SAEs (matryoshka, jumprelu) and their hybrid with MOD (matryoshka_mod) so

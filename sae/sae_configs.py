@@ -77,9 +77,14 @@ class L1SAEConfig(SAEConfig):
     """The L1 SAE: SAEConfig plus the penalty."""
 
     l1_coefficient: float = 0.3
-    """lambda on sum_i f_i ||W_dec,i|| (a batch mean)"""
-    l1_warmup_steps: int = 0
+    """lambda on sum_i f_i ||W_dec,i|| (a batch mean); the stage calibrates it to the target
+    L0, starting here"""
+    l1_warmup_steps: int = 1000
     """ramp lambda linearly from ~0 over this many steps"""
+    init: str = "random"
+    """decoder atoms from random directions ('random') or random centred data rows ('data'):
+    with the penalty's ramp, random atoms keep one latent per feature at L0 ~ 1 where data
+    rows split rare features (docs/methods.md)"""
 
     def __post_init__(self):
         super().__post_init__()

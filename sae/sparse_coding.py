@@ -89,7 +89,7 @@ class SparseCodingDictionary(DictionaryEstimator):
         if cfg.start_rows is not None and cfg.start_rows < n_samples:
             # the growing subsets are prefixes of one shuffle: file order may not be random
             X = X[torch.randperm(n_samples, generator=gen, device=device)]
-        n_spare = n_spare_atoms(cfg.overcomplete, cfg.n_components)
+        n_spare = n_spare_atoms(cfg.overcomplete, cfg.n_components, cfg.n_iter)
         fit_k = fit_sparsity(cfg.k, cfg.fit_k_ratio, d, cfg.n_components + n_spare,
                              cap=cfg.fit_k_cap)
         signed = not cfg.nonnegative

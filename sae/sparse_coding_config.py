@@ -10,12 +10,23 @@ from unsuperpose.sae.base import check_param
 from unsuperpose.sae.fit_schedule import min_iterations_to_prune, n_spare_atoms
 
 RESEEDS = ("pca", "cluster")
+# k-SVD/MOD as the papers state them: every row from the start, k atoms per row while fitting,
+# no spare atoms, no purification, one swap at a time: `MOD(n_components=..., **PLAIN_ALGORITHM)`
+PLAIN_ALGORITHM = {"n_iter": 30, "start_rows": None, "fit_k_ratio": 1.0, "fit_tol": None,
+                   "overcomplete": 0.0, "purify": False, "n_swaps": 1, "swap_gain_factor": 2.0,
+                   "reseed": "pca"}
 INITS = (*ATOM_INITS, "matryoshka")
 
 
 @dataclass(frozen=True, kw_only=True)
 class SparseCodingConfig:
-    """Fields common to every OMP-coded dictionary method (k-SVD, MOD)."""
+    """Fields common to every OMP-coded dictionary method (k-SVD, MOD).
+
+    The defaults are the rare-tail recipe (rows coded with up to 2k atoms while fitting, a
+    growing subset of rows, spare atoms pruned at the end, purification and swaps with
+    clustered re-seeding): on worlds with a long tail of rare features the plain alternation
+    leaves mixtures of rare features that it never undoes (docs/methods.md has the
+    measurements). `PLAIN_ALGORITHM` holds the settings of the plain alternation."""
 
     n_components: int
     """number of atoms (rows of components_)"""
@@ -23,9 +34,9 @@ class SparseCodingConfig:
     """most nonzero coefficients per sample, for OMP during fit and in transform"""
     tol: float | None = None
     """also stop coding a sample once its squared residual norm ||h - c D||^2 <= tol"""
-    n_iter: int = 30
+    n_iter: int = 20
     """alternations of sparse coding and dictionary update"""
-    fit_k_ratio: float = 1.0
+    fit_k_ratio: float = 2.0
     """while fitting, code each sample with up to ceil(fit_k_ratio * k) atoms (at most
     fit_k_cap allows, never fewer than k); transform keeps k. With k the mean L0, a row with
     more active features than k otherwise leaves part of them in its residual, and the atom
@@ -40,11 +51,11 @@ class SparseCodingConfig:
     its own squared norm (None: code every row with k atoms, unless `tol`): learned atoms
     are never exact, so without it every row takes k atoms and a row with fewer active
     features gains false firings (the oracle stops at rounding noise). Exclusive with tol"""
-    fit_tol: float | None = None
+    fit_tol: float | None = 0.006
     """while fitting, also stop coding a sample once its squared residual is at most fit_tol
     times the mean squared norm of the rows (scale-free; transform keeps `tol`): with
     fit_k_ratio > 1, the extra atoms then go only to the rows that need them"""
-    start_rows: int | None = None
+    start_rows: int | None = 16384
     """code and update on a random subset of this many rows in the first iteration, doubled
     each iteration until every row is used (None: every row from the start): the first
     alternations find the frequent features, which a subset shows as well as all rows"""
@@ -79,21 +90,22 @@ class SparseCodingConfig:
     for child + a x parent reconstructs their rows as well as the child's own direction
     does, so the data leave that part free and an update drifts it towards absorbing the
     parent; with this the update moves only the rest of the atom"""
-    n_swaps: int = 1
+    n_swaps: int = 8
     """per iteration, at most this many of the atoms whose removal would cost least are
     swapped for a direction the dictionary misses, if that carries more (0: never)"""
-    swap_gain_factor: float = 2.0
+    swap_gain_factor: float = 1.0
     """a swap happens only if the new direction carries more than this times the atom's
     removal cost (0: the n_swaps cheapest atoms are swapped every iteration)"""
-    reseed: str = "pca"
+    reseed: str = "cluster"
     """new directions for replaced atoms: 'pca' = principal directions of the worst residuals;
     'cluster' = one per group of worst residuals that point the same way (|cos| > 0.5),
     strongest sample first, so each seed follows one missing feature rather than a mix"""
-    overcomplete: float = 0.0
+    overcomplete: float | None = None
     """fit with this fraction more atoms at first (0.25: 1.25 x n_components), then drop
     the cheapest (`removal_cost`) down to n_components for the last quarter of n_iter:
-    spare atoms let rare features be learned instead of being fought over"""
-    purify: bool = False
+    spare atoms let rare features be learned instead of being fought over (None: 0.25 when
+    n_iter >= 5 leaves iterations after the pruning, else 0)"""
+    purify: bool = True
     """each iteration, an atom whose samples point several ways (its part of them plus their
     residuals fall into groups, `cluster_directions`) and that no group agrees with (cos <
     0.95) takes its strongest group's direction: a mixture of rare features becomes one of
@@ -134,8 +146,9 @@ class SparseCodingConfig:
         check_param("n_swaps", self.n_swaps, low=0, integer=True)
         check_param("swap_gain_factor", self.swap_gain_factor, low=0)
         check_param("reseed", self.reseed, choices=RESEEDS)
-        check_param("overcomplete", self.overcomplete, low=0, high=4)
-        if n_spare_atoms(self.overcomplete, self.n_components):
+        check_param("overcomplete", self.overcomplete, low=0, high=4, optional=True)
+        if self.overcomplete is not None and n_spare_atoms(self.overcomplete, self.n_components,
+                                                           self.n_iter):
             check_param("n_iter", self.n_iter, low=min_iterations_to_prune(), integer=True,
                         when=f"overcomplete={self.overcomplete} (to settle after pruning)")
         check_param("purify", self.purify, boolean=True)

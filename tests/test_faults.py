@@ -113,7 +113,7 @@ _FLOAT_RULES = {
     "tol": ("None or finite and >= 0", -1.0, "-1.0"),
     "max_coherence": ("finite and in (0, 1]", 0.0, "0.0"),
     "swap_gain_factor": ("finite and >= 0", -1.0, "-1.0"),
-    "overcomplete": ("finite and in [0, 4]", 5.0, "5.0"),
+    "overcomplete": ("None or finite and in [0, 4]", 5.0, "5.0"),
     "ridge": ("finite and >= 0", -1.0, "-1.0"),
     "row_weight_exponent": ("finite and >= 0", -1.0, "-1.0"),
     "residual_weight_scale": ("None or finite and > 0", 0.0, "0.0"),
@@ -138,12 +138,12 @@ _FLOAT_FIELDS = {
            "swap_gain_factor", "overcomplete", "ridge", "init_sae_lr", "fit_k_cap",
            "incoherence", "row_weight_exponent", "residual_weight_scale",
            "anchor_share"}
-       for m in ("mod", "mod_nn")},
+       for m in ("mod", "mod_nn", "matryoshka_mod")},
     "sklearn": {"alpha"},
 }
 
 
-@pytest.mark.parametrize("method", _DICT_METHODS)
+@pytest.mark.parametrize("method", (*_DICT_METHODS, "matryoshka_mod"))
 def test_every_float_hyperparameter_refuses_nan_inf_and_out_of_range_by_name(method):
     import dataclasses
 

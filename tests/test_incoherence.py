@@ -8,6 +8,7 @@ import torch
 from unsuperpose.data.configs import ConfigError
 from unsuperpose.sae.incoherence import decohere_atoms, random_coherence
 from unsuperpose.sae.mod import MOD
+from unsuperpose.sae.sparse_coding_config import PLAIN_ALGORITHM
 
 
 def _unit(D):
@@ -67,8 +68,9 @@ def test_mod_with_incoherence_keeps_its_atoms_apart_and_logs_the_moves():
     G /= np.linalg.norm(G, axis=1, keepdims=True)
     codes = (gen.random((3000, n)) < 0.1) * np.abs(gen.normal(1, 0.2, (3000, n)))
     X = (codes @ G).astype(np.float32)
-    fits = {inc: MOD(n_components=n, k=3, n_iter=6, n_swaps=0, incoherence=inc,
-                     nonnegative=True, random_state=0, device="cpu").fit(X)
+    plain = {**PLAIN_ALGORITHM, "n_iter": 6, "n_swaps": 0}
+    fits = {inc: MOD(n_components=n, k=3, incoherence=inc, nonnegative=True, random_state=0,
+                     device="cpu", **plain).fit(X)
             for inc in (None, 0.9)}
     bound = 0.9 * random_coherence(n, d)
 

@@ -15,6 +15,7 @@ from unsuperpose.sae.fit_schedule import Phase, fit_sparsity, rows_in_iteration,
 from unsuperpose.sae.ksvd import KSVD, KSVDConfig, ksvd_sweep
 from unsuperpose.sae.mod import MOD, MODConfig, mod_update, residual_weights, row_weights
 from unsuperpose.sae.omp import omp_encode, sparse_reconstruct
+from unsuperpose.sae.sparse_coding_config import PLAIN_ALGORITHM
 
 
 def planted(n_samples=20_000, n_features=64, d=32, active=3, seed=0):
@@ -281,7 +282,7 @@ def test_input_kinds_and_shapes(small_data, cls):
 def test_log_and_progress(small_data):
     H, _ = small_data
     calls = []
-    est = MOD(n_components=16, k=2, n_iter=4).fit(
+    est = MOD(n_components=16, k=2, **{**PLAIN_ALGORITHM, "n_iter": 4}).fit(
         H, progress=lambda done, total, info: calls.append((done, total, info)))
     assert [(done, total) for done, total, _ in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     seen = [info for _, _, info in calls]
@@ -300,15 +301,13 @@ def test_same_seed_same_atoms(small_data):
     assert not np.array_equal(a, c)
 
 
-_SHARED_DEFAULTS = {"k": 3, "tol": None, "n_iter": 30, "rel_tol": None, "fit_k_ratio": 1.0, "fit_tol": None,
-                    "start_rows": None,
-                    "nonnegative": False, "init": "data",
+_SHARED_DEFAULTS = {"k": 3, "tol": None, "n_iter": 20, "rel_tol": None, "fit_k_ratio": 2.0,
+                    "fit_tol": 0.006, "start_rows": 16384, "nonnegative": False, "init": "data",
                     "init_sae_steps": 8000, "init_sae_lr": 3e-3, "fit_k_cap": None,
                     "batch_size": None, "max_coherence": 0.99, "incoherence": None,
-                    "anchor_share": None,
-                    "n_swaps": 1,
-                    "swap_gain_factor": 2.0, "reseed": "pca", "overcomplete": 0.0,
-                    "purify": False, "fit_offset": False, "random_state": 0, "device": "auto"}
+                    "anchor_share": None, "n_swaps": 8, "swap_gain_factor": 1.0,
+                    "reseed": "cluster", "overcomplete": None, "purify": True,
+                    "fit_offset": False, "random_state": 0, "device": "auto"}
 
 
 @pytest.mark.parametrize("cls, own", [(KSVD, {"approximate": False}),
@@ -429,7 +428,7 @@ def test_fit_offset_recovers_atoms_under_a_constant_shift(method, tmp_path):
     # b (MMCS 0.71 / 0.95 here); with it both methods recover the planted atoms
     H, atoms = planted_problem(n_samples=8000, n_features=48, d=24, active=3, seed=0)
     b = torch.randn(24, generator=torch.Generator().manual_seed(5)) * 2
-    params = dict(n_components=48, k=3, n_iter=20)
+    params = {**PLAIN_ALGORITHM, "n_components": 48, "k": 3, "n_iter": 20}
     plain = methods.build(method, params).fit(H + b)
     est = methods.build(method, {**params, "fit_offset": True}).fit(H + b)
     assert mmcs(torch.as_tensor(est.components_), atoms) > 0.99
@@ -467,10 +466,11 @@ def test_fit_k_ratio_and_fit_tol_change_only_the_fit_coding():
     A = torch.nn.functional.normalize(torch.randn(192, 128, generator=gen), dim=1)
     fire = torch.rand(8000, 192, generator=gen) < 0.06 * 0.98 ** torch.arange(192)
     H = ((fire * torch.rand(8000, 192, generator=gen)) @ A).numpy()
-    base = dict(n_components=192, k=3, n_iter=8, nonnegative=True, random_state=0)
+    base = {**PLAIN_ALGORITHM, "n_components": 192, "k": 3, "n_iter": 8, "nonnegative": True,
+            "random_state": 0}
     narrow = MOD(**base).fit(H)
-    wide = MOD(**base, fit_k_ratio=2.0).fit(H)
-    stopped = MOD(**base, fit_k_ratio=2.0, fit_tol=0.006).fit(H)
+    wide = MOD(**{**base, "fit_k_ratio": 2.0}).fit(H)
+    stopped = MOD(**{**base, "fit_k_ratio": 2.0, "fit_tol": 0.006}).fit(H)
     assert narrow.log_[-1]["l0"] <= 3 < stopped.log_[-1]["l0"] < wide.log_[-1]["l0"] <= 6
     # measured 0.858 -> 0.917
     assert mmcs(A.numpy(), stopped.components_) > mmcs(A.numpy(), narrow.components_) + 0.03

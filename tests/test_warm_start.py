@@ -12,6 +12,7 @@ from unsuperpose.sae.fit_schedule import fit_sparsity
 from unsuperpose.sae.methods import build
 from unsuperpose.sae.mod import MOD
 from unsuperpose.sae.sae_estimators import MatryoshkaSAE
+from unsuperpose.sae.sparse_coding_config import PLAIN_ALGORITHM
 from unsuperpose.sae.warm_start import matryoshka_atoms
 
 
@@ -38,21 +39,30 @@ def test_the_warm_start_atoms_are_the_decoder_of_a_matryoshka_sae_with_a_latent_
 
 def test_mod_from_a_matryoshka_start_recovers_a_planted_dictionary_a_data_start_misses():
     H, G = planted_problem(n_samples=3000, n_features=24, d=16, active=3, seed=2)
+    plain = {**PLAIN_ALGORITHM, "n_iter": 8}  # the start alone makes the difference
     fits = {init: MOD(n_components=24, k=3, nonnegative=True, init=init, init_sae_steps=1500,
-                      n_iter=8, device="cpu").fit(H) for init in ("matryoshka", "data")}
+                      device="cpu", **plain).fit(H) for init in ("matryoshka", "data")}
     warm, cold = (mmcs(np.asarray(G), fits[i].components_) for i in ("matryoshka", "data"))
     assert warm > 0.999          # measured 0.9999
     assert cold < 0.98           # measured 0.963: eight iterations from samples are not enough
 
 
-def test_the_stage_fits_matryoshka_mod_with_a_looser_cap_without_swaps():
-    params = SAEStageConfig().method_params("matryoshka_mod")
-    est = build("matryoshka_mod", {**params, "n_components": 8, "k": 2})
-    cfg = est.get_config()
+def test_matryoshka_mod_is_the_same_algorithm_from_build_the_stage_and_its_class():
+    from unsuperpose.sae.matryoshka_mod import MatryoshkaMOD
+
+    stage = SAEStageConfig().method_params("matryoshka_mod")
+    assert stage == {}                        # the stage adds nothing to the estimator's defaults
+    built = build("matryoshka_mod", {"n_components": 8, "k": 2})
+    assert type(built) is MatryoshkaMOD and built.method == "matryoshka_mod"
+    assert built.get_params() == MatryoshkaMOD(n_components=8, k=2).get_params()
+    cfg = built.get_config()
     assert cfg.init == "matryoshka" and cfg.nonnegative and cfg.fit_k_cap == 0.17
-    assert cfg.n_iter == 20 and cfg.fit_tol == 1e-3 and cfg.n_swaps == 0
+    assert cfg.n_iter == 20 and cfg.fit_k_ratio == 3.0 and cfg.fit_tol == 1e-3 and cfg.n_swaps == 0
+    assert cfg.incoherence == 0.8 and cfg.row_weight_exponent == 3.0
+    assert cfg.residual_weight_scale == 0.01
     assert cfg.anchor_share == 0.5           # a child's part along its parent held
-    assert cfg.overcomplete == 0.25          # the SAE a quarter wider, pruned back by MOD
+    assert cfg.overcomplete is None          # a quarter more atoms when n_iter leaves time
+    assert not cfg.purify and cfg.start_rows is None and cfg.reseed == "pca"
 
 
 @pytest.mark.parametrize("field, value", [("init_sae_steps", 0), ("init_sae_lr", 0.0),
