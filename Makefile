@@ -15,7 +15,7 @@ SAELENS_VERSION ?= 6.54.12
 SAELENS_VENV ?= .venv-saelens
 SAELENS_PY := $(SAELENS_VENV)/bin/python
 TORCH_VERSION := $(patsubst torch==%,%,$(TORCH_PIN))
-SAELENS_TESTS := tests/test_saelens_interop.py::test_our_export_loads_in_saelens
+SAELENS_TESTS := tests/sae/test_saelens_interop.py::test_our_export_loads_in_saelens
 
 GRID ?= evaluate/sweep/grids/example.json
 

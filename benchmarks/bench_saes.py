@@ -30,7 +30,7 @@ from unsuperpose.sae.sae_module import SPARSE_DECODE_RATIO  # noqa: E402
 
 METHODS = {"l1": L1SAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE}
 
-# The planted problem and recipes of tests/test_sparse_autoencoder.py::test_planted_recovery.
+# The planted problem and recipes of tests/sae/test_sparse_autoencoder.py::test_planted_recovery.
 RECOVERY = {
     "l1": dict(l1_coefficient=0.4, lr=2e-2, batch_size=128, n_epochs=20, init="data",
                l1_warmup_steps=0),

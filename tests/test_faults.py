@@ -698,9 +698,9 @@ from unsuperpose.evaluate.sweep import load_grid  # noqa: E402
 from unsuperpose.evaluate.sweep.aggregate import AGGREGATE_CSV, SUMMARY_FILE, read_csv, write_aggregate  # noqa: E402
 from unsuperpose.evaluate.sweep.guard import SweepBusy, sweep_lock  # noqa: E402
 from unsuperpose.evaluate.sweep.runner import POINT_MARKER, point_dir  # noqa: E402
-from tests.test_sweep import BASE, _invoke, write_grid  # noqa: E402
+from tests.evaluate.sweep.test_sweep import BASE, _invoke, write_grid  # noqa: E402
 
-GUARD = Path(__file__).parent.parent / "evaluate" / "sweep" / "guard.py"
+GUARD = Path(__file__).resolve().parents[1] / "evaluate" / "sweep" / "guard.py"
 # one instance, topk only; the axis over seeds: 1 generate run, points of a second or two
 FAST_BASE = {**BASE, "generate": {**BASE["generate"], "feature_probability": 0.1},
              "sae": {**BASE["sae"], "methods": ["topk"]}}

@@ -28,7 +28,7 @@ from unsuperpose.evaluate.sweep.runner import POINT_MARKER, WORKER_FILE  # noqa:
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 RAY = Path(sys.executable).with_name("ray")
 # two points (dictionary ratios) over one generate run, as small as test_sweep's
 GRID = {"base": {"generate": {"n_features": 6, "d_hidden": 3, "steps": 100, "batch_size": 256,

@@ -239,7 +239,7 @@ def test_pareto_front_keeps_the_points_no_other_beats_on_l0_and_fvu():
 
 
 def test_the_example_grid_of_make_sweep_loads():
-    grid = load_grid(Path(__file__).parent.parent / "evaluate" / "sweep" / "grids" / "example.json")
+    grid = load_grid(Path(__file__).parents[3] / "evaluate" / "sweep" / "grids" / "example.json")
     assert len(grid.points) == 2 * 3  # dict ratios x seeds
     assert len({p.generate_hash for p in grid.points}) == 3  # one generate run per seed
 

@@ -519,7 +519,7 @@ def test_residual_weights_keep_the_true_atoms_on_a_hierarchical_world(monkeypatc
     # iterations; 0.84 with row weights alone), because the rows OMP codes wrongly (many
     # features at once) pull the atoms; weighting rows by their residual leaves them out
     import unsuperpose.sae.sparse_coding as sparse_coding
-    from tests.test_frontier_saes import hierarchical_problem
+    from tests.sae.test_frontier_saes import hierarchical_problem
 
     H, G, k = hierarchical_problem(rows=16384)
     monkeypatch.setattr(sparse_coding, "init_atoms", lambda X, n, init, gen: G.to(X.dtype))

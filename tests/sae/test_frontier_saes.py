@@ -22,7 +22,7 @@ from unsuperpose.sae.sae_module import SAEOutput, SparseAutoencoder
 from unsuperpose.sae.saelens_export import SAELENS_CFG_FILE, SAELENS_WEIGHTS_FILE
 
 FRONTIER = {"matryoshka": MatryoshkaSAE, "jumprelu": JumpReLUSAE}
-# small fits, as tests/test_estimator_contract.py's FAST
+# small fits, as tests/sae/test_estimator_contract.py's FAST
 FAST = {"matryoshka": {"n_steps": 20, "batch_size": 64, "log_every": 5, "k": 2},
         "jumprelu": {"n_steps": 20, "batch_size": 64, "log_every": 5}}
 OTHER = {"matryoshka": {"prefixes": (0.25, 6), "threshold_rate": 0.1},
@@ -216,7 +216,7 @@ def test_registered_for_build_load_and_the_stage_but_not_the_default_run():
 
 
 # the estimator contract (get/set_params, clone, progress, docs) is checked for these methods by
-# tests/test_estimator_contract.py, which iterates the registry
+# tests/sae/test_estimator_contract.py, which iterates the registry
 @pytest.mark.parametrize("method", sorted(FRONTIER))
 def test_construction_is_validated_by_the_config(method):
     cls = FRONTIER[method]
