@@ -111,6 +111,10 @@ def test_the_wheel_holds_one_top_level_package_and_one_console_script(wheel):
                   "evaluate/sweep"):
         assert f"unsuperpose/{stage}/__init__.py" in names, stage
     assert "unsuperpose/generate/paper/cli.py" in names
+    # package data: the C kernels sae/omp_native.py compiles (without them it falls back to
+    # Python silently)
+    kernels = sorted(f.name for f in (ROOT / "sae" / "omp_kernels").glob("*.c"))
+    assert kernels and all(f"unsuperpose/sae/omp_kernels/{k}" in names for k in kernels), kernels
 
 
 def test_the_installed_pipeline_runs_from_another_folder_beside_hf_evaluate(installed):
@@ -153,6 +157,12 @@ def test_the_installed_pipeline_runs_from_another_folder_beside_hf_evaluate(inst
     assert Path(found["ours"]) == site / "unsuperpose" / "__init__.py"
     assert Path(found["our_evaluate"]) == site / "unsuperpose" / "evaluate" / "__init__.py"
     assert Path(found["data"]) == site / "unsuperpose" / "data" / "files.py"
+    # the OMP kernel compiles from the installed C files (a fresh cache, so nothing built before)
+    kernel = _run([python, "-c", "from unsuperpose.sae.omp_native import native_lib, _KERNEL_DIR;"
+                   "assert native_lib() is not None, _KERNEL_DIR; print(_KERNEL_DIR)"], cwd=work,
+                  env={**env, "XDG_CACHE_HOME": str(work / "cache")})
+    assert Path(kernel.stdout.strip()) == site / "unsuperpose" / "sae" / "omp_kernels"
+    assert list((work / "cache" / "unsuperpose").glob("omp_*.so"))
     # nothing generic beside it: no top-level stage package (HF's evaluate is the one there),
     # no generic console script
     assert not [n for n in GENERIC_NAMES if n != "evaluate" and (site / n).exists()]
