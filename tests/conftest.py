@@ -1,6 +1,9 @@
+import shutil
+
 import pytest
 import torch
 
+from tests.stage_faults import _FAST_SAE, _sae
 from unsuperpose.generate.config import GenerateConfig
 from unsuperpose.generate.pipeline import run_generate
 
@@ -32,3 +35,22 @@ def tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     run_generate(tiny_config(), run_dir)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def _stage_template(tiny_run, tmp_path_factory):
+    """The shared tiny run with topk and mod_nn fitted; each test works on a copy. Built once a
+    session, since the fault tests of data/, generate/, sae/ and evaluate/ all start from it."""
+    run = tmp_path_factory.mktemp("faults") / "run"
+    shutil.copytree(tiny_run, run)
+    result = _sae(run, *_FAST_SAE)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture
+def run(_stage_template, tmp_path):
+    """A copy of `_stage_template` that a test may change (tests/stage_faults.py damages it)."""
+    dst = tmp_path / "run"
+    shutil.copytree(_stage_template, dst)
+    return dst

@@ -3,7 +3,9 @@ import math
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from tests.stage_faults import _evaluate, _metric, _sae
 from unsuperpose.evaluate.oracle import f1_vs_oracle, oracle_codes, oracle_k, score_oracle, unit_rows
 
 THRESHOLDS = (0.9, 0.99)
@@ -115,3 +117,20 @@ def test_in_superposition_one_active_feature_per_row_is_still_exact():
     X2 = X + np.roll(X, 1, axis=1)
     s2 = score_oracle(G, X2 @ G, X2, 1, THRESHOLDS, 0.95).scalars
     assert s2["fvu"] > 0.1 and s2["l0"] == 1.0
+
+
+# ---- through the stages ----------------------------------------------------------------------
+def test_the_oracle_of_noiseless_planted_data_has_fvu_0_and_f1_1(tmp_path):
+    from unsuperpose.generate.cli import main as generate_main
+    run = tmp_path / "run"
+    result = CliRunner().invoke(generate_main, [
+        "--run-dir", str(run), "--source", "synthetic", "--n-features", "16", "--d-hidden", "32",
+        "--mean-active", "1", "--rows", "3000", "--heldout-rows", "2000", "--device", "cpu"])
+    # 16 random directions in 32 dimensions: nearly orthogonal, so greedy OMP finds every
+    # row's true support (in 8 dimensions, 2x overcomplete, it misses some: F1 0.93)
+    assert result.exit_code == 0, result.output
+    assert _sae(run, "--methods", "topk", "--k", "8", "--n-epochs", "1", "--device", "cpu").exit_code == 0
+    assert _evaluate(run).exit_code == 0
+    assert _metric(run, "oracle", "fvu")[0] < 1e-10
+    assert _metric(run, "oracle", "f1") == [1.0]
+    assert _metric(run, "oracle", "l0") == pytest.approx(_metric(run, "oracle", "true_l0"))

@@ -1,12 +1,18 @@
-"""Matched sparsity: calibrating the L1 SAE's lambda to a target L0 on a planted problem."""
+"""Matched sparsity: calibrating the L1 SAE's lambda to a target L0 on a planted problem, and the
+sae stage calibrating l1 and jumprelu to its k by default."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
+from tests.stage_faults import _evaluate, _metric, _sae
+from unsuperpose.data import files
 from unsuperpose.data.planted import planted_problem
 from unsuperpose.sae.calibration import calibrate_l1_coefficient, full_fit_steps, mean_l0
 
@@ -86,3 +92,57 @@ def test_a_near_flat_l0_curve_moves_lambda_by_the_largest_step_without_overflow(
     from unsuperpose.sae.calibration import MAX_GROWTH, _expansion
     # L0 barely moves over a 2x step of lambda: the extrapolated factor is astronomically large
     assert _expansion([(1.0, 8.0), (2.0, 7.999999)], target=1.0) == pytest.approx(MAX_GROWTH)
+
+
+# ---- through the sae stage: matched sparsity by default --------------------------------------
+def _one_sparse_instance(tmp_path) -> Path:
+    """A toy run of one instance where the stage's k is 1: 8 features in d = 4 at p = 0.05."""
+    from unsuperpose.generate.cli import main as generate_main
+    run = tmp_path / "run"
+    result = CliRunner().invoke(generate_main, [
+        "--run-dir", str(run), "--n-features", "8", "--d-hidden", "4", "--feature-probability",
+        "0.05", "--steps", "300", "--rows", "12000", "--heldout-rows", "4000", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.mark.slow
+def test_the_l1_coefficient_is_calibrated_to_the_stage_k_by_default(tmp_path):
+    run = _one_sparse_instance(tmp_path)
+    result = _sae(run, "--methods", "l1,topk", "--device", "cpu", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    (instance,) = files.list_instances(run)
+    saved = json.loads((files.sae_dir(run, instance, "l1") / files.CONFIG_FILE).read_text())
+    calibration = saved["calibration"]
+    assert saved["k"] == 1 and saved["target_l0"] == 1 and calibration["target_l0"] == 1
+    assert calibration["within_tolerance"] and abs(calibration["achieved_l0"] - 1) <= 0.1
+    assert saved["config"]["l1_coefficient"] == calibration["l1_coefficient"]
+    assert "from" in result.output and "target 1" in result.output
+    result = _evaluate(run)
+    assert result.exit_code == 0, result.output
+    assert _metric(run, "l1", "target_l0") == [1.0] and _metric(run, "topk", "target_l0") == [1.0]
+    # on held-out rows the calibrated L0 stays near its target
+    assert abs(_metric(run, "l1", "l0")[0] - 1) <= 0.15
+    # a coefficient given by the user is kept as given, and the report says it is off target
+    result = _sae(run, "--methods", "l1,topk", "--device", "cpu", "--threads", "1",
+                  "--l1-coefficient", "0.001")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((files.sae_dir(run, instance, "l1") / files.CONFIG_FILE).read_text())
+    assert "calibration" not in saved and saved["config"]["l1_coefficient"] == 0.001
+    assert _evaluate(run).exit_code == 0
+    report = (files.evaluate_dir(run) / "report.md").read_text()
+    assert "Off the target sparsity on some instance" in report and "l1 (L0 " in report
+
+
+@pytest.mark.slow
+def test_the_jumprelu_l0_coefficient_is_calibrated_like_the_l1_one(tmp_path):
+    run = _one_sparse_instance(tmp_path)
+    result = _sae(run, "--methods", "jumprelu", "--device", "cpu", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    (instance,) = files.list_instances(run)
+    saved = json.loads((files.sae_dir(run, instance, "jumprelu") / files.CONFIG_FILE).read_text())
+    calibration = saved["calibration"]
+    assert calibration["method"] == "jumprelu" and calibration["coefficient_name"] == "l0_coefficient"
+    assert calibration["within_tolerance"] and abs(calibration["achieved_l0"] - 1) <= 0.05
+    assert saved["config"]["l0_coefficient"] == calibration["l0_coefficient"] == calibration["coefficient"]
+    assert "l0_coefficient" in result.output and "target 1" in result.output

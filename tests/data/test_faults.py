@@ -1,0 +1,167 @@
+"""Faults that data/ catches for every stage: whole-stage commits and locks (data/staging.py),
+checksums of the files a stage reads, safetensors headers, non-finite rows past those read."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.stage_faults import _FAST_SAE, _INST, _evaluate, _instance, _one_line_error, _sae, _snapshot
+from unsuperpose.data import files
+
+
+# ---- whole-stage commits and locks (data/staging.py) -----------------------------------------
+@pytest.mark.slow
+def test_sae_killed_between_two_methods_leaves_the_previous_stage_whole(run):
+    before = _snapshot(files.sae_root(run))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unsuperpose.sae", "--run-dir", str(run), "--instance", _INST,
+         "--device", "cpu", "--methods", "mod_nn,topk", "--n-iter", "3", "--param", "topk.n_steps=100000000"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not list(run.glob(f".sae.tmp-*/{_INST}/mod_nn/{files.TRAIN_LOG_FILE}")):
+            assert proc.poll() is None and time.time() < deadline, "sae ended before the kill"
+            time.sleep(0.05)
+        time.sleep(0.3)  # inside the second method's fit
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _snapshot(files.sae_root(run)) == before  # the complete old stage, byte for byte
+    assert list(run.glob(".sae.tmp-*"))               # the killed run's staging, not visible
+    result = _evaluate(run)
+    assert result.exit_code == 0, result.output
+    assert "removed, left over from an interrupted run" in result.output
+    assert not list(run.glob(".sae.tmp-*"))
+
+
+def test_the_next_command_completes_a_swap_cut_between_its_two_renames(tmp_path):
+    from unsuperpose.data.staging import COMPLETE_MARKER, recover
+    final = tmp_path / "sae"
+    new = tmp_path / ".sae.tmp-abc"
+    new.mkdir()
+    (new / "a.txt").write_text("new")
+    (new / COMPLETE_MARKER).touch()
+    old = tmp_path / ".sae.old-123"
+    old.mkdir()
+    (old / "a.txt").write_text("old")
+    lines = recover(final)  # final missing: killed after the first rename
+    assert (final / "a.txt").read_text() == "new"
+    assert any("completed the swap" in line for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
+
+
+def test_a_replacement_that_never_completed_gives_the_old_folder_back(tmp_path):
+    from unsuperpose.data.staging import recover
+    final = tmp_path / "sae"
+    (tmp_path / ".sae.tmp-abc").mkdir()                    # incomplete: no marker
+    (tmp_path / ".sae.old-123").mkdir()
+    (tmp_path / ".sae.old-123" / "a.txt").write_text("old")
+    lines = recover(final)
+    assert (final / "a.txt").read_text() == "old"
+    assert any("restored the previous folder" in line for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
+
+
+def test_staging_without_renameat2_swaps_by_two_renames(tmp_path, monkeypatch):
+    import unsuperpose.data.staging
+    monkeypatch.setattr(unsuperpose.data.staging, "exchange", lambda a, b: False)
+    final = tmp_path / "out"
+    for text in ("first", "second"):
+        with unsuperpose.data.staging.StagingDir(final) as stage:
+            (stage / "a.txt").write_text(text)
+    assert (final / "a.txt").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in final.iterdir()) == ["a.txt"]  # no marker left in place
+
+
+def test_a_second_writer_is_refused_naming_the_run(run):
+    from unsuperpose.data.staging import run_lock
+    before = _snapshot(files.sae_root(run))
+    with run_lock(run, "sae --run-dir elsewhere"):
+        out = _one_line_error(_sae(run, *_FAST_SAE), 1)
+    assert f"{run}: another command is writing this run (sae --run-dir elsewhere pid {os.getpid()})" in out
+    assert _snapshot(files.sae_root(run)) == before
+
+
+def test_a_read_only_run_folder_is_one_line(run, monkeypatch):
+    import unsuperpose.data.staging
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(unsuperpose.data.staging.tempfile, "mkdtemp", refuse)
+    out = _one_line_error(_sae(run, *_FAST_SAE), 1)
+    assert f"{run}: cannot write here (Permission denied)" in out
+
+
+# ---- files every stage checks: checksums, safetensors headers, rows --------------------------
+@pytest.mark.parametrize("name", [files.GROUND_TRUTH_FILE, files.MODEL_FILE])
+def test_a_flipped_byte_in_ground_truth_or_model_is_refused_naming_the_file(run, name):
+    path = _instance(run) / name
+    payload = bytearray(path.read_bytes())
+    payload[-2] ^= 0x01
+    path.write_bytes(bytes(payload))
+    for result in (_sae(run, *_FAST_SAE), _evaluate(run)):
+        assert f"{path}: sha256 differs from manifest.json; the file changed" in result.output
+        assert result.exit_code in (1, 2) and "Traceback" not in result.output
+
+
+def test_the_safetensors_header_is_sorted_and_aligned():
+    import json
+
+    import torch
+    from safetensors.torch import load
+
+    from unsuperpose.data.safetensors_io import safetensors_bytes
+
+    tensors = {"b": torch.arange(3.0), "a": torch.ones(2, 2), "c": torch.tensor(0.5)}
+    keys = [f"k{i}" for i in range(12)]
+    forward = safetensors_bytes(tensors, {k: k.upper() for k in keys})
+    backward = safetensors_bytes(tensors, {k: k.upper() for k in reversed(keys)})
+    assert forward == backward
+    n = int.from_bytes(forward[:8], "little")
+    assert (8 + n) % 8 == 0
+    header = json.loads(forward[8:8 + n])
+    assert list(header) == sorted(header)
+    assert list(header["__metadata__"]) == sorted(keys)
+    back = load(forward)
+    assert set(back) == set(tensors) and all(torch.equal(back[k], tensors[k]) for k in tensors)
+
+
+def test_a_safetensors_header_whose_offsets_disagree_with_the_shape_is_refused(tmp_path):
+    import struct
+
+    from unsuperpose.data.errors import ShardError
+    from unsuperpose.data.safetensors_io import mmap_safetensors
+    header = json.dumps({"h": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    with pytest.raises(ShardError, match=r"bad\.safetensors: tensor 'h': data_offsets \[0, 12\] "
+                                         r"hold 12 bytes, shape \[2, 2\] x float32 needs 16"):
+        mmap_safetensors(path)
+    header = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                         "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(12))
+    with pytest.raises(ShardError, match="tensors 'a' and 'b' overlap"):
+        mmap_safetensors(path)
+
+
+def test_nonfinite_rows_past_the_rows_fitted_are_neither_read_nor_counted(tmp_path):
+    import torch
+
+    from unsuperpose.data.manifest import read_manifest
+    from unsuperpose.data.rows import take_rows
+    from unsuperpose.data.shard_writer import ShardWriter
+    h = torch.ones(100, 3)
+    h[60] = float("nan")
+    writer = ShardWriter(tmp_path, d=3, n_features=2, rows_per_shard=100)
+    writer.add(h, torch.zeros(100, 2))
+    writer.close()
+    manifest = read_manifest(tmp_path)
+    H, dropped = take_rows(tmp_path, manifest, 50)          # row 60 is never reached
+    assert len(H) == 50 and dropped == {}
+    H, dropped = take_rows(tmp_path, manifest, 80, on_nonfinite="drop")
+    assert len(H) == 80 and dropped == {"activations/shard-00000.safetensors": 1}
