@@ -33,6 +33,7 @@ def fitted_run(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(fitted_run):
+    """fitted_run evaluated, every figure drawn: seconds, so the tests that read it are slow."""
     result = CliRunner().invoke(main, ["--run-dir", str(fitted_run)] + FAST)
     assert result.exit_code == 0, result.output
     return files.evaluate_dir(fitted_run)
@@ -43,6 +44,7 @@ def _copy(run, tmp_path):
     return tmp_path / "run"
 
 
+@pytest.mark.slow
 def test_writes_report_metrics_config_and_every_figure(evaluated):
     report = (evaluated / REPORT_FILE).read_text()
     figures = sorted(p.name for p in (evaluated / FIGURES_DIR).iterdir())
@@ -64,6 +66,7 @@ def test_writes_report_metrics_config_and_every_figure(evaluated):
     assert config["methods"] == METHODS and "torch" in config["environment"]
 
 
+@pytest.mark.slow
 def test_metrics_hold_one_record_per_instance_method_metric(evaluated):
     records = json.loads((evaluated / METRICS_FILE).read_text())["records"]
     scalars = {(r["instance"], r["method"], r["metric"]): r["value"] for r in records
@@ -171,6 +174,7 @@ def _scalars(evaluate_dir):
             if r["method"] and "feature" not in r and r["metric"] not in ("skipped", "error")}
 
 
+@pytest.mark.slow
 def test_the_oracle_is_scored_at_the_dictionaries_k_and_bounds_them(evaluated, fitted_run):
     scalars = _scalars(evaluated)
     for inst, k in (("00-p0.2", 3), ("01-p0.05", 1)):  # k as stage 2 recorded it
@@ -194,6 +198,7 @@ def test_the_oracle_is_scored_at_the_dictionaries_k_and_bounds_them(evaluated, f
     assert "oracle" not in config["methods"]  # a reference, not a scored method
 
 
+@pytest.mark.slow
 def test_the_oracle_is_the_last_row_of_every_table_in_italics_and_never_bold(evaluated):
     report = (evaluated / REPORT_FILE).read_text()
     tables = [block for block in report.split("\n\n") if block.startswith("| method |")]

@@ -203,7 +203,7 @@ def test_folded_normal_magnitudes_follow_the_per_feature_mean():
 
 # ---- presets through the command -------------------------------------------------------------
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
-                                  if n in ("synthsaebench-small", "interference", "simple")
+                                  if n in ("synthsaebench-small", "interference", "simple", "sharkey")
                                   else n for n in PRESETS if n != "synthsaebench-16k"])
 def test_preset_generates_through_the_cli_with_its_schedule_as_ground_truth(tmp_path, name):
     result = CliRunner().invoke(main, ["--world", name, "--rows", "2000", "--rows-per-shard", "1000",

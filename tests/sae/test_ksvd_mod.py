@@ -449,6 +449,7 @@ def test_rows_double_from_start_rows_to_all():
     assert rows_in_iteration(80, 100, 1) == 100  # no overflow of the shift
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [KSVD, MOD])
 def test_growing_rows_still_recover_a_planted_dictionary(planted_data, cls):
     H, A = planted_data
@@ -513,6 +514,7 @@ def test_rel_tol_stops_each_row_at_a_residual_relative_to_its_own_norm():
         MOD(n_components=3, k=2, tol=0.1, rel_tol=1e-3)
 
 
+@pytest.mark.slow
 def test_residual_weights_keep_the_true_atoms_on_a_hierarchical_world(monkeypatch):
     # started at the true directions of a world whose parents fire with one child each, the
     # plain update drifts to atoms mixing parent and child (measured: mmcs 0.78 after 30

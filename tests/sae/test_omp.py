@@ -105,6 +105,7 @@ def test_orthonormal_atoms_give_the_largest_correlations():
     np.testing.assert_allclose(got, [[0, -3.0, 0, 2.0, 0, 0, 1.0, 0]], atol=1e-12)
 
 
+@pytest.mark.slow
 def test_chunking_does_not_change_the_result(backend):
     D, H = random_problem(250, 16, 40, seed=4)
     norms = (H ** 2).sum(1)
@@ -114,6 +115,7 @@ def test_chunking_does_not_change_the_result(backend):
                                       whole)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nonnegative", [False, True])
 def test_dropping_stopped_rows_does_not_change_the_result(nonnegative, backend):
     # rows stop at different steps under tol, so the batch of 120 drops its stopped rows

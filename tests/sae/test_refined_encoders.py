@@ -95,6 +95,7 @@ def test_batchtopk_refinement_learns_one_threshold_per_pass():
             out.codes, 0.5, out.earlier_codes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["batchtopk", "matryoshka"])
 def test_refined_batchtopk_keeps_its_inference_l0_near_k(method):
     # refined codes are larger than the encoder's, so one threshold learned on them let the

@@ -37,6 +37,7 @@ def test_the_warm_start_atoms_are_the_decoder_of_a_matryoshka_sae_with_a_latent_
     assert torch.allclose(D, A / A.norm(dim=1, keepdim=True), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mod_from_a_matryoshka_start_recovers_a_planted_dictionary_a_data_start_misses():
     H, G = planted_problem(n_samples=3000, n_features=24, d=16, active=3, seed=2)
     plain = {**PLAIN_ALGORITHM, "n_iter": 8}  # the start alone makes the difference

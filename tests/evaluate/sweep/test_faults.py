@@ -137,6 +137,7 @@ BREAKAGES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("breakage", BREAKAGES)
 def test_a_finished_point_with_unreadable_metrics_is_recomputed_with_a_note(
         two_points, tmp_path, no_sweep_figures, breakage):
@@ -166,6 +167,7 @@ def test_a_finished_point_with_unreadable_metrics_is_recomputed_with_a_note(
     assert [line.split()[1] for line in dry.output.splitlines()] == ["done", "done"]
 
 
+@pytest.mark.slow
 def test_the_aggregate_leaves_out_a_point_whose_metrics_are_unreadable_with_a_note(
         two_points, tmp_path, no_sweep_figures):
     grid, original = two_points
@@ -204,6 +206,7 @@ def test_a_second_sweep_on_the_same_folder_is_refused_naming_the_folder_and_the_
         pass
 
 
+@pytest.mark.slow
 def test_a_sweep_refuses_to_start_while_a_leftover_worker_holds_its_folder(tmp_path):
     worker = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, os, sys, time\n"
@@ -227,6 +230,7 @@ def test_a_sweep_refuses_to_start_while_a_leftover_worker_holds_its_folder(tmp_p
         assert (tmp_path / ".workers.lock").read_text() == ""
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
 def test_a_worker_whose_parent_dies_exits_even_without_the_parent_death_signal(tmp_path):
     # the parent starts a child that only watches its parent pid (no prctl), then dies
