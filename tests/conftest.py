@@ -2,10 +2,12 @@ import shutil
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from tests.stage_faults import _FAST_SAE, _sae
 from unsuperpose.generate.config import GenerateConfig
 from unsuperpose.generate.pipeline import run_generate
+from unsuperpose.sae.cli import main as sae_main
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -54,3 +56,21 @@ def run(_stage_template, tmp_path):
     dst = tmp_path / "run"
     shutil.copytree(_stage_template, dst)
     return dst
+
+
+EXPORT_INSTANCE = "00-p0.2"
+# jumprelu at a fixed coefficient: no calibration fits
+EXPORT_SAE = ["--instance", EXPORT_INSTANCE, "--methods", "topk,jumprelu,mod", "--n-epochs", "10",
+              "--n-iter", "3", "--param", "*.batch_size=256", "--param",
+              "jumprelu.l0_coefficient=0.02", "--device", "cpu", "--export", "saelens"]
+
+
+@pytest.fixture(scope="session")
+def exported_run(tiny_run, tmp_path_factory):
+    """The shared tiny run, copied, with topk, jumprelu and mod fitted to one instance and
+    the SAEs exported to SAELens (the export tests of sae/ and the external ones of evaluate/)."""
+    run = tmp_path_factory.mktemp("saelens-run") / "run"
+    shutil.copytree(tiny_run, run)
+    result = CliRunner().invoke(sae_main, ["--run-dir", str(run)] + EXPORT_SAE)
+    assert result.exit_code == 0, result.output
+    return run
