@@ -7,6 +7,8 @@ RUN ?= runs/default
 # no torch yet, so a user's CUDA build is kept.
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
+# the dev extra (pytest, ruff, ray) only for the targets that test or lint
+DEV_STAMP := $(VENV)/.installed-dev-stamp
 # SAELens, for the tests that load our export in the real library (SAELENS_TESTS): a side venv,
 # since sae-lens brings transformer-lens, transformers and wandb (1.9 GB) that nothing else needs.
 # Reused while it imports sae-lens at this version beside the pinned torch; CI moves it out of
@@ -36,8 +38,12 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(DEV_STAMP)
 
 install: $(STAMP)
 
@@ -80,13 +86,13 @@ test-saelens: saelens-venv
 
 # test-saelens first, so that the suite's own summary closes the output; the suite leaves out
 # the tests test-saelens ran, which only skip (or, in CI, fail) without sae-lens
-test: $(STAMP) test-saelens
+test: $(DEV_STAMP) test-saelens
 	$(PY) -m pytest -q --deselect $(SAELENS_TESTS) $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -q -m "not slow" --deselect $(SAELENS_TESTS) $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
