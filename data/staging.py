@@ -11,6 +11,10 @@ A command killed halfway leaves a `.tmp-*` (and, between the two fallback rename
 the run's lock: it finishes a swap that was cut short, brings back an old folder whose
 replacement never completed, removes the rest, and says what it did.
 
+A stage never replaces what it did not write: `check_replaceable(final, stage)` refuses, before
+any work, a `final` that is a file or link, the current folder (or one above it), or a folder
+holding anything but the stage's own config.json and the files it records (or `known` lists).
+
 `run_lock(run_dir)` is an exclusive `fcntl.flock` on `<run_dir>/.lock`, so that two
 commands never write the same run at once; the second is refused with the pid of the first.
 """
@@ -95,9 +99,66 @@ def recover(final: str | os.PathLike) -> list[str]:
             done.append(f"{final}: restored the previous folder, whose replacement was "
                         f"interrupted")
     for path in tmps + olds:
+        if path.is_symlink() or not path.is_dir():  # not a folder a stage stages in: not ours
+            done.append(f"{path}: not a staging folder, left as it is (move it away)")
+            continue
         shutil.rmtree(path, ignore_errors=True)
         done.append(f"{path}: removed, left over from an interrupted run")
     return done
+
+
+def _recorded(saved: dict) -> set[str] | None:
+    """The files a stage's config.json says it wrote ("files": a list, or {path: ...})."""
+    listed = saved.get("files")
+    if isinstance(listed, dict):
+        listed = list(listed)
+    if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+        return None
+    return set(listed)
+
+
+def check_replaceable(final: str | os.PathLike, stage: str,
+                      known: Callable[[Path, dict], set[str]] | None = None) -> None:
+    """Refuse (StageWriteError, one line naming `final`) to swap out a `final` that this
+    command did not write: a regular file or a link; the current folder or one above it (it
+    cannot be renamed away); a folder holding files unless its config.json is `stage`'s and
+    every file is that config.json, one its "files" lists or one `known(final, config)` names
+    (when neither lists anything, a folder whose config.json is `stage`'s is the stage's). A
+    missing or empty folder is fine."""
+    final = Path(final)
+    if not final.exists() and not final.is_symlink():
+        return
+    if final.is_symlink() or not final.is_dir():
+        raise StageWriteError(errno.ENOTDIR, (
+            f"{final}: is a {'link' if final.is_symlink() else 'file'}, not a folder that "
+            f"`{stage}` wrote; it is left as it is: move it away or choose another path"))
+    here, target = Path.cwd().resolve(), final.resolve()
+    if target == here or target in here.parents:
+        raise StageWriteError(errno.EBUSY, (
+            f"{final}: is the current folder or holds it, which a new result cannot replace; "
+            f"give a folder inside it (e.g. {final / stage})"))
+    present = sorted(str(p.relative_to(final)) for p in final.rglob("*")
+                     if p.is_file() or p.is_symlink())
+    if not present:
+        return
+    try:
+        saved = files.read_json(final / files.CONFIG_FILE)
+    except (OSError, ValueError):
+        saved = None
+    if isinstance(saved, dict) and saved.get("stage") == stage:
+        allowed = _recorded(saved)
+        if known is not None:
+            allowed = (allowed or set()) | known(final, saved)
+        if allowed is None:
+            return
+        foreign = [p for p in present if p != files.CONFIG_FILE and p not in allowed]
+    else:
+        foreign = present
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise StageWriteError(errno.ENOTEMPTY, (
+            f"{final}: holds files that `{stage}` did not write ({shown}); it is not replaced: "
+            f"move them away or choose another folder"))
 
 
 class StagingDir:
@@ -187,13 +248,16 @@ def run_lock(run_dir: str | os.PathLike, command: str, create: bool = True) -> I
 
 @contextlib.contextmanager
 def stage_transaction(run_dir: str | os.PathLike, stage: str, command: str,
-                      echo: Callable[[str], None] = lambda s: None) -> Iterator[Path]:
-    """Lock the run, recover any stage folder a killed command left, and yield a staging
-    folder that replaces `<run_dir>/<stage>` when the block ends without an exception."""
+                      echo: Callable[[str], None] = lambda s: None,
+                      known: Callable[[Path, dict], set[str]] | None = None) -> Iterator[Path]:
+    """Lock the run, recover any stage folder a killed command left, refuse a `<run_dir>/<stage>`
+    this stage did not write (`check_replaceable`, with `known`), and yield a staging folder
+    that replaces it when the block ends without an exception."""
     run_dir = Path(run_dir)
     with run_lock(run_dir, command, create=stage == files.GENERATE_DIR):
         for name in files.STAGE_DIRS:
             for line in recover(run_dir / name):
                 echo(f"  recovered: {line}")
+        check_replaceable(run_dir / stage, stage, known)
         with StagingDir(run_dir / stage) as staging:
             yield staging

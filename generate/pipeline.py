@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -118,9 +119,35 @@ def run_generate(config: GenerateConfig, run_dir: str | Path,
     a bar (the CLI passes click's progress bar); None runs silently.
     """
     with stage_transaction(run_dir, files.GENERATE_DIR, f"generate --run-dir {run_dir}",
-                           echo) as stage:
+                           echo, known=written_files) as stage:
         _build(config, stage, progress or silent_progress)
     return files.generate_dir(run_dir)
+
+
+def written_files(folder: Path, saved: dict) -> set[str]:
+    """What a previous generate/ wrote, relative to it: its train log, and each instance's
+    manifest.json with every shard and file that manifest lists (what `check_replaceable`
+    lets a new generate/ replace; anything else in the folder is the user's)."""
+    out = {files.TRAIN_LOG_FILE}
+    instances = saved.get("instances")
+    for instance_id in instances if isinstance(instances, list) else []:
+        if not isinstance(instance_id, str):
+            continue
+        inst = f"{files.INSTANCES_DIR}/{instance_id}"
+        out.add(f"{inst}/{files.MANIFEST_FILE}")
+        try:
+            manifest = files.read_json(folder / inst / files.MANIFEST_FILE)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(manifest, dict):
+            continue
+        heldout = manifest.get("heldout")
+        entries = list(manifest.get("shards") or []) + list(
+            (heldout.get("shards") or []) if isinstance(heldout, dict) else [])
+        names = [e.get("file") for e in entries if isinstance(e, dict)]
+        names += list(manifest.get("files") or {}) if isinstance(manifest.get("files"), dict) else []
+        out.update(os.path.normpath(f"{inst}/{n}") for n in names if isinstance(n, str))
+    return out
 
 
 def _build(config: GenerateConfig, stage: Path, progress: Callable) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from unsuperpose.data import files
 from unsuperpose.data.environment import environment
-from unsuperpose.data.staging import StagingDir, recover
+from unsuperpose.data.staging import StagingDir, check_replaceable, recover
 from unsuperpose.generate.paper import computation, geometry, intro, phase, privileged, sparsity
 from unsuperpose.generate.paper.common import Echo, Section
 from unsuperpose.generate.paper.config import PaperConfig
@@ -58,8 +58,10 @@ def run_paper(config: PaperConfig, out: str | Path, echo: Echo = lambda s: None,
     """Write the reproduction to `out`; returns (out, whether it was reused from cache)."""
     out = Path(out)
     config = config.resolved()
+    check_replaceable(out, "paper")  # the current folder, a file: refused before any work
     for line in recover(out):
         echo(f"  recovered: {line}")
+    check_replaceable(out, "paper")  # a folder holding more than a previous result: refused
     if not force and cached(out, config) is not None:
         echo(f"paper: {out} already holds this config's result (config.json); reusing it "
              f"(--force retrains)")

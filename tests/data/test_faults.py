@@ -66,6 +66,15 @@ def test_a_replacement_that_never_completed_gives_the_old_folder_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
 
 
+def test_a_leftover_that_is_a_file_is_kept_and_said_once_per_command(tmp_path):
+    from unsuperpose.data.staging import recover
+    stray = tmp_path / ".sae.tmp-abc"          # a file an older version moved there
+    stray.write_text("the user's sae file")
+    lines = recover(tmp_path / "sae")
+    assert lines == [f"{stray}: not a staging folder, left as it is (move it away)"]
+    assert stray.read_text() == "the user's sae file"
+
+
 def test_staging_without_renameat2_swaps_by_two_renames(tmp_path, monkeypatch):
     import unsuperpose.data.staging
     monkeypatch.setattr(unsuperpose.data.staging, "exchange", lambda a, b: False)
