@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unsuperpose.data import files  # noqa: E402
 from unsuperpose.evaluate.metrics import mmcs, per_feature_max_cosine  # noqa: E402
-from unsuperpose.sae.methods import build  # noqa: E402
+from unsuperpose.sae.methods import accepted, build  # noqa: E402
 from unsuperpose.sae.sparse_coding_config import PLAIN_ALGORITHM  # noqa: E402
 
 RARE = 1e-3  # a feature firing in fewer than this fraction of rows counts as rare
@@ -300,8 +300,8 @@ def sharkey(run_dir: Path, methods: list[str], n_rows: int, seed: int = 0) -> di
         plain = method in ("ksvd", "ksvd_nn", "mod", "mod_nn")
         for settings, params in (("defaults", {}), *((("plain algorithm", PLAIN_ALGORITHM),)
                                                      if plain else ())):
-            est = build(method, {"n_components": G.shape[0], "k": k, "random_state": seed,
-                                 "device": "cpu", **params})
+            run = {"n_components": G.shape[0], "k": k, "random_state": seed, "device": "cpu"}
+            est = build(method, {**accepted(method, run), **params})  # l1: no k; sklearn: no device
             t0 = time.perf_counter()
             est.fit(H)
             seconds = time.perf_counter() - t0

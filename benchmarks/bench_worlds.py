@@ -102,9 +102,13 @@ def method_params(method: str, n_components: int, k: int, samples: int, n_rows: 
                "n_steps": max(1, samples // SAE_BATCH)}
         # the ladder's l1 rows (docs/benchmarks.md) were fitted from data rows without a ramp
         # of the penalty; kept so that they stay comparable
-        return {**sae, "init": "data", "l1_warmup_steps": 0} if method == "l1" else {**sae, "k": k}
-    if method == "sklearn":
-        return {**common, "device": "cpu", "k": k, "max_iter": 1, "alpha": SKLEARN_ALPHA}
+        if method == "l1":
+            return {**sae, "init": "data", "l1_warmup_steps": 0}
+        # the penalty SAEs have no k (calibrated to it instead); build refuses what is not theirs
+        return sae if method == "jumprelu" else {**sae, "k": k}
+    if method == "sklearn":  # scikit-learn fits on the CPU: no device
+        return {**{n: v for n, v in common.items() if n != "device"}, "k": k, "max_iter": 1,
+                "alpha": SKLEARN_ALPHA}
     # k-SVD and MOD with their defaults (the rare-tail recipe), as `unsuperpose sae` fits them
     n_iter = max(1, min(MAX_ITER, math.ceil(samples / n_rows)))
     return {**common, "k": k, "n_iter": n_iter}

@@ -159,9 +159,10 @@ def calibrate_l1_coefficient(
         (l1_warmup_steps, l0_warmup_steps) is scaled with shortened probes.
 
     H: [rows, d] array or tensor, the rows of the full fit.
-    params: the L1 parameters of the full fit (n_components, random_state, device, lr, ...;
-        keys L1 does not take are ignored, as by `sae.methods.build`). Every probe uses them,
-        seed included, with its own l1_coefficient.
+    params: the parameters of the full fit (n_components, random_state, device, lr, ...):
+        only names `method` takes, since `sae.methods.build` refuses any other (pass
+        `sae.methods.accepted(method, values)` for values meant for several methods). Every
+        probe uses them, seed included, with its own coefficient.
     target_l0: in (0, n_components].
     subsample_rows: None: probes train on all of H and are measured on it (each probe is the
         full fit). Else probes train on this many seeded rows and are measured on `eval_rows`

@@ -106,6 +106,9 @@ class SAEStageConfig(JSONConfig):
                                                 f"valid: {', '.join(sorted(names))}")
 
     def method_params(self, method: str) -> dict:
-        """The parameters the user gave `method` (through `params`, "*" first); everything
-        else is the estimator's default, so the stage fits what `build(method, ...)` fits."""
-        return {**self.params.get("*", {}), **self.params.get(method, {})}
+        """The parameters the user gave `method` (through `params`: the "*" ones that it
+        takes, then its own); everything else is the estimator's default, so the stage fits
+        what `build(method, ...)` fits."""
+        from unsuperpose.sae.methods import accepted
+
+        return {**accepted(method, self.params.get("*", {})), **self.params.get(method, {})}

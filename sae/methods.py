@@ -43,17 +43,30 @@ def param_names(method: str) -> set[str]:
     return {f.name for f in dataclasses.fields(cls.config_class)}
 
 
+def accepted(method: str, params: dict) -> dict:
+    """The items of `params` that `method` takes: for a caller that holds values meant for
+    several methods (the stage's n_components, k, random_state, device and its "*" params),
+    which it must filter before `build`, since `build` refuses a parameter it does not know."""
+    names = param_names(method)
+    return {name: value for name, value in params.items() if name in names}
+
+
 def build(method: str, params: dict):
-    """An unfitted estimator of `method` with `params` (only the ones it accepts are used),
-    validated now: a bad value is refused before any fit, named as `method.param`
-    (ConfigError "topk.lr: must be finite and > 0, got nan")."""
+    """An unfitted estimator of `method` with `params`, validated now: an unknown parameter
+    or a bad value is refused before any fit, named as `method.param` (ConfigError
+    "topk.n_epoch: TopKSAE has no parameter 'n_epoch'; valid: ...", "topk.lr: must be finite
+    and > 0, got nan"), as the classes refuse them. A parameter that defines the variant
+    (mod_nn's nonnegative=True) may be given only at that value. A caller with values meant
+    for several methods passes `accepted(method, values)`."""
     if method not in ALL_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(ALL_METHODS)}")
     cls, fixed = ALL_METHODS[method]
-    accepted = param_names(method)
-    kwargs = {k: v for k, v in params.items() if k in accepted}
+    for name, value in fixed.items():
+        if name in params and params[name] != value:
+            raise ConfigError(f"{method}.{name}", f"is {value!r} for {method} (it defines the "
+                                                  f"variant), got {params[name]!r}")
     try:
-        est = cls(**{**kwargs, **fixed})  # validates
+        est = cls(**{**params, **fixed})  # validates: unknown names first, then each value
     except ConfigError as err:
         raise ConfigError(f"{method}.{err.field}", err.message) from None
     except (ValueError, TypeError) as err:

@@ -29,7 +29,7 @@ from unsuperpose.data.rows import shard_masks, take_rows
 from unsuperpose.data.staging import stage_transaction
 from unsuperpose.sae.calibration import calibrate_l1_coefficient, mean_l0
 from unsuperpose.sae.config import ConfigError, SAEStageConfig
-from unsuperpose.sae.methods import METHODS, SAE_METHODS, build
+from unsuperpose.sae.methods import METHODS, SAE_METHODS, accepted, build
 from unsuperpose.sae.saelens_export import SAELENS_DIR, export_estimator
 
 
@@ -131,8 +131,11 @@ def plan_instance(run_dir: Path, instance_id: str, config: SAEStageConfig,
                         manifest_checksums(manifest), run_dir=run_dir, manifest=manifest, H=H,
                         streamed=streamed, checksummed=lists_checksums(manifest))
     for method in config.methods:
-        params = {"n_components": n_components, "k": k, "random_state": config.seed,
-                  "device": str(device), **config.method_params(method)}
+        # the run's values go to the methods that take them (l1 has no k, sklearn no device);
+        # method_params holds only names the method takes, and build refuses any other
+        params = {**accepted(method, {"n_components": n_components, "k": k,
+                                      "random_state": config.seed, "device": str(device)}),
+                  **config.method_params(method)}
         try:
             if streamed and method in SAE_METHODS and params.get("n_steps") is None:
                 # a stream has no length: the steps of n_epochs passes over the counted rows

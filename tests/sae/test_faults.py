@@ -20,13 +20,13 @@ def _dict_fit(method: str, seed: int = 0):
     import torch
 
     from unsuperpose.data.planted import planted_problem
-    from unsuperpose.sae.methods import build
+    from unsuperpose.sae.methods import accepted, build
 
     torch.set_num_threads(1)
     H, _ = planted_problem(n_samples=400, n_features=12, d=8, active=2, seed=3)
     params = {"n_components": 12, "k": 2, "random_state": seed, "device": "cpu",
               "n_steps": 30, "batch_size": 64, "log_every": 10, "n_iter": 4, "max_iter": 1}
-    return build(method, params).fit(H.numpy()), H.numpy()
+    return build(method, accepted(method, params)).fit(H.numpy()), H.numpy()
 
 
 @pytest.mark.parametrize("method", _DICT_METHODS)
@@ -138,13 +138,13 @@ def test_every_float_hyperparameter_refuses_nan_inf_and_out_of_range_by_name(met
     import dataclasses
 
     from unsuperpose.data.configs import ConfigError
-    from unsuperpose.sae.methods import METHODS, build
+    from unsuperpose.sae.methods import METHODS, accepted, build
 
     cls, _ = METHODS[method]
     floats = {f.name for f in dataclasses.fields(cls.config_class)
               if f.type in ("float", "float | None")}
     assert floats == _FLOAT_FIELDS[method]
-    base = {"n_components": 8, "k": 2}
+    base = accepted(method, {"n_components": 8, "k": 2})  # l1: no k
     for name in sorted(floats):
         rule, out_of_range, shown = _FLOAT_RULES[name]
         bad_values = [(float("nan"), "nan"), (float("inf"), "inf"), (float("-inf"), "-inf"),
@@ -158,7 +158,7 @@ def test_every_float_hyperparameter_refuses_nan_inf_and_out_of_range_by_name(met
 
 def test_integer_hyperparameters_refuse_fractions_strings_and_bools_by_name():
     from unsuperpose.data.configs import ConfigError
-    from unsuperpose.sae.methods import build
+    from unsuperpose.sae.methods import accepted, build
 
     cases = [("ksvd", "n_iter", 2.5, "ksvd.n_iter: must be an integer >= 1, got 2.5"),
              ("topk", "batch_size", "64", "topk.batch_size: must be an integer >= 1, "
@@ -168,7 +168,7 @@ def test_integer_hyperparameters_refuse_fractions_strings_and_bools_by_name():
              ("l1", "n_steps", 0, "l1.n_steps: must be None or an integer >= 1, got 0")]
     for method, name, value, message in cases:
         with pytest.raises(ConfigError) as err:
-            build(method, {"n_components": 8, "k": 2, name: value})
+            build(method, {**accepted(method, {"n_components": 8, "k": 2}), name: value})
         assert str(err.value) == message
 
 

@@ -204,8 +204,10 @@ def test_registered_for_build_load_and_the_stage_but_not_the_default_run():
     assert set(FRONTIER) <= set(methods.METHODS)
     assert not set(FRONTIER) & set(SAEStageConfig().methods)  # the default run's methods
     assert set(FRONTIER) <= set(methods.SAE_METHODS)
-    est = methods.build("jumprelu", {"n_components": 8, "k": 3, "l0_coefficient": 0.2})
-    assert isinstance(est, JumpReLUSAE) and est.l0_coefficient == 0.2  # k: not its parameter
+    est = methods.build("jumprelu", {"n_components": 8, "l0_coefficient": 0.2})
+    assert isinstance(est, JumpReLUSAE) and est.l0_coefficient == 0.2
+    with pytest.raises(ConfigError, match="^jumprelu.k: JumpReLUSAE has no parameter 'k'"):
+        methods.build("jumprelu", {"n_components": 8, "k": 3})  # k: not its parameter
     with pytest.raises(ConfigError, match="^matryoshka.prefixes: "):
         methods.build("matryoshka", {"n_components": 8, "k": 2, "prefixes": (4, 2)})
     config = SAEStageConfig(methods=("topk", "matryoshka", "jumprelu"),
