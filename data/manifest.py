@@ -32,7 +32,26 @@ def file_entry(path: str | os.PathLike) -> dict:
     return {"bytes": Path(path).stat().st_size, "sha256": files.sha256_file(path)}
 
 
-def _check_entries(path: Path, instance: Path, entries, where: str) -> None:
+def _unusable(name: str) -> str | None:
+    """Why a shard entry's file name cannot be a path inside the instance, or None."""
+    if not name.strip():
+        return "is empty"
+    if "\0" in name:
+        return "holds a NUL byte"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if os.path.isabs(name):
+        return "is an absolute path"
+    return None
+
+
+def _check_entries(path: Path, instance: Path, entries, where: str,
+                   seen: dict[Path, str]) -> None:
+    """Each entry's keys and types, and its file: a usable relative name that resolves (links
+    and `..` followed) inside the instance, to a file no other entry of either split names.
+    `seen`: resolved path -> the entry that listed it, shared by both splits."""
     if not isinstance(entries, list):
         raise ShardError(f"{path}: {where} must be a list of shard entries")
     root = instance.resolve()
@@ -42,10 +61,26 @@ def _check_entries(path: Path, instance: Path, entries, where: str) -> None:
         for key, kind in (("file", str), ("rows", int), ("bytes", int), ("sha256", str)):
             if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
                 raise ShardError(f"{path}: {where}[{i}] lacks {key!r} (a {kind.__name__})")
-        target = (instance / entry["file"]).resolve()
-        if Path(entry["file"]).is_absolute() or root not in target.parents:
-            raise ShardError(f"{path}: {where}[{i}] file {entry['file']!r} points outside "
+        name = entry["file"]
+        shown = ascii(name) if not name.isprintable() else repr(name)
+        reason = _unusable(name)
+        if reason is not None:
+            raise ShardError(f"{path}: {where}[{i}] file {shown} {reason}; a shard is named "
+                             f"by its path inside the instance folder")
+        try:
+            target = (instance / name).resolve()
+        except (OSError, RuntimeError) as err:  # a symlink loop, a name too long
+            raise ShardError(f"{path}: {where}[{i}] file {shown} cannot be resolved "
+                             f"({getattr(err, 'strerror', None) or err})") from None
+        if root not in target.parents:
+            raise ShardError(f"{path}: {where}[{i}] file {shown} points outside "
                              f"the instance folder {instance}")
+        if target in seen:
+            raise ShardError(f"{path}: {name if name.isprintable() else shown} is listed "
+                             f"twice ({seen[target]} and {where}[{i}] name one file; a shard "
+                             f"appears once, in one split: a held-out shard must not be a "
+                             f"training shard)")
+        seen[target] = f"{where}[{i}]"
 
 
 def read_manifest(instance_dir: str | os.PathLike) -> dict:
@@ -64,34 +99,39 @@ def read_manifest(instance_dir: str | os.PathLike) -> dict:
         if key not in manifest:
             raise ShardError(f"{path}: missing field {key!r}")
     for key in ("rows", "d", "n_features"):
-        if not isinstance(manifest[key], int) or manifest[key] < (0 if key == "rows" else 1):
+        if (not isinstance(manifest[key], int) or isinstance(manifest[key], bool)
+                or manifest[key] < (0 if key == "rows" else 1)):
             raise ShardError(f"{path}: field {key!r} must be a positive integer, got {manifest[key]!r}")
     if manifest.get("format_version") != files.FORMAT_VERSION:
         raise ShardError(f"{path}: format_version {manifest.get('format_version')!r}, "
                          f"this code reads {files.FORMAT_VERSION}")
-    _check_entries(path, instance, manifest["shards"], "shards")
+    seen: dict[Path, str] = {}
+    _check_entries(path, instance, manifest["shards"], "shards", seen)
     if sum(s["rows"] for s in manifest["shards"]) != manifest["rows"]:
         raise ShardError(f"{path}: shard rows do not add up to rows={manifest['rows']}")
     heldout = manifest.get("heldout")
     if heldout is not None:
         if not isinstance(heldout, dict) or "shards" not in heldout:
             raise ShardError(f"{path}: heldout must be an object with its shards")
-        _check_entries(path, instance, heldout["shards"], "heldout.shards")
+        _check_entries(path, instance, heldout["shards"], "heldout.shards", seen)
         if sum(s["rows"] for s in heldout["shards"]) != heldout.get("rows"):
             raise ShardError(f"{path}: heldout shard rows do not add up to "
                              f"heldout.rows={heldout.get('rows')}")
-    listed = [e["file"] for split in (manifest["shards"], (heldout or {}).get("shards", []))
-              for e in split]
-    twice = sorted({f for f in listed if listed.count(f) > 1})
-    if twice:
-        raise ShardError(f"{path}: {twice[0]} is listed twice (a held-out shard must not be a "
-                         f"training shard)")
     if not isinstance(manifest.get("files", {}), dict):
         raise ShardError(f"{path}: files must be an object of {{name: {{bytes, sha256}}}}")
     for name, entry in manifest.get("files", {}).items():
         if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
                 or not isinstance(entry.get("bytes"), int)):
             raise ShardError(f"{path}: files[{name!r}] needs bytes and sha256")
+        reason = _unusable(name)
+        if reason is None:
+            try:
+                inside = (instance / name).resolve().parent == instance.resolve()
+            except (OSError, RuntimeError):  # a symlink loop
+                inside = False
+            reason = None if inside else "is not a file of the instance folder"
+        if reason is not None:
+            raise ShardError(f"{path}: files[{ascii(name)}] {reason}")
     return manifest
 
 

@@ -174,3 +174,80 @@ def test_nonfinite_rows_past_the_rows_fitted_are_neither_read_nor_counted(tmp_pa
     assert len(H) == 50 and dropped == {}
     H, dropped = take_rows(tmp_path, manifest, 80, on_nonfinite="drop")
     assert len(H) == 80 and dropped == {"activations/shard-00000.safetensors": 1}
+
+
+# ---- shard paths resolved before they are compared (data/manifest.py) ------------------------
+_HELD = "heldout/shard-00000.safetensors"
+_TRAIN = "activations/shard-00000.safetensors"
+
+
+def _listing(run, change) -> tuple[str, dict]:
+    """Change the manifest's shard lists of _INST (rows kept adding up); returns sae's output
+    (asserted one line, exit 1) and the run's files before, to compare after."""
+    from tests.stage_faults import _manifest, _write_manifest
+    inst = _instance(run)
+    manifest = _manifest(inst)
+    change(manifest)
+    manifest["rows"] = sum(s["rows"] for s in manifest["shards"])
+    _write_manifest(inst, manifest)
+    before = _snapshot(files.sae_root(run))
+    out = _one_line_error(_sae(run, *_FAST_SAE), 1)
+    assert _snapshot(files.sae_root(run)) == before
+    return out
+
+
+def _held_entry(manifest, name) -> dict:
+    return {**manifest["heldout"]["shards"][0], "file": name}
+
+
+def test_a_held_out_shard_listed_through_dot_among_the_training_shards_is_refused(run):
+    out = _listing(run, lambda m: m["shards"].append(_held_entry(m, "./" + _HELD)))
+    assert f"{_HELD} is listed twice (shards[" in out and "and heldout.shards[0] name one file" in out
+
+
+def test_a_training_shard_listed_again_through_dotdot_is_refused(run):
+    def twice(m):
+        m["shards"].append({**m["shards"][0], "file": "activations/../" + _TRAIN})
+    out = _listing(run, twice)
+    assert f"activations/../{_TRAIN} is listed twice (shards[0] and shards[" in out
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("activations/shard\x00-00000.safetensors", "holds a NUL byte"),
+    ("activations/\udc80.safetensors", "is not valid UTF-8"),
+    ("", "is empty"),
+    ("   ", "is empty"),
+    ("/etc/passwd", "is an absolute path"),
+    ("../../generate/config.json", "points outside the instance folder"),
+    (".", "points outside the instance folder"),
+])
+def test_an_unusable_shard_name_is_refused_naming_the_entry(run, name, reason):
+    out = _listing(run, lambda m: m["heldout"]["shards"].__setitem__(0, _held_entry(m, name)))
+    assert "heldout.shards[0] file " in out and reason in out
+    assert "\x00" not in out and "embedded null byte" not in out
+
+
+def test_a_shard_that_is_a_symlink_loop_is_refused_naming_the_entry(run):
+    inst = _instance(run)
+    (inst / "activations" / "loop.safetensors").symlink_to(inst / "activations" / "loop.safetensors")
+    try:
+        out = _listing(run, lambda m: m["shards"].__setitem__(
+            0, {**m["shards"][0], "file": "activations/loop.safetensors"}))
+    finally:
+        (inst / "activations" / "loop.safetensors").unlink()
+    assert "shards[0] file 'activations/loop.safetensors' cannot be resolved" in out
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("ground_truth\x00.safetensors", "holds a NUL byte"),
+    ("../model.safetensors", "is not a file of the instance folder")])
+def test_a_manifest_file_name_with_a_nul_byte_or_outside_is_refused(run, name, reason):
+    def rename(m):
+        m["files"][name] = m["files"].pop(files.GROUND_TRUTH_FILE)
+    out = _listing(run, rename)
+    assert "files[" in out and reason in out
+
+
+def test_a_manifest_whose_d_is_a_bool_is_refused(run):
+    out = _listing(run, lambda m: m.__setitem__("d", True))
+    assert "field 'd' must be a positive integer, got True" in out
