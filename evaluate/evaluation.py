@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from unsuperpose.data import files
+from unsuperpose.evaluate.chance import CHANCE
 from unsuperpose.evaluate.config import EvaluateConfig
 from unsuperpose.evaluate.inputs import Instance
 from unsuperpose.evaluate.oracle import ORACLE
@@ -26,6 +27,7 @@ class InstanceResult:
     fit_rows: dict[str, int] = field(default_factory=dict)
     devices: set[str] = field(default_factory=set)   # where the transforms ran
     oracle: Scores | None = None                     # the true directions as a dictionary
+    chance: Scores | None = None                     # random directions as a dictionary
 
     @property
     def probability(self) -> float:
@@ -47,7 +49,8 @@ class Evaluation:
 
     def records(self) -> list[dict]:
         """One record per instance x method x metric (x feature for per-feature metrics);
-        the oracle's as method "oracle"; a note as metric "skipped" or "error" (its kind)."""
+        the oracle's as method "oracle", the chance row's as method "random"; a note as
+        metric "skipped" or "error" (its kind)."""
         out = []
         for res in self.results:
             inst = res.instance
@@ -66,6 +69,8 @@ class Evaluation:
             scored = dict(res.scores)
             if res.oracle is not None:
                 scored[ORACLE] = res.oracle
+            if res.chance is not None:
+                scored[CHANCE] = res.chance
             for method, sc in scored.items():
                 out += [_record(inst.id, method, k, v) for k, v in sc.scalars.items()]
                 for k, values in sc.per_feature.items():

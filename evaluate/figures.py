@@ -20,6 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from unsuperpose.data import files  # noqa: E402
 from unsuperpose.evaluate import metrics as gm  # noqa: E402
 from unsuperpose.evaluate.evaluation import Evaluation  # noqa: E402
+from unsuperpose.evaluate.chance import CHANCE  # noqa: E402
 from unsuperpose.evaluate.oracle import ORACLE, unit_rows  # noqa: E402
 from unsuperpose.evaluate.scoring import recovered_key  # noqa: E402
 
@@ -33,18 +34,22 @@ NONNEGATIVE_SUFFIX = "_nn"
 EXTERNAL_MARKERS = ["h", "p", "8", "d"]  # an external dictionary's (ext:NAME), none of ours
 # the oracle (the true directions as a dictionary) is a reference: grey, dotted, drawn last
 ORACLE_STYLE = {"color": "0.45", "marker": "*", "linestyle": ":"}
+# the chance row (random directions as a dictionary) is the other reference: light grey, dashed
+CHANCE_STYLE = {"color": "0.65", "marker": "x", "linestyle": "--"}
 
 
 def method_style(method: str) -> dict:
     """Colour, marker and line style of a method, fixed by its place in the sae registry: a
     nonnegative variant (`ksvd_nn`) takes its family's colour (`ksvd`) with a dashed line;
     an external dictionary (ext:NAME) is dash-dotted, with a marker none of ours uses; the
-    oracle is grey and dotted."""
+    oracle is grey and dotted, the chance row light grey and dashed."""
     from unsuperpose.evaluate.external import EXTERNAL_PREFIX, is_external
     from unsuperpose.sae import METHODS
 
     if method == ORACLE:
         return dict(ORACLE_STYLE)
+    if method == CHANCE:
+        return dict(CHANCE_STYLE)
     if is_external(method):  # dash-dot, from the end of the palette, by name
         i = sum(map(ord, method.removeprefix(EXTERNAL_PREFIX)))
         return {"color": PALETTE[-1 - i % len(PALETTE)],
@@ -60,11 +65,13 @@ def method_style(method: str) -> dict:
 
 def method_label(method: str) -> str:
     """A method's name in legends and panel titles; the oracle is marked as the reference,
-    an external dictionary as external."""
+    the chance row as chance, an external dictionary as external."""
     from unsuperpose.evaluate.external import is_external
 
     if is_external(method):
         return f"{method} (external)"
+    if method == CHANCE:
+        return f"{method} (chance)"
     return f"{method} (reference)" if method == ORACLE else method
 
 
@@ -237,10 +244,12 @@ def save_figures(ev: Evaluation, folder: Path) -> dict[str, str]:
     threshold = max(ev.config.thresholds)
     scored = {m: [r for r in ev.results if m in r.scores] for m in ev.methods}
     if scored and any(r.oracle is not None for r in ev.results):
-        scored[ORACLE] = [r for r in ev.results if r.oracle is not None]  # the reference, last
+        scored[ORACLE] = [r for r in ev.results if r.oracle is not None]  # the references, last
+    if scored and any(getattr(r, "chance", None) is not None for r in ev.results):
+        scored[CHANCE] = [r for r in ev.results if getattr(r, "chance", None) is not None]
 
     def scores_of(r, m):
-        return r.oracle if m == ORACLE else r.scores[m]
+        return {ORACLE: r.oracle, CHANCE: getattr(r, "chance", None)}.get(m) or r.scores[m]
 
     def per_instance(key: str) -> dict[str, np.ndarray]:
         return {m: np.array([scores_of(r, m).scalars.get(key, np.nan) for r in rs])

@@ -20,6 +20,7 @@ from unsuperpose.data.errors import StageInputError
 from unsuperpose.data.staging import stage_transaction
 from unsuperpose.evaluate import metrics as gm
 from unsuperpose.evaluate import report  # render_report looked up when called: tests stub it
+from unsuperpose.evaluate.chance import CHANCE, chance_generator, chance_size, score_chance
 from unsuperpose.evaluate.config import EvaluateConfig
 from unsuperpose.evaluate.evaluation import Evaluation, InstanceResult
 from unsuperpose.evaluate.external import DecoderDictionary, check_width, is_external, load_external
@@ -143,11 +144,28 @@ def score_instance(inst: Instance, dictionaries: list[tuple[str, Path]], config:
     if k is not None and len(G):
         res.oracle = score_oracle(G, inst.H, true_acts, k, config.thresholds,
                                   config.duplicate_cosine)
-        for sc in res.scores.values():
+        _add_chance(res, k, true_acts, config, notes)
+        for sc in [*res.scores.values(), *([res.chance] if res.chance is not None else [])]:
             if "f1" in sc.scalars:
                 sc.scalars["f1_vs_oracle"] = f1_vs_oracle(sc.scalars["f1"],
                                                           res.oracle.scalars.get("f1"))
     return res
+
+
+def _add_chance(res: InstanceResult, k: int, true_acts: np.ndarray, config: EvaluateConfig,
+                notes: list[dict]) -> None:
+    """The chance row of one instance (evaluate/chance.py): random unit directions as many as
+    the run's dictionaries have atoms (the externals' count where the run has none), coded at
+    the oracle's k, from a generator of its own seeded by the evaluate seed and the instance."""
+    inst = res.instance
+    ours = [sc.scalars["n_components"] for m, sc in res.scores.items() if not is_external(m)]
+    n_atoms, note = chance_size(ours or [sc.scalars["n_components"] for sc in res.scores.values()])
+    if note is not None:
+        notes.append({"instance": inst.id, "method": CHANCE, "note": note})
+    if n_atoms is not None:
+        res.chance = score_chance(inst.G, inst.H, true_acts, k, n_atoms,
+                                  config.thresholds, config.duplicate_cosine,
+                                  chance_generator(config.seed, inst.id))
 
 
 def evaluate_run(config: EvaluateConfig, run_dir: str | Path,

@@ -1,7 +1,9 @@
 """report.md: a summary, the method comparison, each instance, the errors, then the notes.
 
 Every table ends with the oracle's row (the true directions coded by nonnegative OMP at the
-dictionaries' k, see evaluate/oracle.py), in italics: a reference, never ranked or bold."""
+dictionaries' k, see evaluate/oracle.py) and the chance row (as many random unit directions as
+the dictionaries have atoms, coded the same way, see evaluate/chance.py), in italics:
+references, never ranked or bold."""
 from __future__ import annotations
 
 import math
@@ -9,6 +11,7 @@ import math
 import numpy as np
 
 from unsuperpose.data import files
+from unsuperpose.evaluate.chance import CHANCE, CHANCE_DRAWS
 from unsuperpose.evaluate.evaluation import Evaluation
 from unsuperpose.evaluate.oracle import ORACLE
 from unsuperpose.evaluate.scoring import metric_info, recovered_key
@@ -42,6 +45,11 @@ DEFINITIONS = """\
   FVU, L0, F1 and code r are what a perfect dictionary reaches at that sparsity (up to OMP
   being greedy); its direction metrics are 1 by construction. **F1/oracle**: a method's F1
   over the oracle's on the same instance and rows.
+- *random* (the row after the oracle, in italics; a reference, not ranked): as many random
+  unit directions as the instance's dictionaries have atoms, coded the same way as the oracle,
+  mean of {draws} draws: the chance floor. Random atoms already match true directions when
+  they outnumber d (in d = 10, 40 random atoms reach an mcc of about 0.66), so a method's
+  score means something only as far as it sits above this row.
 - *ext:NAME*: a dictionary from outside the run (`evaluate --external NAME=PATH`), scored on
   the same rows against the same ground truth and listed under External dictionaries; it
   has no fit time, and its target L0 is the stage's.
@@ -61,7 +69,8 @@ def fmt(metric: str, value) -> str:
 def table(rows: dict[str, dict[str, float]], metrics: list[str], bold_best: bool = True,
           reference: dict[str, dict[str, float]] | None = None) -> str:
     """A markdown table, methods as rows; the best value of each scored column in bold.
-    `reference` rows (the oracle) come last, in italics, and take no part in the bolding."""
+    `reference` rows (the oracle, the chance row) come last, in italics, and take no part in
+    the bolding."""
     header = "| method | " + " | ".join(metric_info(m)[1] for m in metrics) + " |"
     lines = [header, "|---|" + "---:|" * len(metrics)]
     best = {}
@@ -78,8 +87,18 @@ def table(rows: dict[str, dict[str, float]], metrics: list[str], bold_best: bool
         lines.append(f"| {meth} | " + " | ".join(cells) + " |")
     for meth, v in (reference or {}).items():
         cells = [_italic(fmt(m, v.get(m))) for m in metrics]
-        lines.append(f"| *{meth} (reference)* | " + " | ".join(cells) + " |")
+        lines.append(f"| *{reference_label(meth)}* | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def reference_label(method: str) -> str:
+    """A reference row's name in the tables: "oracle (reference)", "random (chance)"."""
+    return f"{method} (chance)" if method == CHANCE else f"{method} (reference)"
+
+
+def references(oracle, chance) -> dict[str, dict[str, float]]:
+    """The reference rows of a table, the oracle first: {name: scalars} of those scored."""
+    return {name: sc for name, sc in ((ORACLE, oracle), (CHANCE, chance)) if sc is not None}
 
 
 def _italic(cell: str) -> str:
@@ -88,12 +107,15 @@ def _italic(cell: str) -> str:
 
 def method_means(ev: Evaluation, metrics: list[str]) -> tuple[dict, dict]:
     """Per method, the mean over instances of each metric (NaN-skipping), and how many
-    instances each method was scored on; the oracle (when scored) under ORACLE, last."""
+    instances each method was scored on; the oracle and the chance row (when scored) under
+    ORACLE and CHANCE, last."""
     means, counts = {}, {}
     scored_by = {m: [r.scores[m].scalars for r in ev.results if m in r.scores] for m in ev.methods}
-    oracle = [r.oracle.scalars for r in ev.results if r.oracle is not None]
-    if oracle:
-        scored_by[ORACLE] = oracle
+    for name, attr in ((ORACLE, "oracle"), (CHANCE, "chance")):
+        reference = [getattr(r, attr).scalars for r in ev.results
+                     if getattr(r, attr, None) is not None]
+        if reference:
+            scored_by[name] = reference
     for method, scored in scored_by.items():
         counts[method] = len(scored)
         means[method] = {}
@@ -127,7 +149,7 @@ def render_report(ev: Evaluation, figures: dict[str, str]) -> str:
     if len(ev.config.thresholds) > 1:
         metrics.insert(metrics.index(recovered_key(threshold)), recovered_key(min(ev.config.thresholds)))
     means, counts = method_means(ev, metrics)
-    oracle_mean = {ORACLE: means.pop(ORACLE)} if ORACLE in means else {}
+    oracle_mean = {name: means.pop(name) for name in (ORACLE, CHANCE) if name in means}
     errors = [n for n in ev.notes if n.get("kind") == "error"]
     notes = [n for n in ev.notes if n.get("kind") != "error"]
     fig = lambda key: f"{files.FIGURES_DIR}/{figures[key]}"  # noqa: E731
@@ -165,6 +187,13 @@ def render_report(ev: Evaluation, figures: dict[str, str]) -> str:
                 f"{fmt('fvu', o['fvu'])}, L0 {fmt('l0', o['l0'])}, F1 {fmt('f1', o['f1'])}, "
                 f"code r {fmt('code_correlation', o['code_correlation'])}: the best a "
                 f"dictionary can do at that sparsity."]
+    c = oracle_mean.get(CHANCE)
+    if c is not None:
+        out += ["", f"Random (as many random unit directions as the dictionaries have atoms, "
+                f"coded the same way, mean of {CHANCE_DRAWS} draws): mcc {fmt('mcc', c['mcc'])}, "
+                f"MMCS {fmt('mmcs', c['mmcs'])}, {metric_info(recovered_key(threshold))[1]} "
+                f"{fmt('x', c[recovered_key(threshold)])}, FVU {fmt('fvu', c['fvu'])}: the "
+                f"chance floor; a score means something only as far as it is above it."]
     if errors:
         out += ["", f"**{len(errors)} dictionar{'y' if len(errors) == 1 else 'ies'} could not "
                 f"be loaded or applied**: see Errors."]
@@ -189,7 +218,7 @@ def render_report(ev: Evaluation, figures: dict[str, str]) -> str:
             out += ["", "Scored on fewer instances: " + ", ".join(partial) + "."]
     else:
         out += ["No dictionary could be scored; see the notes."]
-    out += ["", DEFINITIONS.format(dup=ev.config.duplicate_cosine)]
+    out += ["", DEFINITIONS.format(dup=ev.config.duplicate_cosine, draws=CHANCE_DRAWS)]
     for key, alt in (("headline", "recovery against feature probability"),
                      ("dimensionality", "feature dimensionality against feature probability"),
                      ("recovery_vs_dimensionality", "per-feature recovery against D_i")):
@@ -214,7 +243,8 @@ def render_report(ev: Evaluation, figures: dict[str, str]) -> str:
         if _off_target_text(r):
             out += [_off_target_text(r), ""]
         if r.scores:
-            reference = {ORACLE: r.oracle.scalars} if r.oracle is not None else {}
+            reference = references(*(None if sc is None else sc.scalars
+                                     for sc in (r.oracle, getattr(r, "chance", None))))
             out += [table({m: r.scores[m].scalars for m in ev.methods if m in r.scores}, metrics,
                           reference=reference), ""]
         for key, alt in ((f"{iid}/toy_model", "W^T W, bias and feature norms"),

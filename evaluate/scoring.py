@@ -40,6 +40,7 @@ METRICS = {
     "n_components": (None, "atoms"),
     "n_represented": (None, "true dirs"),
     "k": (None, "k"),
+    "draws": (None, "draws"),
 }
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from unsuperpose.data import files
 from unsuperpose.data.files import read_csv  # noqa: F401 (an alias, for importers: reads aggregate.csv back)
+from unsuperpose.evaluate.chance import CHANCE
 from unsuperpose.evaluate.figures import plt
+from unsuperpose.evaluate.oracle import ORACLE
 from unsuperpose.evaluate.sweep import figures as sweep_figures  # looked up when called: tests stub it
 from unsuperpose.evaluate.sweep.counting import ESTIMATORS, count_features, counting_table, plot_counting
 from unsuperpose.evaluate.sweep.grid import Grid
@@ -22,6 +24,7 @@ from unsuperpose.evaluate.sweep.table import (
 )
 
 AGGREGATE_CSV, SUMMARY_FILE = files.AGGREGATE_CSV, files.SUMMARY_FILE  # aliases, for importers
+REFERENCES = (ORACLE, CHANCE)  # the reference rows of every point's metrics: never counted
 
 
 def point_rows(grid: Grid, sweep_dir: Path, notes: list[str] | None = None) -> list[dict]:
@@ -123,7 +126,8 @@ def write_counting(grid: Grid, rows: list[dict], sweep_dir: Path, figures: list[
     to `figures`); returns the estimator records."""
     figure = sweep_dir / files.FIGURES_DIR / files.COUNTING_FIGURE
     figure.unlink(missing_ok=True)
-    records = count_features(grid, rows, sweep_dir)
+    # the references (oracle, random) have no dictionary on disk to count features with
+    records = count_features(grid, [r for r in rows if r["method"] not in REFERENCES], sweep_dir)
     if not records:
         return []
     files.write_csv(sweep_dir / files.COUNTING_CSV, counting_table(records),

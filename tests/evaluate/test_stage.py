@@ -82,19 +82,20 @@ def test_metrics_hold_one_record_per_instance_method_metric(evaluated):
     # each (instance, method) holds exactly these scalar metrics, each once
     keys = [(r["instance"], r["method"], r["metric"]) for r in records
             if r["method"] and "feature" not in r]
-    assert len(keys) == len(set(keys)) == 2 * (len(METHODS) * 26 + 25)
+    assert len(keys) == len(set(keys)) == 2 * (len(METHODS) * 26 + 25 + 26)  # + oracle, random
     expected = {"n_components", "n_represented", "duplicate_fraction", "fvu", "explained_variance",
                 "shrinkage", "l0", "dead_latents", "dead_fraction", "mmcs", "mmcs_abs",
                 "reverse_mmcs", "reverse_mmcs_abs", "matched_cos", "mcc", "uniqueness",
                 "recovered_0.9", "recovered_0.99", "true_l0", "precision", "recall", "f1",
                 "code_correlation", "f1_vs_oracle", "fit_seconds", "target_l0"}
     for inst in ("00-p0.2", "01-p0.05"):
-        for method in METHODS + ["oracle"]:
-            want = expected if method != "oracle" else expected - {"fit_seconds", "target_l0"} | {"k"}
+        for method in METHODS + ["oracle", "random"]:
+            reference = expected - {"fit_seconds", "target_l0"} | {"k"}
+            want = {"oracle": reference, "random": reference | {"draws"}}.get(method, expected)
             assert {m for i, me, m in keys if (i, me) == (inst, method)} == want, (inst, method)
     per_feature = [r for r in records if r["metric"] == "feature_best_cos"]
     n_represented = {i: scalars[i, "topk", "n_represented"] for i in ("00-p0.2", "01-p0.05")}
-    assert len(per_feature) == (len(METHODS) + 1) * sum(n_represented.values())  # + oracle
+    assert len(per_feature) == (len(METHODS) + 2) * sum(n_represented.values())  # + oracle, random
     with open(evaluated / METRICS_CSV) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(records) and rows[0].keys() >= {"instance", "method", "metric", "value"}
@@ -206,14 +207,16 @@ def test_the_oracle_is_the_last_row_of_every_table_in_italics_and_never_bold(eva
     for block in tables:
         rows = block.splitlines()
         assert [r.split(" | ")[0] for r in rows[2:]] == ["| " + m for m in METHODS] + [
-            "| *oracle (reference)*"]
-        cells = rows[-1].strip("| ").split(" | ")[1:]
-        assert all(c == "–" or re.fullmatch(r"\*[0-9.]+\*", c) for c in cells), cells
-        assert "**" not in rows[-1]
+            "| *oracle (reference)*", "| *random (chance)*"]
+        for row in rows[-2:]:
+            cells = row.strip("| ").split(" | ")[1:]
+            assert all(c == "–" or re.fullmatch(r"\*[0-9.]+\*", c) for c in cells), cells
+            assert "**" not in row
         assert "F1/oracle" in rows[0]
     assert re.search(r"Oracle \(the true directions coded at the dictionaries' k\): FVU 0\.0\d\d",
                      report)
     assert "Best one-to-one recovery: **oracle" not in report
+    assert "**random" not in report
 
 
 # ---- dictionaries that cannot be loaded or applied ---------------------------------------------

@@ -186,7 +186,7 @@ def _finish(proc):
 
 def _assert_same_aggregate(sweep_dir, local_rows):
     rows = read_csv(sweep_dir / AGGREGATE_CSV)
-    assert len(rows) == len(local_rows) == 2 * (2 + 1)  # points x (methods + the oracle row)
+    assert len(rows) == len(local_rows) == 2 * (2 + 2)  # points x (methods + oracle, random)
     for row in rows:
         expected = local_rows[row["point"], row["method"]]
         assert row.keys() == expected.keys()

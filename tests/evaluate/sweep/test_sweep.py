@@ -133,8 +133,8 @@ def test_the_aggregate_table_equals_each_points_metrics(swept):
     sweep_dir = swept["sweep_dir"]
     grid = load_grid(swept["grid"])
     rows = read_csv(sweep_dir / AGGREGATE_CSV)
-    assert len(rows) == 4 * (2 + 1)  # points x (methods + the oracle row), one instance each
-    assert sum(r["method"] == "oracle" for r in rows) == 4
+    assert len(rows) == 4 * (2 + 2)  # points x (methods + the oracle and random rows), one instance each
+    assert sum(r["method"] == "oracle" for r in rows) == sum(r["method"] == "random" for r in rows) == 4
     metrics = metric_columns(grid)
     assert {"mmcs", "matched_cos", "recovered_0.99", "mcc", "fvu", "l0"} <= set(metrics)
     for point in grid.points:
@@ -143,15 +143,15 @@ def test_the_aggregate_table_equals_each_points_metrics(swept):
         assert (folder / "evaluate" / "report.md").is_file()
         assert not (folder / "evaluate" / "figures").exists()  # figures: false in the grid
         mine = [r for r in rows if r["point"] == folder.name]
-        assert sorted(r["method"] for r in mine) == ["mod", "oracle", "topk"]
+        assert sorted(r["method"] for r in mine) == ["mod", "oracle", "random", "topk"]
         for row in mine:
             assert float(row["generate.feature_probability"]) == point.values["generate.feature_probability"]
             assert float(row["sae.dict_ratio"]) == point.values["sae.dict_ratio"]
             expected = {r["metric"]: r["value"] for r in records
                         if r["method"] == row["method"] and "feature" not in r}
             for m in metrics:
-                if row[m] == "":  # a metric the oracle row does not have (fit time, size)
-                    assert row["method"] == "oracle" and expected.get(m) is None, m
+                if row[m] == "":  # a metric the reference rows do not have (fit time, size)
+                    assert row["method"] in ("oracle", "random") and expected.get(m) is None, m
                     continue
                 assert float(row[m]) == pytest.approx(expected[m], rel=1e-12), (m, row["method"])
     summary = (sweep_dir / SUMMARY_FILE).read_text()
@@ -176,7 +176,7 @@ def test_the_ray_backend_gives_the_same_aggregate_as_the_local_one(swept, local_
     assert result.exit_code == 0, result.output
     ray_rows = read_csv(tmp_path / "ray" / AGGREGATE_CSV)
     local = {(r["point"], r["method"]): r for r in read_csv(swept["sweep_dir"] / AGGREGATE_CSV)}
-    assert len(ray_rows) == 2 * (2 + 1)  # points x (methods + the oracle row)
+    assert len(ray_rows) == 2 * (2 + 2)  # points x (methods + the oracle and random rows)
     for row in ray_rows:
         expected = local[row["point"], row["method"]]
         assert row.keys() == expected.keys()
