@@ -60,8 +60,24 @@ def config_file_option(help_text: str):
                         default=None, help=help_text)
 
 
-threads_option = click.option("--threads", type=int, default=None,
-                              help="torch CPU threads [torch's default].")
+class Threads(click.ParamType):
+    """`--threads`: auto or an integer >= 1 (data/threads.py)."""
+
+    name = "auto|INTEGER"
+
+    def convert(self, value, param, ctx):
+        from unsuperpose.data.threads import parse_threads
+
+        try:
+            return parse_threads(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+threads_option = click.option(
+    "--threads", type=Threads(), default="auto",
+    help="torch CPU threads: auto picks 1 for small problems and the free cores for large "
+         "ones (per fit), with OpenMP waiting passively; N: exactly N.")
 
 
 @contextlib.contextmanager
@@ -97,20 +113,17 @@ def silent_progress(label: str, total: int):
     return contextlib.nullcontext(_SilentBar())
 
 
-def set_cpu_threads(threads: int | None) -> int:
-    """torch CPU threads for a command: None leaves torch's default.
+def set_cpu_threads(threads="auto", work: float | None = None) -> int:
+    """torch CPU threads for a command (call it before the command imports torch): "auto"
+    (None too) chooses from `work`, the multiply-adds of the command's typical op, and the
+    free cores, and lets the estimators choose per fit; an integer is obeyed exactly. The
+    rule: data/threads.py. Returns torch's count."""
+    from unsuperpose.data.threads import AUTO, set_threads
 
-    The toy problems are small matrices; on a 2-core machine that something else also uses,
-    two OpenMP threads wait on each other at every small op (measured 10x slower), so the
-    commands take --threads to pin it.
-    """
-    import torch
-
-    if threads is not None:
-        if threads < 1:
-            raise click.BadParameter(f"must be >= 1, got {threads}", param_hint="--threads")
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
+    try:
+        return set_threads(AUTO if threads is None else threads, work)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--threads") from None
 
 
 def os_error_line(err: OSError) -> str:

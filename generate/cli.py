@@ -44,8 +44,6 @@ def main(run_dir: Path, config_file: Path | None, threads: int | None, world: st
     from unsuperpose.data.environment import resolve_device
     from unsuperpose.generate.pipeline import run_generate
 
-    set_cpu_threads(threads)
-
     values = read_config_file(config_file) if config_file is not None else {}
     if world is not None:  # a command-line option, so over the file's fields it names
         values.update(preset(world))
@@ -62,6 +60,9 @@ def main(run_dir: Path, config_file: Path | None, threads: int | None, world: st
                                      param_hint="--mean-active")
         values["feature_probability"] = (mean_active / n,)
     config = OPTIONS.build(values, source=str(config_file or "options"))
+    # the toy models' step: [batch, instances, n_features] @ [n_features, d_hidden]
+    set_cpu_threads(threads, work=float(config.batch_size) * len(config.instance_ids)
+                    * config.n_features * config.d_hidden)
     try:
         resolve_device(config.device)
     except ValueError as err:

@@ -22,11 +22,16 @@ Progress: `fit(H, progress=callback)` calls `callback(done, total, info)` after 
 work (an SAE's optimiser step, a k-SVD/MOD iteration, sklearn's whole fit): `done` units so
 far, `total` of them (None when unknown, as for an SAE on an iterable of unknown length),
 `info` the `log_` entry written at that unit ({} when none was).
+
+Threads: every subclass's `fit` and `transform` run under `data.threads.fit_threads`, which
+picks torch's CPU threads for the call from its size (`_thread_work`) and the free cores and
+restores them after, unless the user chose a count (the rule: data/threads.py).
 """
 from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -42,6 +47,7 @@ from unsuperpose.data import files
 from unsuperpose.data.configs import ConfigError, check_number  # noqa: F401 (re-exported)
 from unsuperpose.data.environment import load_device, resolve_device  # noqa: F401 (re-exported)
 from unsuperpose.data.safetensors_io import safetensors_bytes
+from unsuperpose.data.threads import fit_threads, torch_default_threads
 from unsuperpose.sae.param_docs import (
     field_default,
     param_docs,  # noqa: F401 (re-exported)
@@ -60,6 +66,11 @@ REMOVED_FIT_PARAMS = ("tilt", "resample_every", "resample_until", "k_start", "k_
 REMOVED_TRANSFORM_PARAMS = {"refine_with": "decoder", "prefix_fractions": (), "prefix_ks": ()}
 
 
+# iteration counts no fit can mean: each k-SVD/MOD iteration or SAE epoch is a pass over the
+# rows, each SAE step a batch; above these a fit would run for years (or overflow a counter)
+MAX_ITERATIONS = {"n_iter": 10 ** 6, "n_epochs": 10 ** 6, "n_steps": 10 ** 9, "max_iter": 10 ** 6}
+
+
 def check_param(name: str, value, *, choices=None, when: str | None = None,
                 boolean: bool = False, device: bool = False,
                 at_most: tuple[str, Any] | None = None, **number) -> None:
@@ -76,6 +87,9 @@ def check_param(name: str, value, *, choices=None, when: str | None = None,
             if not when:
                 raise
             raise ConfigError(name, err.message.replace(", got ", f" when {when}, got ", 1)) from None
+        if name in MAX_ITERATIONS and value is not None and value > MAX_ITERATIONS[name]:
+            raise ConfigError(name, f"must be <= {MAX_ITERATIONS[name]} (no fit can mean more), "
+                                    f"got {value}")
         if at_most is not None and value is not None and value > at_most[1]:
             raise ConfigError(name, f"must be <= {at_most[0]}={at_most[1]}, got {value!r}")
     if choices is not None and value not in choices:
@@ -151,6 +165,9 @@ class DictionaryEstimator(abc.ABC):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        for name in ("fit", "transform"):
+            if name in vars(cls):
+                setattr(cls, name, _under_fit_threads(vars(cls)[name]))
         if not dataclasses.is_dataclass(cls.config_class):
             return
         try:
@@ -242,6 +259,16 @@ class DictionaryEstimator(abc.ABC):
     def fit_transform(self, H: ArrayLike, y=None, progress: Progress | None = None) -> ArrayLike:
         return self.fit(H, progress=progress).transform(H)
 
+    def _thread_work(self, H) -> float | None:
+        """Multiply-adds of one typical op of a fit or transform of H (rows per op x d x
+        n_components; rows per op: batch_size where the method has one), None if unknown."""
+        shape = getattr(H, "shape", None)
+        n_components = getattr(self, "n_components", None)
+        if shape is None or len(shape) != 2 or not n_components:
+            return None
+        rows = min(shape[0], getattr(self, "batch_size", None) or shape[0])
+        return float(rows) * shape[1] * n_components
+
     def _check_fitted(self) -> None:
         if getattr(self, "components_", None) is None:
             raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit(H) first")
@@ -329,6 +356,18 @@ class DictionaryEstimator(abc.ABC):
         est.components_ = tensors.pop(files.COMPONENTS).numpy()
         est._load_extra(tensors)
         return est
+
+
+def _under_fit_threads(method):
+    """`method(self, H, ...)` run under fit_threads, sized by `self._thread_work(H)`."""
+    @functools.wraps(method)
+    def wrapper(self, H, *args, **kwargs):
+        with fit_threads(self._thread_work(H)):
+            return method(self, H, *args, **kwargs)
+    return wrapper
+
+
+torch_default_threads()  # torch's own count, before a user or a fit changes it
 
 
 def _without_removed_params(config: dict, path: Path) -> dict:

@@ -8,3 +8,9 @@ folders of the same names (setup.cfg's package_dir maps them here).
 """
 
 __version__ = "0.1.0"
+
+# OpenMP threads sleep rather than spin between torch's ops (read once, when torch loads
+# OpenMP, so here: before any stage imports torch); data/threads.py has the thread rule
+from unsuperpose.data.threads import quiet_openmp  # noqa: E402
+
+quiet_openmp()

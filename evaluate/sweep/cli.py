@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from unsuperpose.data.cli import Threads
 from unsuperpose.evaluate.sweep.runner import BACKENDS
 
 
@@ -22,8 +23,9 @@ from unsuperpose.evaluate.sweep.runner import BACKENDS
 @click.option("--workers", type=int, default=None,
               help="local backend: points run at once [CPU cores / --threads]; 1 runs them "
                    "in this process.")
-@click.option("--threads", type=int, default=1,
-              help="torch CPU threads per point (and the CPUs a Ray task asks for).")
+@click.option("--threads", type=Threads(), default="auto",
+              help="torch CPU threads per point (and the CPUs a Ray task asks for); auto: 1, "
+                   "since the points run side by side.")
 @click.option("--address", "--ray-address", "ray_address", default=None,
               help="ray backend: the cluster to join, HOST:PORT of its head (`ray start "
                    "--head`) [RAY_ADDRESS, else a local Ray]; SWEEP_DIR must then be a "
@@ -44,8 +46,7 @@ def main(grid_file, sweep_dir, backend, workers, threads, ray_address, dry_run):
         grid = load_grid(grid_file)
     except GridError as err:
         raise click.BadParameter(str(err), param_hint="GRID") from None
-    if threads < 1:
-        raise click.BadParameter(f"must be >= 1, got {threads}", param_hint="--threads")
+    threads = 1 if threads == "auto" else threads
     if workers is None:
         workers = max(1, (os.cpu_count() or 1) // threads)
     if workers < 1:
