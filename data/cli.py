@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -80,17 +84,92 @@ threads_option = click.option(
          "ones (per fit), with OpenMP waiting passively; N: exactly N.")
 
 
+LOG_INTERVAL = 30.0  # seconds between the progress lines of a long job in a log
+
+
 @contextlib.contextmanager
-def click_progress(label: str, total: int):
-    """A click progress bar with `.update(n, text)`; the shape the stage pipelines expect."""
-    info = {"text": ""}
-    with click.progressbar(length=max(total, 1), label=label, show_pos=True, show_eta=True,
-                           item_show_func=lambda _: info["text"]) as bar:
-        class Bar:
-            def update(self, n: int, text: str = "") -> None:
-                info["text"] = text
-                bar.update(n)
-        yield Bar()
+def click_progress(label: str, total: int, interval: float | None = None,
+                   clock: Callable[[], float] = time.monotonic):
+    """A progress display with `.update(n, text)`; the shape the stage pipelines expect.
+    On a terminal, click's progress bar. Anywhere else (a log file, a pipe, nohup): the label
+    when the job starts, then a line at least every `interval` seconds, also while one step
+    runs (a timer thread), and one at the end when there were any: position, the latest
+    text (FVU, loss), elapsed time and an estimate of the time left. `interval` defaults to
+    LOG_INTERVAL."""
+    if _is_terminal():
+        info = {"text": ""}
+        with click.progressbar(length=max(total, 1), label=label, show_pos=True, show_eta=True,
+                               item_show_func=lambda _: info["text"]) as bar:
+            class Bar:
+                def update(self, n: int, text: str = "") -> None:
+                    info["text"] = text
+                    bar.update(n)
+            yield Bar()
+        return
+    log = _ProgressLog(label, max(total, 1), LOG_INTERVAL if interval is None else interval, clock)
+    stop = threading.Event()
+    timer = threading.Thread(target=log.beat, args=(stop,), daemon=True)
+    timer.start()
+    try:
+        yield log
+    finally:
+        stop.set()
+        timer.join()
+        log.finish()
+
+
+class _ProgressLog:
+    """click_progress away from a terminal: plain lines, printed under a lock (the timer
+    thread and the job both print)."""
+
+    def __init__(self, label: str, total: int, interval: float, clock: Callable[[], float]):
+        self.label, self.total, self.interval, self.clock = label, total, interval, clock
+        self.pos, self.text, self.lines = 0, "", 0
+        self.started = self.last = clock()
+        self.lock = threading.Lock()
+        click.echo(label)
+
+    def update(self, n: int, text: str = "") -> None:
+        with self.lock:
+            self.pos += n
+            self.text = text or self.text
+            if self.clock() - self.last >= self.interval:
+                self._line()
+
+    def beat(self, stop: threading.Event) -> None:
+        """The timer thread: a line whenever `interval` passed without one."""
+        while not stop.wait(self.interval / 4):
+            with self.lock:
+                if self.clock() - self.last >= self.interval:
+                    self._line()
+
+    def finish(self) -> None:
+        with self.lock:
+            if self.lines:  # a job long enough to have shown its progress: say it ended
+                self._line(done=True)
+
+    def _line(self, done: bool = False) -> None:
+        now = self.clock()
+        elapsed = now - self.started
+        parts = [f"{self.pos}/{self.total}" + ("" if done else f" ({self.pos / self.total:.0%})")]
+        if self.text:
+            parts.append(self.text)
+        parts.append(f"{_seconds(elapsed)} elapsed")
+        if not done and 0 < self.pos < self.total:
+            parts.append(f"~{_seconds(elapsed * (self.total - self.pos) / self.pos)} left")
+        click.echo(f"  {self.label}: {'done, ' if done else ''}{', '.join(parts)}")
+        self.last, self.lines = now, self.lines + 1
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s // 60:.0f} min {s % 60:02.0f} s"
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stdout
+        return False
 
 
 def optional_options(specs):
