@@ -25,6 +25,9 @@ def resolve_device(device: str) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device {device!r} is not a torch device (e.g. auto, cpu, cuda, cuda:1)") from err
+    if dev.type not in ("cpu", "cuda") and not device_available(dev):  # mps, xpu, meta, ...
+        raise ValueError(f"device {device!r} asked for, but torch cannot use it on this machine "
+                         f"(valid: auto, cpu, cuda, cuda:N)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

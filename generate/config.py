@@ -4,11 +4,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from unsuperpose.data.configs import ConfigError, JSONConfig  # noqa: F401 (re-exported)
+from unsuperpose.data.configs import ConfigError, JSONConfig, check_number  # noqa: F401 (re-exported)
 from unsuperpose.generate.worlds import PRESETS, WORLD_VALUES, World, WorldFields
 from unsuperpose.models.toy import MODEL_KINDS
 
 SOURCES = ("toy", "synthetic")
+# upper bounds of values no run can mean (the sizes themselves are checked against memory and
+# disk before work, generate/pipeline.py check_sizes)
+MAX_LR = 10.0            # Adam steps of this size leave float32's range within a few steps
+MAX_SCALE = 1e6          # magnitudes, noise, copula scale: h**2 stays far inside float32
+MAX_HIERARCHY_DEPTH = 16  # generations below the roots; branching**depth features past it
+MAX_STEPS = 10 ** 9      # training / orthogonalisation steps (years of compute past it)
 
 
 @dataclass(frozen=True)
@@ -68,10 +74,48 @@ class GenerateConfig(JSONConfig, WorldFields):
     device: str = "auto"
     """auto (cuda when available), cpu, cuda, cuda:N."""
 
+    def _check_numbers(self) -> None:
+        """Every number field's type (a bool is not an int, 40.5 is not one, nor is a string)
+        and the range no run can mean (nan, inf, past int64 or float32, the MAX_* bounds);
+        the lower bounds and the fields' relations are the checks of __post_init__."""
+        for name in ("feature_probability", "magnitude_mean"):
+            value = getattr(self, name)
+            values = value if isinstance(value, (list, tuple)) else (value,)
+            for v in values:
+                check_number(name, v, high=MAX_SCALE if name == "magnitude_mean" else None)
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+        for name in ("n_features", "d_hidden", "n_correlated_sets", "n_anticorrelated_sets",
+                     "set_size", "batch_size", "rows", "heldout_rows", "rows_per_shard",
+                     "hierarchy_roots", "hierarchy_branching", "seed"):
+            check_number(name, getattr(self, name), integer=True)
+        check_number("seed", self.seed, low=0, integer=True)
+        check_number("set_size", self.set_size, low=2, integer=True)
+        for name in ("n_correlated_sets", "n_anticorrelated_sets"):
+            check_number(name, getattr(self, name), low=0, integer=True)
+        for name in ("steps", "orthogonalize_steps"):
+            check_number(name, getattr(self, name), high=MAX_STEPS, integer=True)
+        check_number("hierarchy_depth", self.hierarchy_depth, high=MAX_HIERARCHY_DEPTH, integer=True)
+        check_number("correlation_rank", self.correlation_rank, integer=True, optional=True)
+        check_number("lr", self.lr, high=MAX_LR)
+        for name in ("importance_decay", "p_min", "hierarchy_child_share", "represented_threshold"):
+            check_number(name, getattr(self, name))
+        check_number("zipf_exponent", self.zipf_exponent, high=100)
+        for name in ("noise_std", "correlation_scale", "magnitude_std", "magnitude_std_spread"):
+            check_number(name, getattr(self, name), high=MAX_SCALE)
+        for name in ("source", "model_kind", "value", "world", "probability_schedule", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(name, f"must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.hierarchy_exclusive, bool):
+            raise ConfigError("hierarchy_exclusive",
+                              f"must be true or false, got {self.hierarchy_exclusive!r}")
+        sets = (self.n_correlated_sets + self.n_anticorrelated_sets) * self.set_size
+        if sets > max(self.n_features, 0):
+            raise ConfigError("n_correlated_sets", f"{self.n_correlated_sets} correlated + "
+                              f"{self.n_anticorrelated_sets} anticorrelated sets of {self.set_size} "
+                              f"need {sets} features, but n_features is {self.n_features}")
+
     def __post_init__(self):
-        object.__setattr__(self, "feature_probability",
-                           tuple(float(p) for p in self.feature_probability))
-        object.__setattr__(self, "magnitude_mean", tuple(float(m) for m in self.magnitude_mean))
+        self._check_numbers()
         checks = [
             ("source", self.source in SOURCES, f"must be one of {', '.join(SOURCES)}, got {self.source!r}"),
             ("model_kind", self.model_kind in MODEL_KINDS,

@@ -5,9 +5,11 @@ complete, so an interrupted run leaves the previous one as it was.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,7 +22,7 @@ from unsuperpose.data.environment import environment, resolve_device
 from unsuperpose.data.manifest import file_entry, write_manifest
 from unsuperpose.data.safetensors_io import safetensors_bytes
 from unsuperpose.data.shard_writer import ShardWriter
-from unsuperpose.data.staging import stage_transaction
+from unsuperpose.data.staging import StageWriteError, stage_transaction
 from unsuperpose.generate.config import GenerateConfig
 from unsuperpose.generate.distributions import FeatureDistribution
 from unsuperpose.generate.train import train_toy_models
@@ -118,10 +120,69 @@ def run_generate(config: GenerateConfig, run_dir: str | Path,
     progress(label, total) must return a context manager whose `.update(n, info)` advances
     a bar (the CLI passes click's progress bar); None runs silently.
     """
+    check_sizes(config, run_dir)
     with stage_transaction(run_dir, files.GENERATE_DIR, f"generate --run-dir {run_dir}",
                            echo, known=written_files) as stage:
         _build(config, stage, progress or silent_progress)
     return files.generate_dir(run_dir)
+
+
+class TooLarge(StageWriteError):
+    """The run would not fit in memory or on disk; raised before any work."""
+
+
+def _free_memory() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _free_disk(path: Path) -> int | None:
+    """Free bytes on the file system that would hold `path` (its nearest existing folder)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def check_sizes(config: GenerateConfig, run_dir: str | Path) -> None:
+    """Refuse, before any work and naming the option and the bytes, a run whose shards
+    cannot fit on the disk (rows x d x 4 bytes of h, plus 8 bytes of CSR row pointer, per row
+    of each instance and split: a lower bound, so nothing that fits is refused) or whose
+    models, ground truth, training batches or shard buffers cannot fit in free memory
+    (n_features x d x 4 bytes per instance, 4 copies in training: weights, gradient, Adam's
+    two moments)."""
+    n_inst, n, d = len(config.feature_probability), config.n_features, config.d_hidden
+    shards = n_inst * (config.rows + config.heldout_rows) * (d * 4 + 8)
+    free = _free_disk(Path(run_dir))
+    if free is not None and shards > free:
+        raise TooLarge(errno.ENOSPC, (
+            f"--rows: {n_inst} instance(s) x {config.rows + config.heldout_rows} rows (with "
+            f"--heldout-rows) x d={d} need {shards:,} bytes of shards, but {run_dir} has "
+            f"{free:,} bytes free"))
+    needs = {"--n-features": n_inst * n * d * 4 * 4,                      # model / ground truth
+             "--batch-size and --n-features": n_inst * config.batch_size * n * 4 * 4,  # x, x', grads
+             "--rows-per-shard": n_inst * min(config.rows_per_shard, config.rows) * (d * 4 + 8)}
+    free = _free_memory()
+    if free is not None and sum(needs.values()) > free:
+        option = max(needs, key=needs.get)
+        raise TooLarge(errno.ENOMEM, (
+            f"{option}: {n_inst} instance(s) of n_features={n}, d={d}, batch {config.batch_size}, "
+            f"{config.rows_per_shard} rows per shard need {sum(needs.values()):,} bytes of memory "
+            f"({needs[option]:,} of them for {option.replace('--', '')}), but {free:,} bytes "
+            f"are free"))
 
 
 def written_files(folder: Path, saved: dict) -> set[str]:

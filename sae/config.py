@@ -12,6 +12,7 @@ DEFAULT_METHODS = ("l1", "topk", "batchtopk", "ksvd", "ksvd_nn", "mod", "mod_nn"
 # the defaults, then the ones a user asks for by name
 METHOD_NAMES = (*DEFAULT_METHODS, "matryoshka", "jumprelu", "matryoshka_mod")
 EXPORT_FORMATS = ("saelens",)
+MAX_DICT_RATIO, MAX_COMPONENTS = 1024, 2 ** 24  # past them no dictionary fits in memory
 
 
 @dataclass(frozen=True)
@@ -22,12 +23,14 @@ class SAEStageConfig(JSONConfig):
     instances: tuple[str, ...] = ()
     """Instance ids to fit; empty means every instance of the run."""
     dict_ratio: float = 1.0
-    """Dictionary size as a multiple of the size basis (ignored when n_components is set)."""
+    """Dictionary size as a multiple of the size basis (ignored when n_components is set); at
+    most 1024."""
     size_basis: str = field(default="represented", metadata={"choices": SIZE_BASES})
     """What dict_ratio multiplies: represented, the true directions the model represents; or
     features, all true directions."""
     n_components: int | None = None
-    """Absolute dictionary size; overrides dict_ratio (none: dict_ratio sets it)."""
+    """Absolute dictionary size, at most 2**24 atoms; overrides dict_ratio (none: dict_ratio
+    sets it)."""
     k: int | None = None
     """Active atoms per row for topk/batchtopk/ksvd/mod/sklearn; none: the expected number of
     active represented features per row of the instance, rounded up (at most d)."""
@@ -61,8 +64,11 @@ class SAEStageConfig(JSONConfig):
         from unsuperpose.sae.methods import ALL_METHODS as METHODS  # the defaults and the extra ones
         from unsuperpose.sae.methods import param_names
 
-        object.__setattr__(self, "methods", tuple(self.methods))
-        object.__setattr__(self, "instances", tuple(self.instances))
+        for name in ("methods", "instances"):  # a bare string is not a list of names
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(name, f"must be a list of str, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
         if not self.methods:
             raise ConfigError("methods", "needs at least one method")
         if isinstance(self.export, str) or not isinstance(self.export, (tuple, list)) or not all(
@@ -82,6 +88,10 @@ class SAEStageConfig(JSONConfig):
         if self.max_rows == 0:
             object.__setattr__(self, "max_rows", None)
         check_number("dict_ratio", self.dict_ratio, low=0, low_open=True)
+        for name, most in (("dict_ratio", MAX_DICT_RATIO), ("n_components", MAX_COMPONENTS)):
+            if getattr(self, name) is not None and getattr(self, name) > most:
+                raise ConfigError(name, f"must be <= {most} (no dictionary can mean more), "
+                                        f"got {getattr(self, name)}")
         if self.target_l0 is not None:
             check_number("target_l0", self.target_l0, low=0, low_open=True)
         check_number("seed", self.seed, low=0, integer=True)

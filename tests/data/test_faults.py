@@ -251,3 +251,47 @@ def test_a_manifest_file_name_with_a_nul_byte_or_outside_is_refused(run, name, r
 def test_a_manifest_whose_d_is_a_bool_is_refused(run):
     out = _listing(run, lambda m: m.__setitem__("d", True))
     assert "field 'd' must be a positive integer, got True" in out
+
+
+# ---- every number has a range (data/configs.py, for every config and estimator) -------------
+@pytest.mark.parametrize("value, rules, message", [
+    (10 ** 20, dict(integer=True), "must be an integer, got 100000000000000000000 (past the range of int64)"),
+    (2 ** 63, dict(integer=True, low=0), "(past the range of int64)"),
+    (10 ** 400, dict(low=0), "got a number of 401 digits (past the range of int64)"),
+    (1e300, dict(), "must be finite, got 1e+300 (past the range of float32)"),
+    (-1e39, dict(), "(past the range of float32)"),
+    (float("nan"), dict(), "must be finite, got nan"),
+    (True, dict(integer=True), "must be an integer, got True (a bool)"),
+])
+def test_check_number_refuses_past_int64_float32_and_non_numbers(value, rules, message):
+    from unsuperpose.data.configs import ConfigError, check_number
+    with pytest.raises(ConfigError) as err:
+        check_number("x", value, **rules)
+    assert err.value.field == "x" and message in err.value.message
+    check_number("x", 2 ** 63 - 1, integer=True)  # int64's largest is fine
+    check_number("x", 3e38)
+
+
+@pytest.mark.parametrize("values, field, message", [
+    ({"dict_ratio": 1e30}, "dict_ratio", "must be <= 1024 (no dictionary can mean more), got 1e+30"),
+    ({"dict_ratio": 1e300}, "dict_ratio", "past the range of float32"),
+    ({"n_components": 10 ** 20}, "n_components", "past the range of int64"),
+    ({"n_components": 2 ** 25}, "n_components", "must be <= 16777216"),
+    ({"methods": "topk"}, "methods", "must be a list of str, got 'topk'"),
+    ({"seed": True}, "seed", "must be an integer >= 0, got True (a bool)"),
+])
+def test_the_sae_stage_config_bounds_its_sizes(values, field, message):
+    from unsuperpose.data.configs import ConfigError
+    from unsuperpose.sae.config import SAEStageConfig
+    with pytest.raises(ConfigError) as err:
+        SAEStageConfig.from_dict(values)
+    assert err.value.field == field and message in err.value.message
+
+
+def test_an_iteration_count_no_fit_can_mean_is_refused():
+    from unsuperpose.data.configs import ConfigError
+    from unsuperpose.sae.base import check_param
+    with pytest.raises(ConfigError, match=r"^n_iter: must be <= 1000000 \(no fit can mean "
+                                          r"more\), got 10000000000$"):
+        check_param("n_iter", 10 ** 10, low=1, integer=True)
+    check_param("n_iter", 10 ** 6, low=1, integer=True)

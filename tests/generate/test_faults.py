@@ -1,4 +1,5 @@
 """Faults around generate: rerunning it with the same config keeps the later stages current."""
+import json
 import shutil
 
 import pytest
@@ -156,3 +157,81 @@ def test_sae_over_a_folder_it_did_not_write_is_refused(run):
     out = _one_line_error(_sae(run, *_FAST_SAE), 1)
     assert f"{files.sae_root(run)}: holds files that `sae` did not write (draft.txt)" in out
     assert _kept(run) == before
+
+
+# ---- every number has a range: options, --config values, sizes (issue 28, item 6) -----------
+_BIG = "99999999999999999999"  # past int64
+
+
+def _generate(tmp_path, *args):
+    from unsuperpose.generate.cli import main as generate_main
+    (tmp_path / "keep.txt").write_text("x")
+    before = _snapshot(tmp_path)
+    result = CliRunner().invoke(generate_main, ["--run-dir", str(tmp_path / "run"), "--device",
+                                                "cpu", "--threads", "1", *args])
+    assert "Traceback" not in result.output, result.output
+    assert _snapshot(tmp_path) == before and not (tmp_path / "run").exists()  # no work
+    return result
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", _BIG], f"--seed: must be an integer, got {_BIG} (past the range of int64)"),
+    (["--n-features", _BIG], "--n-features: must be an integer, got"),
+    (["--rows", _BIG], "--rows: must be an integer, got"),
+    (["--heldout-rows", "-1"], "--heldout-rows: must be >= 0, got -1"),
+    (["--lr", "inf"], "--lr: must be finite and <= 10, got inf"),
+    (["--lr", "1e300"], "--lr: must be finite and <= 10, got 1e+300 (past the range of float32)"),
+    (["--lr", "50"], "--lr: must be finite and <= 10, got 50.0"),
+    (["--source", "synthetic", "--magnitude-std", "1e300"], "--magnitude-std: must be finite and <= 1e+06"),
+    (["--source", "synthetic", "--noise-std", "1e10"], "--noise-std: must be finite and <= 1e+06"),
+    (["--n-correlated-sets", "-1"], "--n-correlated-sets: must be an integer >= 0, got -1"),
+    (["--set-size", "0"], "--set-size: must be an integer >= 2, got 0"),
+    (["--n-correlated-sets", "30", "--set-size", "2"], "--n-correlated-sets: 30 correlated"),
+    (["--source", "synthetic", "--hierarchy-roots", "1", "--hierarchy-depth", "1000000"],
+     "--hierarchy-depth: must be an integer <= 16, got 1000000"),
+    (["--steps", "99999999999"], "--steps: must be an integer <= 1000000000, got 99999999999"),
+    (["--device", "mps"], "--device: device 'mps' asked for, but torch cannot use it"),
+    (["--device", "meta"], "--device: device 'meta' asked for, but torch cannot use it"),
+])
+def test_a_number_out_of_range_is_refused_naming_the_option(tmp_path, args, message):
+    result = _generate(tmp_path, *args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"d_hidden": True}, "--d-hidden: must be an integer, got True (a bool)"),
+    ({"n_features": 40.5}, "--n-features: must be an integer, got 40.5"),
+    ({"lr": "fast"}, "--lr: must be finite and <= 10, got 'fast' (a str)"),
+    ({"feature_probability": "abc"}, "--feature-probability: must be finite, got 'abc' (a str)"),
+    ({"seed": 1e30}, "--seed: must be an integer, got 1e+30"),
+    ({"rows": 10 ** 20}, "--rows: must be an integer, got 100000000000000000000 (past the range"),
+    ({"hierarchy_exclusive": 1}, "--hierarchy-exclusive: must be true or false, got 1"),
+    ({"source": 3}, "--source: must be a string, got 3"),
+])
+def test_a_config_value_of_the_wrong_type_is_refused_naming_the_option(tmp_path, values, message):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(values))
+    result = _generate(tmp_path, "--config", str(path))
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--rows", "10000000000000"], "--rows: 5 instance(s) x 10000000032768 rows"),
+    (["--n-features", "100000000", "--batch-size", "1"],
+     "--n-features: 5 instance(s) of n_features=100000000"),
+    (["--n-features", "100000000"], "--batch-size and --n-features: 5 instance(s)"),
+    (["--batch-size", "100000000000"], "--batch-size and --n-features: "),
+])
+def test_a_run_too_large_for_disk_or_memory_is_refused_with_its_bytes(tmp_path, args, option):
+    result = _generate(tmp_path, *args)
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert option in out and " bytes " in out and " free" in out
+
+
+def test_the_size_checks_pass_a_run_that_fits(tmp_path):
+    from unsuperpose.generate.config import GenerateConfig
+    from unsuperpose.generate.pipeline import check_sizes
+    check_sizes(GenerateConfig(), tmp_path / "run")  # the default run: ~0.1 GB of shards

@@ -181,7 +181,7 @@ def test_noise_std_adds_gaussian_noise_of_that_std_to_h(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("{not json", "--config: .*not valid JSON"),
     ('["n_features"]', "--config: .*expected a JSON object of config fields"),
-    ('{"n_features": "many"}', "--config: "),
+    ('{"n_features": "many"}', "--n-features: must be an integer, got 'many' \\(a str\\)"),
     ('{"d_hidden": 0}', "--d-hidden: must be >= 1, got 0"),
     ('{"world": "giant"}', "--world: unknown preset 'giant'"),
 ])
