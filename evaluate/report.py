@@ -143,6 +143,84 @@ def _off_target_text(r) -> str:
             + ": compare these at their own L0, not at the others'.") if off else ""
 
 
+def _truth(kinds: list[str]) -> str:
+    """What the dictionaries are scored against: a toy model's represented directions, or a
+    synthetic world's true directions (model kind "synthetic")."""
+    if all(k == "synthetic" for k in kinds):
+        return "the world's true directions"
+    if "synthetic" in kinds:
+        return "the true directions (the toy models' represented ones, the worlds' own)"
+    return "the directions the toy model represents"
+
+
+def _pct(value) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.0%}"
+
+
+def _names(methods: list[str]) -> str:
+    shown = [f"**{m}**" for m in methods]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
+
+
+def headline(methods: list[str], means: dict, threshold: float) -> str:
+    """The summary's sentence on one-to-one recovery (rec@threshold, mean over instances):
+    the best and the worst method, methods tied at the shown percentage named together, and a
+    tie sentence where every method shows the same."""
+    key = recovered_key(threshold)
+    ranked = sorted(methods, key=lambda m: -np.nan_to_num(means[m][key], nan=-1))
+    shown = {m: _pct(means[m][key]) for m in ranked}
+    what = f"of the represented features at matched cos ≥ {threshold:g} on average"
+    top = [m for m in ranked if shown[m] == shown[ranked[0]]]
+    if len(ranked) == 1:
+        m = ranked[0]
+        return (f"One method, **{m}**: it recovers {shown[m]} {what} (mcc "
+                f"{fmt('mcc', means[m]['mcc'])}, FVU {fmt('fvu', means[m]['fvu'])}).")
+    if len(top) == len(ranked):
+        spread = "; ".join(f"{label} {fmt(metric, min(v))}–{fmt(metric, max(v))}"
+                           for metric, label in (("mcc", "mcc"), ("fvu", "FVU"))
+                           for v in [[means[m][metric] for m in ranked
+                                      if np.isfinite(means[m][metric])]] if v)
+        return (f"A tie on one-to-one recovery: all {len(ranked)} methods recover "
+                f"{shown[ranked[0]]} {what}" + (f" ({spread} across them)." if spread else "."))
+    bottom = [m for m in ranked if shown[m] == shown[ranked[-1]]]
+    if len(top) == 1:
+        m = top[0]
+        best = (f"Best one-to-one recovery: **{m}** recovers {shown[m]} {what} (mcc "
+                f"{fmt('mcc', means[m]['mcc'])}, FVU {fmt('fvu', means[m]['fvu'])})")
+    else:
+        best = f"Best one-to-one recovery, tied: {_names(top)} recover {shown[top[0]]} {what}"
+    worst = (f"worst: {bottom[0]} ({shown[bottom[0]]})" if len(bottom) == 1 else
+             f"worst, tied: {', '.join(bottom)} ({shown[bottom[0]]})")
+    return f"{best}; {worst}."
+
+
+SHRINKAGE_FVU_RATIO = 3.0  # the L1 SAE's FVU this many times the oracle's (and 0.02 above it)
+
+
+def shrinkage_line(results) -> str:
+    """One line where the L1 SAE's FVU is far above the oracle's and its reconstructions are
+    shrunk (shrinkage, the mean ||h^|| / ||h||, below the oracle's): the penalty on the codes'
+    size, not the directions, is what costs it FVU there. Empty otherwise."""
+    hits = []
+    for r in results:
+        l1, oracle = r.scores.get("l1"), r.oracle
+        if l1 is None or oracle is None:
+            continue
+        a, o = l1.scalars, oracle.scalars
+        fvu, ofvu, sh, osh = (a.get("fvu"), o.get("fvu"), a.get("shrinkage"), o.get("shrinkage"))
+        if None in (fvu, ofvu, sh, osh) or not np.isfinite([fvu, ofvu, sh, osh]).all():
+            continue
+        if fvu > SHRINKAGE_FVU_RATIO * ofvu and fvu - ofvu > 0.02 and sh < osh - 0.02:
+            hits.append(f"{r.instance.id} (FVU {fmt('fvu', fvu)} against the oracle's "
+                        f"{fmt('fvu', ofvu)}; shrinkage {fmt('x', sh)} against {fmt('x', osh)})")
+    if not hits:
+        return ""
+    return ("The L1 SAE's FVU is far above the oracle's on " + ", ".join(hits) + ": its L1 "
+            "penalty shrinks the codes (shrinkage, the mean ‖ĥ‖/‖h‖, is below the oracle's), so "
+            "much of that FVU is magnitude lost to the penalty, not directions missed; read its "
+            "directions by MMCS and mcc.")
+
+
 def render_report(ev: Evaluation, figures: dict[str, str]) -> str:
     threshold = max(ev.config.thresholds)
     metrics = [m.format(recovered=recovered_key(threshold)) for m in TABLE_METRICS]
@@ -161,7 +239,7 @@ def render_report(ev: Evaluation, figures: dict[str, str]) -> str:
     out += [f"{len(res)} instance(s) ({', '.join(kinds)}; n = {res[0].view['n_features']} "
             f"features in d = {res[0].view['d']}; feature probability "
             f"{', '.join(f'{r.probability:.3g}' for r in res)}), {len(ev.methods)} method(s), "
-            f"each dictionary scored against the directions the toy model represents"
+            f"each dictionary scored against {_truth(kinds)}"
             + (f" and on up to {ev.config.max_rows} activation rows per instance."
                if ev.config.max_rows else " (directions only: max_rows = 0).")]
     train_scored = [r.instance.id for r in res if r.instance.split != "heldout"]
@@ -174,13 +252,7 @@ def render_report(ev: Evaluation, figures: dict[str, str]) -> str:
         out += ["", "Every row-level score (FVU, L0, F1, code r) comes from held-out rows: "
                 "`generate` drew them from a random stream of their own and `sae` never read them."]
     if ev.methods:
-        key = recovered_key(threshold)
-        ranked = sorted(ev.methods, key=lambda m: -np.nan_to_num(means[m][key], nan=-1))
-        top = ranked[0]
-        out += ["", f"Best one-to-one recovery: **{top}** recovers {means[top][key]:.0%} of the "
-                f"represented features at matched cos ≥ {threshold:g} on average (mcc "
-                f"{fmt('mcc', means[top]['mcc'])}, FVU {fmt('fvu', means[top]['fvu'])}); "
-                f"worst: {ranked[-1]} ({means[ranked[-1]][key]:.0%})."]
+        out += ["", headline(ev.methods, means, threshold)]
     o = oracle_mean.get(ORACLE)
     if o is not None and np.isfinite(o["fvu"]):
         out += ["", f"Oracle (the true directions coded at the dictionaries' k): FVU "
@@ -213,6 +285,9 @@ def render_report(ev: Evaluation, figures: dict[str, str]) -> str:
         if off:
             out += ["", f"Off the target sparsity on some instance (L0 more than 10% from its "
                     f"target, see each instance): {', '.join(off)}."]
+        shrunk = shrinkage_line(res)
+        if shrunk:
+            out += ["", shrunk]
         partial = [f"{m} ({counts[m]} of {len(res)})" for m in ev.methods if counts[m] < len(res)]
         if partial:
             out += ["", "Scored on fewer instances: " + ", ".join(partial) + "."]

@@ -58,9 +58,13 @@ OPTIONS = ConfigOptions(SAEStageConfig, skip=("params",), names={"instances": "-
 @config_file_option("JSON stage config (a saved sae/config.json works); options override it.")
 @OPTIONS
 @click.option("--param", "raw_params", multiple=True, metavar="METHOD.KEY=VALUE",
-              help="Any method hyperparameter, e.g. topk.aux_coefficient=0.5 or *.lr=0.003.")
+              help="Any method hyperparameter, e.g. topk.aux_coefficient=0.5 or *.lr=0.003 "
+                   "(--list-params lists them).")
 @threads_option
 @optional_options(_SHARED_PARAMS)
+@click.option("--list-params", metavar="[METHOD]", is_flag=False, flag_value="*", default=None,
+              expose_value=False, is_eager=True, callback=lambda ctx, _, method: _list_params(ctx, method),
+              help="Print every method's parameters (name, default, doc), or METHOD's in full, and exit.")
 def main(run_dir, config_file, raw_params, threads, **options):
     """Fit dictionaries to every instance's activations in RUN_DIR/generate and write them to
     RUN_DIR/sae/<instance>/<method>/."""
@@ -112,6 +116,19 @@ def main(run_dir, config_file, raw_params, threads, **options):
     except ValueError as err:  # a method refused the data while fitting
         raise click.ClickException(f"{err}") from None
     click.echo(f"wrote {out}")
+
+
+def _list_params(ctx: click.Context, method: str | None) -> None:
+    """--list-params [METHOD]: sae.methods.list_params, then exit 0."""
+    if method is None or ctx.resilient_parsing:
+        return
+    from unsuperpose.sae.methods import list_params
+
+    try:
+        click.echo(list_params(None if method == "*" else method))
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--list-params") from None
+    ctx.exit(0)
 
 
 def _bad_parameter(err: ConfigError) -> click.BadParameter:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import textwrap
 from pathlib import Path
 
 from unsuperpose.data import files
@@ -13,6 +14,7 @@ from unsuperpose.data.configs import ConfigError
 from unsuperpose.sae.ksvd import KSVD
 from unsuperpose.sae.matryoshka_mod import MatryoshkaMOD
 from unsuperpose.sae.mod import MOD
+from unsuperpose.sae.param_docs import params_listing
 from unsuperpose.sae.sae_estimators import L1SAE, BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, TopKSAE
 from unsuperpose.sae.sklearn_baseline import SklearnDictionary
 
@@ -72,6 +74,23 @@ def build(method: str, params: dict):
     except (ValueError, TypeError) as err:
         raise ValueError(f"{method}: {err}") from None
     return est
+
+
+# what the stage sets from the run for every method that takes it (sae/pipeline.py)
+SET_BY_STAGE = ("n_components", "k", "random_state", "device")
+
+
+def list_params(method: str | None = None) -> str:
+    """Every method's parameters (or `method`'s, with their whole docs): name, default and
+    doc, from the config field docstrings; what `unsuperpose sae --list-params` prints."""
+    if method is not None and method not in ALL_METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(ALL_METHODS)}")
+    head = ("Each method's parameters: name, default, what it does. Defaults are the estimators' "
+            "own; set one with --param METHOD.NAME=VALUE, or *.NAME=VALUE for every method that "
+            f"has it. {', '.join(SET_BY_STAGE)} are set by the stage from the run.")
+    blocks = [params_listing(name, cls.config_class, fixed, SET_BY_STAGE, full=method is not None)
+              for name, (cls, fixed) in ALL_METHODS.items() if method in (None, name)]
+    return "\n\n".join([textwrap.fill(head, 100), *blocks])
 
 
 def load(directory: str | os.PathLike, device: str | None = None):
