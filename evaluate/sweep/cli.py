@@ -30,9 +30,10 @@ from unsuperpose.evaluate.sweep.runner import BACKENDS
               help="ray backend: the cluster to join, HOST:PORT of its head (`ray start "
                    "--head`) [RAY_ADDRESS, else a local Ray]; SWEEP_DIR must then be a "
                    "folder every node sees at the same path.")
+@click.option("--force", is_flag=True, help="Run a grid of more than 10,000 points.")
 @click.option("--dry-run", is_flag=True, help="List the points and whether each is done (redo: "
               "finished, but its metrics are unreadable); run nothing.")
-def main(grid_file, sweep_dir, backend, workers, threads, ray_address, dry_run):
+def main(grid_file, sweep_dir, backend, workers, threads, ray_address, force, dry_run):
     """Run every point of the grid file GRID (its generate, sae and evaluate stages) into
     SWEEP_DIR/points/<hash>/, skipping the points already finished, then write
     SWEEP_DIR/aggregate.csv, summary.md and figures/. One sweep at a time works in a
@@ -43,9 +44,13 @@ def main(grid_file, sweep_dir, backend, workers, threads, ray_address, dry_run):
     from unsuperpose.evaluate.sweep.runner import POINT_MARKER, is_done, metrics_problem, point_dir, run_sweep
 
     try:
-        grid = load_grid(grid_file)
+        grid = load_grid(grid_file, force=force)
     except GridError as err:
         raise click.BadParameter(str(err), param_hint="GRID") from None
+    from unsuperpose.evaluate.sweep.ray_address import address_problem
+
+    if backend == "ray" and address_problem(ray_address) is not None:
+        raise click.BadParameter(address_problem(ray_address), param_hint="--address")
     threads = 1 if threads == "auto" else threads
     if workers is None:
         workers = max(1, (os.cpu_count() or 1) // threads)

@@ -22,12 +22,14 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from unsuperpose.data.configs import ConfigError
 
 STAGES = ("generate", "sae", "evaluate")
+MAX_POINTS = 10_000  # a larger grid is refused unless forced: most likely an axis too many
 SEED_AXIS = "seed"
 GRID_KEYS = ("base", "axes")
 
@@ -161,8 +163,9 @@ def _blame(parsed: list, stage: str, field: str) -> str:
     return f"base.{stage}.{field}"
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Read, check and expand a grid file; a GridError names the file and the key at fault."""
+def load_grid(path: str | Path, force: bool = False) -> Grid:
+    """Read, check and expand a grid file; a GridError names the file and the key at fault.
+    A grid of more than MAX_POINTS points is refused, naming its count, unless `force`."""
     path = Path(path)
     if not path.is_file():
         raise GridError(f"{path}: file not found")
@@ -199,6 +202,10 @@ def load_grid(path: str | Path) -> Grid:
                              f"{len(parts)}-element lists")
         parsed.append((key, parts, values))
 
+    count = math.prod(len(values) for _, _, values in parsed)
+    if count > MAX_POINTS and not force:
+        raise GridError(f"{path}: {count:,} points, more than {MAX_POINTS:,}; check its axes, "
+                        f"or pass --force to run them all")
     points = []
     for combo in itertools.product(*(values for _, _, values in parsed)):
         values = {stage: dict(base.get(stage, {})) for stage in STAGES}

@@ -42,6 +42,7 @@ from typing import Callable
 from unsuperpose.data import files
 from unsuperpose.evaluate.sweep.grid import Grid, Point
 from unsuperpose.evaluate.sweep.guard import init_worker, sweep_lock
+from unsuperpose.evaluate.sweep.ray_address import check_reachable
 
 # aliases of the data.files names, for the modules that import them from here
 POINT_MARKER, GENERATE_MARKER, ERROR_FILE = (files.POINT_MARKER, files.GENERATE_MARKER,
@@ -238,6 +239,7 @@ class RayBackend:
             raise RuntimeError("--backend ray needs the ray package: pip install "
                                "'unsuperpose[ray]' (or pip install ray)") from None
         if not ray.is_initialized():
+            check_reachable(address)  # one line within a stated time, not minutes of retries
             ray.init(address=address)
         self.ray, self.threads = ray, threads
         # execute() never raises: only system failures (a dead worker or node) are retried

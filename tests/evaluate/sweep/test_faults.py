@@ -247,3 +247,67 @@ def test_a_worker_whose_parent_dies_exits_even_without_the_parent_death_signal(t
     assert _running(grandchild)
     proc.communicate("die\n")
     assert _wait_gone([grandchild], 3.0) == []
+
+
+# ---- grid sizes and Ray addresses, checked before anything starts (issue 28, item 6) --------
+def test_a_grid_above_the_stated_size_is_refused_naming_its_count_unless_forced(tmp_path):
+    from unsuperpose.evaluate.sweep.grid import MAX_POINTS, GridError
+    axes = {"sae.seed": list(range(100)), "evaluate.seed": list(range(100)),
+            "generate.seed": list(range(100)), "sae.dict_ratio": list(range(1, 101))}
+    grid = write_grid(tmp_path / "huge.json", axes=axes, base=FAST_BASE)
+    start = time.time()
+    result = _invoke(grid, tmp_path / "sweep")
+    assert time.time() - start < 10  # refused from the count, no point built
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "100,000,000 points, more than 10,000" in " ".join(result.output.split())
+    assert "--force" in result.output and not (tmp_path / "sweep").exists()
+    small = write_grid(tmp_path / "small.json", axes={"sae.seed": list(range(MAX_POINTS + 1))},
+                       base=FAST_BASE)
+    with pytest.raises(GridError, match="10,001 points"):
+        load_grid(small)
+
+
+@pytest.mark.slow
+def test_a_grid_above_the_stated_size_is_built_when_forced(tmp_path):
+    from unsuperpose.evaluate.sweep.grid import MAX_POINTS
+    small = write_grid(tmp_path / "small.json", axes={"sae.seed": list(range(MAX_POINTS + 1))},
+                       base=FAST_BASE)
+    assert len(load_grid(small, force=True).points) == MAX_POINTS + 1
+
+
+@pytest.mark.parametrize("address", ["not an address", "localhost", "host:port", "host:0",
+                                     "host:70000", "http://host:6379", ":6379", "ray://"])
+def test_a_ray_address_that_is_not_one_is_refused_before_anything_starts(tmp_path, address):
+    grid = write_grid(tmp_path / "grid.json", axes=SEEDS, base=FAST_BASE)
+    result = _invoke(grid, tmp_path / "sweep", "--backend", "ray", "--address", address)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"Invalid value for --address: {address!r} is not a Ray address" in result.output
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1:6379", "ray://head.example:10001", "[::1]:6379",
+                                     "auto", "local"])
+def test_the_known_forms_of_a_ray_address_pass(address):
+    from unsuperpose.evaluate.sweep.ray_address import address_problem
+    assert address_problem(address) is None
+
+
+def test_a_head_that_does_not_answer_gives_up_after_the_stated_time(monkeypatch):
+    import socket
+
+    from unsuperpose.evaluate.sweep.ray_address import check_reachable
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.time()
+    with pytest.raises(RuntimeError, match=rf"--address 127.0.0.1:{port}: nothing answers at "
+                                           rf"127.0.0.1:{port} within 2 s"):
+        check_reachable(f"127.0.0.1:{port}", timeout=2)
+    assert time.time() - start < 5
+    waited = []
+    monkeypatch.setattr(socket, "create_connection",
+                        lambda addr, timeout: waited.append(timeout) or (_ for _ in ()).throw(
+                            TimeoutError("timed out")))
+    with pytest.raises(RuntimeError, match="within 15 s"):
+        check_reachable("10.255.255.1:6379")  # the default, stated timeout
+    assert waited == [15.0]
