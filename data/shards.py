@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads in dense_to_csr, not with a config that names a policy here
+    import torch
 
 from unsuperpose.data import files
 from unsuperpose.data.errors import ShardError
@@ -27,6 +29,8 @@ SHARD_DTYPES = {files.H: "float32", files.X_INDPTR: "int64", files.X_INDICES: "i
 # ---- CSR ------------------------------------------------------------------------------------
 def dense_to_csr(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x: [rows, n_features] -> (indptr [rows+1] int64, indices [nnz] int64, values [nnz] f32)."""
+    import torch
+
     x = x.detach().to("cpu", torch.float32)
     rows, cols = (x != 0).nonzero(as_tuple=True)  # row-major order, as CSR needs
     counts = torch.bincount(rows, minlength=x.shape[0])

@@ -1,5 +1,19 @@
 """Stage 3: score each fitted dictionary against the true features; tables, report, figures."""
-from unsuperpose.evaluate.config import EvaluateConfig
-from unsuperpose.evaluate.pipeline import evaluate_run, run_evaluate
+from __future__ import annotations
 
-__all__ = ["EvaluateConfig", "evaluate_run", "run_evaluate"]
+import importlib
+
+_EXPORTS = {"EvaluateConfig": "config", "evaluate_run": "pipeline", "run_evaluate": "pipeline"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """Import the module that defines `name` on first use (PEP 562): the package's commands
+    read its configs for `--help` without loading torch."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from unsuperpose.data.configs import ConfigError, JSONConfig, check_number  # noqa: F401 (re-exported)
 from unsuperpose.generate.worlds import PRESETS, WORLD_VALUES, World, WorldFields
-from unsuperpose.models.toy import MODEL_KINDS
+from unsuperpose.models import MODEL_KINDS
 
 SOURCES = ("toy", "synthetic")
 # upper bounds of values no run can mean (the sizes themselves are checked against memory and

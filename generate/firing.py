@@ -42,9 +42,10 @@ marginal, which is what `ground_truth.safetensors` records as `probability`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
+if TYPE_CHECKING:  # torch loads when a world is drawn, not for its fields (`--help`)
+    import torch
 
 from unsuperpose.data.configs import ConfigError
 
@@ -56,6 +57,7 @@ _MIN_DIAG = 0.01  # the least own (unshared) variance a copula latent keeps, as 
 def probability_schedule(kind: str, n: int, p_max: float, p_min: float,
                          exponent: float = 1.0) -> torch.Tensor:
     """[n] float32 firing probabilities, p_0 = p_max (most frequent) down to p_{n-1} = p_min."""
+    import torch
     if kind not in SCHEDULES:
         raise ConfigError("probability_schedule", f"must be one of {', '.join(SCHEDULES)}, got {kind!r}")
     if not 0 < p_max <= 1:
@@ -92,12 +94,14 @@ class Correlation(NamedTuple):
 
     def matrix(self) -> torch.Tensor:
         """[n, n] dense Σ (for checks; sampling never forms it)."""
+        import torch
         return self.factor @ self.factor.T + torch.diag(self.diag)
 
 
 def random_correlation(n: int, rank: int, scale: float, generator: torch.Generator,
                        device=None) -> Correlation:
     """A random low-rank-plus-diagonal correlation matrix: normalise(F Fᵀ + diag)."""
+    import torch
     if rank < 1:
         raise ConfigError("correlation_rank", f"must be >= 1, got {rank}")
     if scale < 0:
@@ -111,6 +115,7 @@ def random_correlation(n: int, rank: int, scale: float, generator: torch.Generat
 
 def correlation_from_matrix(sigma: torch.Tensor) -> Correlation:
     """A full correlation matrix [n, n] as its Cholesky factor (diag term zero)."""
+    import torch
     if not torch.allclose(sigma.diagonal(), torch.ones_like(sigma.diagonal()), atol=1e-5):
         raise ValueError("correlation matrix needs a unit diagonal")
     return Correlation(torch.linalg.cholesky(sigma), torch.zeros(sigma.shape[0], device=sigma.device))
@@ -119,6 +124,7 @@ def correlation_from_matrix(sigma: torch.Tensor) -> Correlation:
 def copula_fires(p: torch.Tensor, corr: Correlation, batch: int,
                  generator: torch.Generator) -> torch.Tensor:
     """p: [inst, n] marginals -> [batch, inst, n] bool, fire_i = z_i < Φ⁻¹(p_i), z ~ N(0, Σ)."""
+    import torch
     n_inst, n = p.shape
     rank = corr.factor.shape[1]
     device = corr.factor.device
@@ -156,6 +162,7 @@ class Hierarchy:
 
     def parent(self, n_features: int) -> torch.Tensor:
         """[n_features] int64 parent index, -1 for roots and free features."""
+        import torch
         parent = torch.full((n_features,), -1, dtype=torch.int64)
         for start, count, parent_start in self.level_ranges():
             parent[start:start + count] = parent_start + torch.arange(count) // self.branching
@@ -182,6 +189,7 @@ class Hierarchy:
     def apply(self, fires: torch.Tensor, q: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """fires: [batch, inst, n] with the parentless features set -> children filled in, in
         place, level by level (a loop over levels, vectorised over rows and features)."""
+        import torch
         batch, n_inst, _ = fires.shape
         b, device = self.branching, fires.device
         for start, count, parent_start in self.level_ranges():

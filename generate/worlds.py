@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads when a world is drawn, not for its fields (`--help`)
+    import torch
 
 from unsuperpose.data.configs import ConfigError
 from unsuperpose.generate.firing import (
@@ -142,6 +144,7 @@ class WorldDistribution:
 
     def __init__(self, world: World, n_features: int, feature_probability: tuple[float, ...],
                  generator: torch.Generator, device=None):
+        import torch
         world.check_size(n_features, feature_probability)
         self.world, self.n_features = world, n_features
         self.feature_probability = tuple(float(p) for p in feature_probability)
@@ -176,6 +179,7 @@ class WorldDistribution:
 
     def importance(self, device=None) -> torch.Tensor:
         """[n_features] all ones: the synthetic source has no loss to weight."""
+        import torch
         return torch.ones(self.n_features, device=device)
 
     def probability(self, device=None) -> torch.Tensor:
@@ -189,6 +193,7 @@ class WorldDistribution:
 
     def sample(self, batch: int, generator: torch.Generator, device=None) -> torch.Tensor:
         """Draw x: [batch, n_instances, n_features]."""
+        import torch
         device = self.q.device
         q_free = self.q[:, self.free]  # [inst, n_free]
         if self.correlation is None:
@@ -229,6 +234,7 @@ def spread_directions(atoms: torch.Tensor, steps: int) -> torch.Tensor:
     sqrt((n - d) / (d (n - 1))) bounds the largest |cos| from below). Deterministic (no
     random draw); the Gram matrix is formed a block of rows at a time, never [n, n] whole.
     """
+    import torch
     u = atoms / atoms.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     if steps <= 0:
         return u

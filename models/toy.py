@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-MODEL_KINDS = ("linear", "relu_output", "relu_hidden", "abs")
+from unsuperpose.models import MODEL_KINDS  # defined there, without torch, for the configs
 
 
 class ToyModel(nn.Module):

@@ -250,3 +250,23 @@ def test_setup_cfg_installs_one_console_script_with_every_stage_as_a_subcommand(
         result = CliRunner().invoke(main, [name, "--help"])
         assert result.exit_code == 0, result.output
         assert result.output.startswith(f"Usage: main {name} [OPTIONS]")
+
+
+# ---- --help without the heavy libraries (issue 28, item 3) ---------------------------------------
+HEAVY = ("torch", "datasets", "sklearn", "matplotlib")
+CLI_MODULES = ["unsuperpose.cli", "unsuperpose.generate.cli", "unsuperpose.sae.cli",
+               "unsuperpose.evaluate.cli", "unsuperpose.evaluate.sweep.cli",
+               "unsuperpose.generate.paper.cli"]
+
+
+@pytest.mark.parametrize("module", CLI_MODULES)
+def test_a_command_and_its_help_load_no_heavy_library(module):
+    # a fresh interpreter: this one has them all loaded; a check of imports, not of time
+    code = (f"import sys; import {module} as m; "
+            "m.main(['--help'], standalone_mode=False) if m.__name__ != 'unsuperpose.cli' else "
+            "[m.main([name, '--help'], standalone_mode=False) for name in m.SUBCOMMANDS]; "
+            f"print(sorted(k for k in {HEAVY!r} if k in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]", f"{module} --help loaded {done.stdout.splitlines()[-1]}"
