@@ -1,10 +1,10 @@
 """Threads never hurt (issue 28): `--threads auto` against 1 thread and torch's old default.
 
-    python benchmarks/bench_threads.py [--scale 1.0]
+    python benchmarks/bench_threads.py [--scale 0.5]
 
 One fit of each family (a TopK SAE, MOD, a plain L1 SAE, and a TopK SAE large enough for
 `auto` to use the free cores) and `make paper`'s slowest section (geometry: 20 relu_output
-models n=400, m=30, batch 256; only 25 steps of the paper's 3000 by default), each timed in a fresh
+models n=400, m=30, batch 256; 50 steps of the paper's 3000 by default), each timed in a fresh
 process per thread setting:
 
 - `1`: torch.set_num_threads(1), what the README's timings used;
@@ -51,7 +51,7 @@ def _child(mode: str, scale: float) -> dict:
     from unsuperpose.sae import MOD, L1SAE, TopKSAE
 
     gen = torch.Generator().manual_seed(0)
-    steps = lambda n: max(2, int(n * scale))  # noqa: E731
+    steps = lambda n, per=1: max(2, int(n * scale) // per)  # noqa: E731
 
     def sparse_rows(rows, d, n, k):  # k-sparse nonnegative codes of n unit atoms in d dims
         atoms = torch.nn.functional.normalize(torch.randn(n, d, generator=gen), dim=1)
@@ -66,12 +66,12 @@ def _child(mode: str, scale: float) -> dict:
     fits = {
         "topk": lambda s: TopKSAE(n_components=256, k=4, batch_size=128,
                                   n_steps=steps(s)).fit(H_small),
-        "mod": lambda s: MOD(n_components=128, k=4, n_iter=max(1, steps(s) // 40)).fit(H_small),
+        "mod": lambda s: MOD(n_components=128, k=4, n_iter=steps(s, 40)).fit(H_small),
         "l1": lambda s: L1SAE(n_components=256, l1_coefficient=1e-3, batch_size=128,
                               n_steps=steps(s)).fit(H_small),
         "topk_large": lambda s: TopKSAE(n_components=2048, k=8, batch_size=1024,
-                                        n_steps=steps(s) // 8).fit(H_large),
-        "paper_geometry": lambda s: train_grid("relu_output", 400, 30, p, steps=steps(s) // 4,
+                                        n_steps=steps(s, 8)).fit(H_large),
+        "paper_geometry": lambda s: train_grid("relu_output", 400, 30, p, steps=steps(s, 4),
                                                batch_size=256, lr=3e-3, seed=30, device="cpu"),
     }
     out = {"threads": {}}
@@ -80,9 +80,7 @@ def _child(mode: str, scale: float) -> dict:
         started = time.perf_counter()
         fit(400)
         out[name] = time.perf_counter() - started
-        # a fit's own choice; the paper section runs at the command's count
-        out["threads"][name] = (torch.get_num_threads() if name.startswith("paper")
-                                else threads.last_fit_threads())
+        out["threads"][name] = threads.last_fit_threads()  # the fit's own choice
     return out
 
 
@@ -101,7 +99,7 @@ def _busy(n: int) -> list[subprocess.Popen]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=0.25,
+    parser.add_argument("--scale", type=float, default=0.5,
                         help="multiplies every step count (1: 400 SAE steps, 10 MOD iterations, "
                              "100 paper steps)")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)

@@ -11,8 +11,9 @@ team's threads spin against them: measured 11-19x slower than one thread (issue 
 - **`auto`: one thread unless the problem is large and cores are free.** `choose_threads(work)`
   gives 1 when `work` (multiply-adds of the fit's typical op, e.g. batch x d x n_components)
   is under SMALL_WORK or unknown, else the free cores: those this process may run on
-  (os.sched_getaffinity) less the other runnable work (the larger of /proc/loadavg's running
-  count and the 1-minute load average), at least 1.
+  (os.sched_getaffinity) less the other runnable work now (/proc/loadavg's running count,
+  read a few times; os.getloadavg elsewhere), at least 1. Were a neighbour to start later, the
+  passive waiting keeps two threads on one free core close to one thread's speed.
 - **Explicit counts win.** `--threads N` sets N exactly; the estimators' `fit`/`transform` run
   under `fit_threads(work)`, which chooses for that call and restores the count after, unless
   the user chose it: `--threads N`, an OMP_NUM_THREADS / MKL_NUM_THREADS in the environment,
@@ -24,11 +25,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 
 AUTO = "auto"
 THREADS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # a user's count when set
 # multiply-adds per op under which one thread is fastest on the measured 2-core machine, quiet
-# and loaded (benchmarks/bench_threads.py): a (1024 x 64) @ (64 x 512) product still is
+# and loaded (benchmarks/bench_threads.py): a (1024 x 64) @ (64 x 512) product still is, and
+# so are MOD on 16k rows, d 32, 128 atoms and the paper's geometry models (6-7e7), within noise
 SMALL_WORK = 1e8
 _QUIET = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 
@@ -50,20 +53,25 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def other_load() -> float:
-    """Runnable work besides this process: the running count of /proc/loadavg less this
-    process (instant), or the 1-minute load average (lagging), whichever is larger."""
-    running = 0
+def other_load(samples: int = 5, pause: float = 0.002) -> float:
+    """Runnable work besides this process now: the most of `samples` reads of /proc/loadavg's
+    running count, less this process (a CPU-bound neighbour is runnable in every read). The
+    1-minute load average where that file is missing: it lags, and counts this process's own
+    recent work, so it is the fallback, not the rule."""
     try:
-        with open("/proc/loadavg") as f:
-            running = int(f.read().split()[3].split("/")[0]) - 1
+        running = []
+        for i in range(samples):
+            with open("/proc/loadavg") as f:
+                running.append(int(f.read().split()[3].split("/")[0]) - 1)
+            if i + 1 < samples:
+                time.sleep(pause)
+        return float(max(0, max(running)))
     except (OSError, ValueError, IndexError):
         pass
     try:
-        average = os.getloadavg()[0]
+        return max(0.0, os.getloadavg()[0])
     except (AttributeError, OSError):
-        average = 0.0
-    return max(running, average, 0.0)
+        return 0.0
 
 
 def free_cores() -> int:

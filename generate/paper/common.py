@@ -17,6 +17,7 @@ import torch  # noqa: E402
 
 from unsuperpose.data import files  # noqa: E402
 from unsuperpose.data.safetensors_io import safetensors_bytes  # noqa: E402
+from unsuperpose.data.threads import fit_threads  # noqa: E402
 from unsuperpose.generate.distributions import FeatureDistribution  # noqa: E402
 from unsuperpose.generate.train import train_toy_models  # noqa: E402
 from unsuperpose.models.toy import ToyModel  # noqa: E402
@@ -88,7 +89,8 @@ def train_grid(kind: str, n: int, d: int, probability: Sequence[float], *, steps
             echo(f"  [{label}] step {step + 1}/{steps}  loss {loss / (cells * inits):.4g} per model")
 
     echo(f"  [{label}] {cells * inits} {kind} models (n={n}, m={d}, {inits} init(s) per cell)")
-    train_toy_models(model, dist, steps, batch_size, lr, gen, on_step=on_step, log_every=every)
+    with fit_threads(float(batch_size) * cells * inits * n * d):  # [batch, inst, n] @ [n, d]
+        train_toy_models(model, dist, steps, batch_size, lr, gen, on_step=on_step, log_every=every)
     loss = heldout_loss(model, dist, gen).view(cells, inits)
     best = loss.argmin(dim=1) + torch.arange(cells, device=loss.device) * inits
     kept = ToyModel(kind, cells, n, d, device=device)
