@@ -157,13 +157,13 @@ def _free_disk(path: Path) -> int | None:
         return None
 
 
-def check_sizes(config: GenerateConfig, run_dir: str | Path) -> None:
+def check_sizes(config: GenerateConfig, run_dir: str | Path) -> tuple[int, int]:
     """Refuse, before any work and naming the option and the bytes, a run whose shards
     cannot fit on the disk (rows x d x 4 bytes of h, plus 8 bytes of CSR row pointer, per row
     of each instance and split: a lower bound, so nothing that fits is refused) or whose
     models, ground truth, training batches or shard buffers cannot fit in free memory
     (n_features x d x 4 bytes per instance, 4 copies in training: weights, gradient, Adam's
-    two moments)."""
+    two moments). Returns (bytes of shards, bytes of memory) that were checked."""
     n_inst, n, d = len(config.feature_probability), config.n_features, config.d_hidden
     shards = n_inst * (config.rows + config.heldout_rows) * (d * 4 + 8)
     free = _free_disk(Path(run_dir))
@@ -183,6 +183,7 @@ def check_sizes(config: GenerateConfig, run_dir: str | Path) -> None:
             f"{config.rows_per_shard} rows per shard need {sum(needs.values()):,} bytes of memory "
             f"({needs[option]:,} of them for {option.replace('--', '')}), but {free:,} bytes "
             f"are free"))
+    return shards, sum(needs.values())
 
 
 def written_files(folder: Path, saved: dict) -> set[str]:

@@ -1,7 +1,7 @@
 """Stage 2: dictionary methods behind one scikit-learn-style estimator interface."""
 from __future__ import annotations
 
-import importlib
+from unsuperpose.lazy_exports import lazy_exports
 
 _EXPORTS = {"METHODS": "methods", "build": "methods", "load": "methods", "KSVD": "ksvd",
             "MOD": "mod", "L1SAE": "sae_estimators", "TopKSAE": "sae_estimators",
@@ -9,14 +9,4 @@ _EXPORTS = {"METHODS": "methods", "build": "methods", "load": "methods", "KSVD":
             "SklearnDictionary": "sklearn_baseline", "batch_omp": "omp", "omp_encode": "omp"}
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    """Import the module that defines `name` on first use (PEP 562): the package's commands
-    read its configs for `--help` without loading torch."""
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

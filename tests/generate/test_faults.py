@@ -234,4 +234,8 @@ def test_a_run_too_large_for_disk_or_memory_is_refused_with_its_bytes(tmp_path, 
 def test_the_size_checks_pass_a_run_that_fits(tmp_path):
     from unsuperpose.generate.config import GenerateConfig
     from unsuperpose.generate.pipeline import check_sizes
-    check_sizes(GenerateConfig(), tmp_path / "run")  # the default run: ~0.1 GB of shards
+    config = GenerateConfig()
+    shards, memory = check_sizes(config, tmp_path / "run")  # the default run: ~0.1 GB of shards
+    rows = len(config.feature_probability) * (config.rows + config.heldout_rows)
+    assert shards == rows * (config.d_hidden * 4 + 8) and 0 < shards < 2**30
+    assert 0 < memory < 2**30
