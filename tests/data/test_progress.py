@@ -1,4 +1,5 @@
 """click_progress away from a terminal (issue 28, item 2): a log shows a long job's progress."""
+import pytest
 import re
 import shutil
 import time
@@ -54,6 +55,7 @@ def test_a_long_step_still_shows_a_line():
     assert lines[-1].startswith("  k-SVD iteration: done, 1/3, FVU 0.5, ")
 
 
+@pytest.mark.slow
 def test_the_sae_stage_logs_each_fit_through_a_pipe(tiny_run, tmp_path, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

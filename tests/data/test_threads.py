@@ -115,6 +115,7 @@ def _env_after_import(env: dict) -> str:
                           text=True, check=True).stdout.strip()
 
 
+@pytest.mark.slow
 def test_openmp_waits_passively_unless_the_user_says():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     assert _env_after_import(env) == "PASSIVE"
